@@ -1,0 +1,1 @@
+"""Domain core of imagine-pipeline: settings, catalog, schemas, adapters and use cases."""

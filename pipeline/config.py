@@ -1,0 +1,212 @@
+"""Every setting of the pipeline, read from the environment, typed and checked at start-up."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def _str(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name)
+    return default if value is None or value.strip() == "" else value.strip()
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
+def _list(env: Mapping[str, str], name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _url(env: Mapping[str, str], name: str, default: str | None) -> str | None:
+    value = env.get(name, "").strip() or default
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https", "redis", "rediss"} or not parts.netloc:
+        raise SettingsError(f"{name} must be an absolute URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _api_keys(env: Mapping[str, str]) -> dict[str, str]:
+    keys: dict[str, str] = {}
+    for pair in _list(env, "API_KEYS"):
+        tenant, sep, key = pair.partition(":")
+        if not sep or not tenant.strip() or not key.strip():
+            raise SettingsError("API_KEYS must be comma-separated tenant:key pairs")
+        if key.strip() in keys:
+            raise SettingsError("API_KEYS holds the same key twice")
+        keys[key.strip()] = tenant.strip()
+    return keys
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed settings; build with `Settings.from_env()`."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    s3_bucket: str = "imagine-pipeline"
+    s3_prefix: str = ""
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    runware_api_url: str = "https://api.runware.ai/v1"
+    runware_api_key: str = ""
+    runware_model: str = "xai:grok-imagine@image-pro"
+    runware_max_in_flight: int = 4
+    runware_timeout_seconds: float = 30.0
+    runware_image_hosts: tuple[str, ...] = ("im.runware.ai",)
+    allow_private_urls: bool = False
+    public_base_url: str = "http://127.0.0.1:8000"
+    webhook_secrets: tuple[str, ...] = ()
+    api_keys: dict[str, str] = field(default_factory=dict)
+    default_deadline_seconds: int = 900
+    max_deadline_seconds: int = 86400
+    upload_url_margin_seconds: int = 600
+    webhook_max_body_bytes: int = 1_048_576
+    inline_promote_timeout_seconds: float = 3.0
+    finalize_retry_seconds: int = 5
+    reconcile_interval_seconds: float = 5.0
+    reconcile_grace_seconds: int = 60
+    job_retention_seconds: int = 7 * 86400
+    slot_max_attempts: int = 3
+    submit_max_retries: int = 8
+    retry_backoff_cap_seconds: int = 60
+    visibility_timeout_seconds: int = 3600
+    max_image_bytes: int = 50 * 1024 * 1024
+    log_level: str = "INFO"
+    log_format: str = "json"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        redis_url = _url(env, "REDIS_URL", cls.redis_url)
+        assert redis_url is not None
+        prefix = _str(env, "S3_PREFIX", "")
+        if prefix and not prefix.endswith("/"):
+            raise SettingsError(f"S3_PREFIX must be empty or end with '/', got {prefix!r}")
+        secrets = _list(env, "WEBHOOK_SECRETS")
+        if any(len(secret) < 16 for secret in secrets):
+            raise SettingsError("WEBHOOK_SECRETS entries must be at least 16 characters long")
+        public_base_url = _url(env, "PUBLIC_BASE_URL", cls.public_base_url)
+        runware_api_url = _url(env, "RUNWARE_API_URL", cls.runware_api_url)
+        assert public_base_url is not None and runware_api_url is not None
+        log_format = _str(env, "LOG_FORMAT", cls.log_format)
+        if log_format not in {"json", "text"}:
+            raise SettingsError(f"LOG_FORMAT must be json or text, got {log_format!r}")
+        settings = cls(
+            redis_url=redis_url,
+            broker_url=_url(env, "CELERY_BROKER_URL", redis_url) or redis_url,
+            s3_bucket=_str(env, "S3_BUCKET", cls.s3_bucket),
+            s3_prefix=prefix,
+            s3_endpoint_url=_url(env, "S3_ENDPOINT_URL", None),
+            s3_region=_str(env, "S3_REGION", cls.s3_region),
+            runware_api_url=runware_api_url,
+            runware_api_key=_str(env, "RUNWARE_API_KEY", ""),
+            runware_model=_str(env, "RUNWARE_MODEL", cls.runware_model),
+            runware_max_in_flight=_int(env, "RUNWARE_MAX_IN_FLIGHT", cls.runware_max_in_flight, 1),
+            runware_timeout_seconds=_float(
+                env, "RUNWARE_TIMEOUT_SECONDS", cls.runware_timeout_seconds, 1.0
+            ),
+            runware_image_hosts=_list(env, "RUNWARE_IMAGE_HOSTS", cls.runware_image_hosts),
+            allow_private_urls=_bool(env, "ALLOW_PRIVATE_URLS", cls.allow_private_urls),
+            public_base_url=public_base_url,
+            webhook_secrets=secrets,
+            api_keys=_api_keys(env),
+            default_deadline_seconds=_int(
+                env, "DEFAULT_DEADLINE_SECONDS", cls.default_deadline_seconds, 30
+            ),
+            max_deadline_seconds=_int(env, "MAX_DEADLINE_SECONDS", cls.max_deadline_seconds, 60),
+            upload_url_margin_seconds=_int(
+                env, "UPLOAD_URL_MARGIN_SECONDS", cls.upload_url_margin_seconds, 0
+            ),
+            webhook_max_body_bytes=_int(
+                env, "WEBHOOK_MAX_BODY_BYTES", cls.webhook_max_body_bytes, 1024
+            ),
+            inline_promote_timeout_seconds=_float(
+                env, "INLINE_PROMOTE_TIMEOUT_SECONDS", cls.inline_promote_timeout_seconds, 0.1
+            ),
+            finalize_retry_seconds=_int(
+                env, "FINALIZE_RETRY_SECONDS", cls.finalize_retry_seconds, 1
+            ),
+            reconcile_interval_seconds=_float(
+                env, "RECONCILE_INTERVAL_SECONDS", cls.reconcile_interval_seconds, 0.5
+            ),
+            reconcile_grace_seconds=_int(
+                env, "RECONCILE_GRACE_SECONDS", cls.reconcile_grace_seconds, 1
+            ),
+            job_retention_seconds=_int(
+                env, "JOB_RETENTION_SECONDS", cls.job_retention_seconds, 60
+            ),
+            slot_max_attempts=_int(env, "SLOT_MAX_ATTEMPTS", cls.slot_max_attempts, 1),
+            submit_max_retries=_int(env, "SUBMIT_MAX_RETRIES", cls.submit_max_retries, 0),
+            retry_backoff_cap_seconds=_int(
+                env, "RETRY_BACKOFF_CAP_SECONDS", cls.retry_backoff_cap_seconds, 1
+            ),
+            visibility_timeout_seconds=_int(
+                env, "CELERY_VISIBILITY_TIMEOUT", cls.visibility_timeout_seconds, 60
+            ),
+            max_image_bytes=_int(env, "MAX_IMAGE_BYTES", cls.max_image_bytes, 1024),
+            log_level=_str(env, "LOG_LEVEL", cls.log_level).upper(),
+            log_format=log_format,
+        )
+        if settings.retry_backoff_cap_seconds >= settings.visibility_timeout_seconds:
+            raise SettingsError(
+                "RETRY_BACKOFF_CAP_SECONDS must stay below CELERY_VISIBILITY_TIMEOUT, "
+                "or a delayed retry would be redelivered early"
+            )
+        return settings
+
+    def require_webhook_secrets(self) -> tuple[str, ...]:
+        if not self.webhook_secrets:
+            raise SettingsError("WEBHOOK_SECRETS must hold at least one secret")
+        return self.webhook_secrets
+
+    def require_runware_key(self) -> str:
+        if not self.runware_api_key:
+            raise SettingsError("RUNWARE_API_KEY must be set to submit images")
+        return self.runware_api_key

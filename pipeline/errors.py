@@ -1,0 +1,100 @@
+"""Errors of the domain, each mapped to one HTTP status and one machine-readable code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class PipelineError(Exception):
+    """Base of every error the pipeline reports to a caller."""
+
+    code = "internal"
+    status = 500
+
+    def __init__(self, message: str, errors: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.errors = errors or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "status": self.status, "message": self.message,
+                "errors": self.errors}
+
+
+class RequestInvalid(PipelineError):
+    code = "validation_failed"
+    status = 422
+
+
+class NotFound(PipelineError):
+    code = "not_found"
+    status = 404
+
+
+class Conflict(PipelineError):
+    code = "conflict"
+    status = 409
+
+
+class Unauthorized(PipelineError):
+    code = "unauthorized"
+    status = 401
+
+
+class ProviderError(PipelineError):
+    """Runware refused or failed a request; `kind` says what the pipeline should do about it."""
+
+    code = "provider_error"
+    status = 502
+
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+    ACCOUNT = "account"
+    CONFLICT = "conflict"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str,
+        provider_code: str | None = None,
+        parameter: Any = None,
+        http_status: int | None = None,
+        retry_after: float | None = None,
+        task_uuid: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.provider_code = provider_code
+        self.parameter = parameter
+        self.http_status = http_status
+        self.retry_after = retry_after
+        self.task_uuid = task_uuid
+
+    def __repr__(self) -> str:
+        return (f"ProviderError(kind={self.kind!r}, code={self.provider_code!r}, "
+                f"status={self.http_status!r}, message={self.message!r})")
+
+
+class StorageError(PipelineError):
+    """S3 failed; transient errors are worth a retry, others are not."""
+
+    code = "storage_error"
+    status = 503
+
+    def __init__(self, message: str, *, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class ObjectMissing(StorageError):
+    def __init__(self, key: str) -> None:
+        super().__init__(f"no object at {key}", transient=True)
+        self.key = key
+
+
+class ImageRejected(PipelineError):
+    """An image failed verification (format, size, bytes)."""
+
+    code = "image_rejected"
+    status = 422

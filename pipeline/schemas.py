@@ -1,0 +1,264 @@
+"""Marshmallow schemas: the job request we accept, and the Runware payloads we read."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from marshmallow import (
+    EXCLUDE,
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    pre_load,
+    validate,
+    validates_schema,
+)
+
+from pipeline.catalog import CATALOG, get_model
+
+PIPELINE_OWNED_FIELDS = ("deliveryMethod", "webhookURL", "uploadEndpoint", "outputType", "ttl",
+                         "includeCost")
+METADATA_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+METADATA_MAX_PAIRS = 10
+METADATA_MAX_VALUE = 256
+
+
+def _ascii_printable(value: str) -> bool:
+    return all(32 <= ord(char) < 127 for char in value)
+
+
+class _Strict(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class InputsSchema(_Strict):
+    referenceImages = fields.List(
+        fields.String(validate=validate.Length(min=1)), load_default=None
+    )
+
+
+class SafetySchema(_Strict):
+    checkContent = fields.Boolean(load_default=None)
+    mode = fields.String(load_default=None)
+
+
+class JobRequestSchema(_Strict):
+    """A job request: Runware's own parameter names plus the pipeline's fields."""
+
+    taskType = fields.String(validate=validate.Equal("imageInference",
+                                                     error="must be imageInference"))
+    taskUUID = fields.UUID(data_key="taskUUID", load_default=None)
+    model = fields.String(load_default=None)
+    positivePrompt = fields.String(required=True, validate=validate.Length(min=1, max=10000))
+    width = fields.Integer(strict=True, load_default=None)
+    height = fields.Integer(strict=True, load_default=None)
+    resolution = fields.String(load_default=None)
+    numberResults = fields.Integer(strict=True, load_default=1)
+    outputFormat = fields.String(load_default=None)
+    outputQuality = fields.Integer(strict=True, load_default=None)
+    inputs = fields.Nested(InputsSchema, load_default=None)
+    safety = fields.Nested(SafetySchema, load_default=None)
+    idempotencyKey = fields.String(validate=validate.Length(min=1, max=255), load_default=None)
+    callbackURL = fields.URL(schemes={"http", "https"}, require_tld=False, load_default=None)
+    metadata = fields.Dict(keys=fields.String(), values=fields.String(), load_default=None)
+    deadlineSeconds = fields.Integer(strict=True, validate=validate.Range(min=30, max=86400),
+                                     load_default=None)
+
+    def __init__(self, default_model: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.default_model = default_model
+
+    @pre_load
+    def upper_case_format(self, data: Any, **_: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("outputFormat"), str):
+            data = {**data, "outputFormat": data["outputFormat"].upper()}
+        return data
+
+    @validates_schema
+    def check_model_rules(self, data: dict[str, Any], **_: Any) -> None:
+        air = data.get("model") or self.default_model
+        if air not in CATALOG:
+            raise ValidationError(
+                {"model": [f"unknown model {air!r}; known: {', '.join(sorted(CATALOG))}"]}
+            )
+        errors = get_model(air).validate(data)
+        metadata = data.get("metadata")
+        if metadata is not None:
+            problems = []
+            if len(metadata) > METADATA_MAX_PAIRS:
+                problems.append(f"at most {METADATA_MAX_PAIRS} pairs")
+            for key, value in metadata.items():
+                if not METADATA_KEY.match(key):
+                    problems.append(f"key {key!r} must be 1-64 ASCII letters, digits, '-' or '_'")
+                if len(value) > METADATA_MAX_VALUE or not _ascii_printable(value):
+                    problems.append(f"value of {key!r} must be printable ASCII, "
+                                    f"at most {METADATA_MAX_VALUE} characters")
+            if problems:
+                errors["metadata"] = problems
+        if errors:
+            raise ValidationError(errors)
+
+    @post_load
+    def normalise(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
+        data["model"] = data.get("model") or self.default_model
+        if data.get("taskUUID") is not None:
+            data["taskUUID"] = str(data["taskUUID"])
+        spec = get_model(data["model"])
+        data["outputFormat"] = data.get("outputFormat") or spec.default_output_format
+        return {key: value for key, value in data.items() if value is not None}
+
+
+def load_job_request(body: Any, default_model: str) -> dict[str, Any]:
+    """Validate a job request; raise `ValidationError` with messages by field."""
+    if not isinstance(body, dict):
+        raise ValidationError({"_schema": ["the request body must be a JSON object"]})
+    owned = {name: [f"{name} is set by the pipeline; remove it from the request"]
+             for name in PIPELINE_OWNED_FIELDS if name in body}
+    rest = {key: value for key, value in body.items() if key not in PIPELINE_OWNED_FIELDS}
+    try:
+        result: dict[str, Any] = JobRequestSchema(default_model).load(rest)
+    except ValidationError as exc:
+        messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+        raise ValidationError({**owned, **messages}) from None
+    if owned:
+        raise ValidationError(owned)
+    return result
+
+
+# --- Runware payloads: unknown provider fields are ignored, never trusted ---
+
+
+class _Lenient(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+
+class ProviderErrorSchema(_Lenient):
+    code = fields.String(load_default=None)
+    message = fields.String(load_default=None)
+    parameter = fields.Raw(load_default=None)
+    taskType = fields.String(load_default=None)
+    taskUUID = fields.String(load_default=None)
+    status = fields.String(load_default=None)
+
+
+class NestedErrorSchema(_Lenient):
+    code = fields.String(load_default=None)
+    message = fields.String(load_default=None)
+
+
+class ProviderItemSchema(_Lenient):
+    taskType = fields.String(load_default=None)
+    taskUUID = fields.String(required=True)
+    imageUUID = fields.String(load_default=None)
+    imageURL = fields.String(load_default=None)
+    imageBase64Data = fields.String(load_default=None)
+    imageDataURI = fields.String(load_default=None)
+    seed = fields.Integer(load_default=None)
+    cost = fields.Float(load_default=None)
+    NSFWContent = fields.Boolean(load_default=None)
+    status = fields.String(load_default=None)
+    progress = fields.Float(load_default=None)
+    error = fields.Nested(NestedErrorSchema, load_default=None)
+    connectionSessionUUID = fields.String(load_default=None)
+
+
+@dataclass(frozen=True)
+class ProviderResult:
+    """One image outcome reported by Runware, from a webhook, a poll or a sync answer."""
+
+    task_uuid: str
+    status: str  # "success" | "error" | "processing"
+    image_uuid: str | None = None
+    image_url: str | None = None
+    seed: int | None = None
+    cost: float | None = None
+    nsfw: bool | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "success"
+
+
+PROCESSING_STATUSES = {"processing", "pending", "queued", "scheduled", "waiting"}
+
+
+def _item_result(item: dict[str, Any]) -> ProviderResult | None:
+    status = (item.get("status") or "").lower()
+    if item.get("taskType") == "authentication":
+        return None
+    if status == "error" or item.get("error"):
+        error = item.get("error") or {}
+        return ProviderResult(
+            task_uuid=item["taskUUID"], status="error",
+            error_code=error.get("code") or "providerError",
+            error_message=error.get("message") or "the provider reported an error",
+        )
+    if status in PROCESSING_STATUSES or not item.get("imageUUID"):
+        return ProviderResult(task_uuid=item["taskUUID"], status="processing")
+    return ProviderResult(
+        task_uuid=item["taskUUID"], status="success", image_uuid=item["imageUUID"],
+        image_url=item.get("imageURL"), seed=item.get("seed"), cost=item.get("cost"),
+        nsfw=item.get("NSFWContent"),
+    )
+
+
+def _error_result(error: dict[str, Any]) -> ProviderResult | None:
+    if not error.get("taskUUID"):
+        return None
+    return ProviderResult(
+        task_uuid=error["taskUUID"], status="error",
+        error_code=error.get("code") or "providerError",
+        error_message=error.get("message") or "the provider reported an error",
+    )
+
+
+def parse_provider_body(body: Any) -> tuple[list[ProviderResult], list[dict[str, Any]]]:
+    """Read a Runware body in any known shape: wrapped `{data, errors}` or one flat item.
+
+    Returns the image results (successes, errors tied to a task, and in-progress placeholders)
+    and the raw error entries that name no task.
+    """
+    if isinstance(body, list):
+        body = {"data": body}
+    if not isinstance(body, dict):
+        raise ValidationError("the body must be a JSON object")
+    if "data" not in body and "errors" not in body:
+        body = {"data": [body]}
+    data = body.get("data") or []
+    errors = body.get("errors") or []
+    if isinstance(data, dict):  # seen in one docs example: a single object instead of an array
+        data = [data]
+    if not isinstance(data, list) or not isinstance(errors, list):
+        raise ValidationError("data and errors must be arrays")
+    items = ProviderItemSchema(many=True).load(data)
+    error_items = ProviderErrorSchema(many=True).load(errors)
+    results: list[ProviderResult] = []
+    untied: list[dict[str, Any]] = []
+    for item in items:
+        parsed = _item_result(item)
+        if parsed is not None:
+            results.append(parsed)
+    for error in error_items:
+        parsed = _error_result(error)
+        if parsed is None:
+            untied.append(error)
+        else:
+            results.append(parsed)
+    return results, untied
+
+
+def is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except (ValueError, TypeError):
+        return False
+    return True

@@ -1,0 +1,159 @@
+"""S3 object storage behind the `ObjectStorage` interface, and the bucket's key layout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from pipeline.catalog import FORMAT_EXTENSIONS
+from pipeline.config import Settings
+from pipeline.errors import StorageError
+from pipeline.interfaces import ObjectHead
+
+MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
+TRANSIENT_CODES = {"500", "502", "503", "504", "SlowDown", "InternalError", "RequestTimeout",
+                   "ServiceUnavailable", "PreconditionFailed", "412"}
+
+
+@dataclass(frozen=True)
+class KeyLayout:
+    """Where each object of a job lives in the bucket."""
+
+    prefix: str = ""
+
+    def staging(self, job_id: str, task_uuid: str) -> str:
+        return f"{self.prefix}staging/{job_id}/{task_uuid}"
+
+    def final(self, job_id: str, slot: int, output_format: str) -> str:
+        return f"{self.prefix}jobs/{job_id}/{slot:02d}.{FORMAT_EXTENSIONS[output_format]}"
+
+    def manifest(self, job_id: str) -> str:
+        return f"{self.prefix}jobs/{job_id}/manifest.json"
+
+    def job_prefix(self, job_id: str) -> str:
+        return f"{self.prefix}jobs/{job_id}/"
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _storage_error(action: str, key: str, exc: Exception) -> StorageError:
+    if isinstance(exc, ClientError):
+        code = _error_code(exc)
+        return StorageError(f"S3 {action} of {key} failed: {code}",
+                            transient=code in TRANSIENT_CODES)
+    return StorageError(f"S3 {action} of {key} failed: {type(exc).__name__}", transient=True)
+
+
+class S3ObjectStorage:
+    """Object storage on S3 or any S3-compatible server."""
+
+    def __init__(self, client: Any, bucket: str) -> None:
+        self._s3 = client
+        self.bucket = bucket
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, timeout: float = 30.0,
+                      attempts: int = 3) -> S3ObjectStorage:
+        config = Config(
+            signature_version="s3v4",
+            connect_timeout=min(timeout, 5.0),
+            read_timeout=timeout,
+            retries={"max_attempts": attempts, "mode": "standard"},
+            s3={"addressing_style": "path" if settings.s3_endpoint_url else "auto"},
+        )
+        client = boto3.client("s3", endpoint_url=settings.s3_endpoint_url,
+                              region_name=settings.s3_region, config=config)
+        return cls(client, settings.s3_bucket)
+
+    def presign_put(self, key: str, expires_in: int) -> str:
+        # No ContentType in the signature: the header Runware's PUT carries is not documented.
+        url: str = self._s3.generate_presigned_url(
+            "put_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_in)
+        return url
+
+    def head(self, key: str) -> ObjectHead | None:
+        try:
+            answer = self._s3.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _error_code(exc) in MISSING_CODES:
+                return None
+            raise _storage_error("head", key, exc) from None
+        except BotoCoreError as exc:
+            raise _storage_error("head", key, exc) from None
+        return ObjectHead(key=key, size=int(answer["ContentLength"]), etag=answer["ETag"],
+                          content_type=answer.get("ContentType"),
+                          metadata=dict(answer.get("Metadata") or {}))
+
+    def read(self, key: str, max_bytes: int) -> bytes:
+        try:
+            answer = self._s3.get_object(Bucket=self.bucket, Key=key)
+            body = answer["Body"]
+            data: bytes = body.read(max_bytes + 1)
+            body.close()
+        except (ClientError, BotoCoreError) as exc:
+            raise _storage_error("read", key, exc) from None
+        if len(data) > max_bytes:
+            raise StorageError(f"{key} is larger than {max_bytes} bytes", transient=False)
+        return data
+
+    def read_prefix(self, key: str, length: int) -> bytes:
+        try:
+            answer = self._s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes=0-{length - 1}")
+            data: bytes = answer["Body"].read()
+        except (ClientError, BotoCoreError) as exc:
+            raise _storage_error("read", key, exc) from None
+        return data
+
+    def copy(self, source: str, destination: str, *, if_match: str, content_type: str,
+             metadata: dict[str, str]) -> ObjectHead:
+        try:
+            self._s3.copy_object(
+                Bucket=self.bucket, Key=destination,
+                CopySource={"Bucket": self.bucket, "Key": source},
+                CopySourceIfMatch=if_match, MetadataDirective="REPLACE",
+                ContentType=content_type, Metadata=metadata,
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise _storage_error("copy", source, exc) from None
+        head = self.head(destination)
+        if head is None:
+            raise StorageError(f"S3 copy to {destination} left no object", transient=True)
+        return head
+
+    def put(self, key: str, data: bytes, *, content_type: str,
+            metadata: dict[str, str] | None = None) -> ObjectHead:
+        try:
+            answer = self._s3.put_object(Bucket=self.bucket, Key=key, Body=data,
+                                         ContentType=content_type, Metadata=metadata or {})
+        except (ClientError, BotoCoreError) as exc:
+            raise _storage_error("put", key, exc) from None
+        return ObjectHead(key=key, size=len(data), etag=answer["ETag"], content_type=content_type,
+                          metadata=metadata or {})
+
+    def delete(self, key: str) -> None:
+        try:
+            self._s3.delete_object(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise _storage_error("delete", key, exc) from None
+
+    def list_keys(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        try:
+            paginator = self._s3.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                keys.extend(item["Key"] for item in page.get("Contents", []))
+        except (ClientError, BotoCoreError) as exc:
+            raise _storage_error("list", prefix, exc) from None
+        return keys
+
+    def check(self) -> None:
+        try:
+            self._s3.head_bucket(Bucket=self.bucket)
+        except (ClientError, BotoCoreError) as exc:
+            raise _storage_error("head_bucket", self.bucket, exc) from None
