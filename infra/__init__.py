@@ -1,0 +1,1 @@
+"""Deployment and local-infrastructure code: the Runware emulator and the local stack."""

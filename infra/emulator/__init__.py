@@ -1,0 +1,6 @@
+"""Runware emulator: the provider's wire contract for `xai:grok-imagine@image-pro`, with faults."""
+
+from infra.emulator.app import close_app, create_app
+from infra.emulator.config import EmulatorConfig
+
+__all__ = ["EmulatorConfig", "close_app", "create_app"]

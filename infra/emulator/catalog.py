@@ -1,0 +1,287 @@
+"""The provider's rules for `xai:grok-imagine@image-pro`: sizes, limits, prices and validation."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+DOCS_URL = "https://runware.ai/docs/models/xai-grok-imagine-image-pro"
+ERRORS_DOCS_URL = "https://runware.ai/docs/platform/errors"
+
+ASPECTS = ("1:1", "3:4", "4:3", "9:16", "16:9", "2:3", "3:2",
+           "9:19.5", "19.5:9", "9:20", "20:9", "1:2", "2:1")
+DIMENSIONS: dict[str, tuple[tuple[int, int], ...]] = {
+    "1K": ((1024, 1024), (896, 1280), (1280, 896), (768, 1408), (1408, 768), (864, 1296),
+           (1296, 864), (576, 1248), (1248, 576), (576, 1280), (1280, 576), (704, 1408),
+           (1408, 704)),
+    "2K": ((2048, 2048), (1792, 2560), (2560, 1792), (1536, 2816), (2816, 1536), (1728, 2592),
+           (2592, 1728), (1152, 2496), (2496, 1152), (1152, 2560), (2560, 1152), (1408, 2816),
+           (2816, 1408)),
+}
+ALLOWED_SIZES = frozenset(size for row in DIMENSIONS.values() for size in row)
+DEFAULT_PRESET = "1K"
+
+NUMBER_RESULTS = (1, 20)
+OUTPUT_QUALITY = (20, 99)
+DEFAULT_QUALITY = 95
+MIN_TTL = 60
+OUTPUT_FORMATS = ("JPG", "PNG", "WEBP")
+OUTPUT_TYPES = ("URL", "base64Data", "dataURI")
+DELIVERY_METHODS = ("sync", "async")
+SAFETY_MODES = ("none", "fast")
+RESULT_KEYS = {"URL": "imageURL", "base64Data": "imageBase64Data", "dataURI": "imageDataURI"}
+
+INFERENCE_FIELDS = frozenset({
+    "taskType", "taskUUID", "model", "positivePrompt", "width", "height", "resolution", "inputs",
+    "outputType", "outputFormat", "outputQuality", "deliveryMethod", "webhookURL",
+    "uploadEndpoint", "includeCost", "numberResults", "ttl", "safety",
+})
+INPUT_FIELDS = frozenset({"referenceImages"})
+SAFETY_FIELDS = frozenset({"checkContent", "mode"})
+
+
+class TaskError(Exception):
+    """One task refused; `item` is its entry in the response's `errors` array."""
+
+    def __init__(self, code: str, message: str, parameter: str | None = None,
+                 status: int = 400, **extra: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.parameter = parameter
+        self.status = status
+        self.extra = extra
+
+    def item(self, task_type: str | None, task_uuid: str | None) -> dict[str, Any]:
+        """The wire shape of the error, bound to its task."""
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.parameter is not None:
+            body["parameter"] = self.parameter
+        if task_type is not None:
+            body["taskType"] = task_type
+        if task_uuid is not None:
+            body["taskUUID"] = task_uuid
+        body.update(self.extra)
+        body["documentation"] = ERRORS_DOCS_URL
+        return body
+
+
+@dataclass(frozen=True)
+class InferenceRequest:
+    """A validated imageInference task, with the defaults of the model page filled in."""
+
+    task_uuid: str
+    model: str
+    prompt: str
+    width: int | None
+    height: int | None
+    preset: str
+    reference_images: tuple[str, ...]
+    output_type: str
+    output_format: str
+    output_quality: int
+    delivery_method: str
+    webhook_url: str | None
+    upload_endpoint: str | None
+    include_cost: bool
+    number_results: int
+    ttl: int | None
+    check_content: bool
+
+    @property
+    def editing(self) -> bool:
+        """Whether reference images make this an editing task."""
+        return bool(self.reference_images)
+
+
+def unit_cost(reference_images: int, price_per_image: float, price_per_input: float) -> float:
+    """USD charged per image: $0.07, and $0.002 more per input image when editing."""
+    return round(price_per_image + price_per_input * reference_images, 6)
+
+
+def closest_size(preset: str, aspect: float) -> tuple[int, int]:
+    """The preset's row whose width/height ratio is closest to `aspect`."""
+    return min(DIMENSIONS[preset], key=lambda wh: abs(wh[0] / wh[1] - aspect))
+
+
+def is_uuid(value: Any) -> bool:
+    """Whether `value` is a UUID string (any version)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _int_in(task: dict[str, Any], name: str, low: int, high: int | None) -> int | None:
+    if name not in task or task[name] is None:
+        return None
+    value = task[name]
+    code = "invalid" + name[0].upper() + name[1:]
+    bounds: dict[str, Any] = {"min": low}
+    if high is not None:
+        bounds["max"] = high
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TaskError(code, f"Invalid value for '{name}': must be an integer.", name, **bounds)
+    if value < low or (high is not None and value > high):
+        limit = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise TaskError(code, f"Invalid value for '{name}': must be {limit}.", name, **bounds)
+    return value
+
+
+def _choice(task: dict[str, Any], name: str, allowed: tuple[str, ...], default: str,
+            fold_case: bool = False) -> str:
+    value = task.get(name)
+    if value is None:
+        return default
+    code = "invalid" + name[0].upper() + name[1:]
+    if isinstance(value, str):
+        for option in allowed:
+            if value == option or (fold_case and value.upper() == option.upper()):
+                return option
+    raise TaskError(code, f"Invalid value for '{name}': must be one of {', '.join(allowed)}.",
+                    name, allowedValues=list(allowed))
+
+
+def _url(task: dict[str, Any], name: str) -> str | None:
+    value = task.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        code = "invalid" + name[0].upper() + name[1:]
+        raise TaskError(code, f"Invalid value for '{name}': must be an http(s) URL.", name)
+    return value
+
+
+def _bool(task: dict[str, Any], name: str, parameter: str | None = None) -> bool:
+    value = task.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        parameter = parameter or name
+        raise TaskError("invalid" + name[0].upper() + name[1:],
+                        f"Invalid value for '{parameter}': must be a boolean.", parameter)
+    return value
+
+
+def validate_inference(task: dict[str, Any], model: str,
+                       reject_unknown: bool = True) -> InferenceRequest:
+    """Check one imageInference task against the model page; raise the first violation."""
+    task_uuid = task.get("taskUUID")
+    if task_uuid is None:
+        raise TaskError("missingParameter", "Missing required parameter 'taskUUID'.", "taskUUID")
+    if not is_uuid(task_uuid):
+        raise TaskError("invalidTaskUUID", "Invalid value for 'taskUUID': must be a UUID.",
+                        "taskUUID")
+    if task.get("model") is None:
+        raise TaskError("missingParameter", "Missing required parameter 'model'.", "model")
+    if task["model"] != model:
+        raise TaskError("unknownModel", f"Unknown model '{task['model']}'.", "model")
+    if reject_unknown:
+        for name in task:
+            if name not in INFERENCE_FIELDS:
+                raise TaskError("unknownParameter",
+                                f"Unknown parameter '{name}' for model {model}.", name)
+    prompt = task.get("positivePrompt")
+    if prompt is None:
+        raise TaskError("missingParameter", "Missing required parameter 'positivePrompt'.",
+                        "positivePrompt")
+    if not isinstance(prompt, str) or len(prompt) < 1:
+        raise TaskError("invalidPositivePrompt",
+                        "Invalid value for 'positivePrompt': must be at least 1 character.",
+                        "positivePrompt", min=1)
+
+    references = _reference_images(task, reject_unknown)
+    width = _int_in(task, "width", 1, None)
+    height = _int_in(task, "height", 1, None)
+    resolution = task.get("resolution")
+    if resolution is not None and (width is not None or height is not None):
+        raise TaskError("incompatibleParameters",
+                        "'resolution' cannot be combined with 'width' and 'height'.",
+                        "resolution")
+    if (width is None) != (height is None):
+        missing = "height" if width is not None else "width"
+        raise TaskError("missingParameter",
+                        f"'width' and 'height' must be sent together; '{missing}' is missing.",
+                        missing)
+    preset = _choice(task, "resolution", tuple(DIMENSIONS), DEFAULT_PRESET)
+    if width is not None and height is not None and (width, height) not in ALLOWED_SIZES:
+        raise TaskError(
+            "unsupportedDimensions",
+            f"Unsupported dimensions {width}x{height} (width x height) for model {model}: "
+            "use one of the listed combinations.",
+            "width", allowedValues=[f"{w}x{h}" for w, h in sorted(ALLOWED_SIZES)])
+    if width is None and resolution is None and not references:
+        raise TaskError("missingParameter",
+                        "Provide 'inputs.referenceImages', 'width' and 'height', or 'resolution'.",
+                        "resolution")
+
+    number_results = _int_in(task, "numberResults", *NUMBER_RESULTS)
+    output_quality = _int_in(task, "outputQuality", *OUTPUT_QUALITY)
+    output_type = _choice(task, "outputType", OUTPUT_TYPES, "URL")
+    output_format = _choice(task, "outputFormat", OUTPUT_FORMATS, "JPG", fold_case=True)
+    delivery = _choice(task, "deliveryMethod", DELIVERY_METHODS, "sync")
+    ttl = _int_in(task, "ttl", MIN_TTL, None)
+    webhook_url = _url(task, "webhookURL")
+    upload_endpoint = _url(task, "uploadEndpoint")
+    include_cost = _bool(task, "includeCost")
+    check_content = _safety(task, reject_unknown)
+    return InferenceRequest(
+        task_uuid=task_uuid, model=model, prompt=prompt, width=width, height=height,
+        preset=preset, reference_images=references, output_type=output_type,
+        output_format=output_format,
+        output_quality=DEFAULT_QUALITY if output_quality is None else output_quality,
+        delivery_method=delivery, webhook_url=webhook_url, upload_endpoint=upload_endpoint,
+        include_cost=include_cost, number_results=number_results or 1, ttl=ttl,
+        check_content=check_content,
+    )
+
+
+def _reference_images(task: dict[str, Any], reject_unknown: bool) -> tuple[str, ...]:
+    inputs = task.get("inputs")
+    if inputs is None:
+        return ()
+    if not isinstance(inputs, dict):
+        raise TaskError("invalidInputs", "Invalid value for 'inputs': must be an object.",
+                        "inputs")
+    if reject_unknown:
+        for name in inputs:
+            if name not in INPUT_FIELDS:
+                raise TaskError("unknownParameter", f"Unknown parameter 'inputs.{name}'.",
+                                f"inputs.{name}")
+    images = inputs.get("referenceImages")
+    if images is None:
+        return ()
+    if (not isinstance(images, list) or not images
+            or not all(isinstance(i, str) and i for i in images)):
+        raise TaskError("invalidReferenceImages",
+                        "Invalid value for 'inputs.referenceImages': must be a non-empty array "
+                        "of image UUIDs, URLs, data URIs or base64 strings.",
+                        "inputs.referenceImages")
+    return tuple(images)
+
+
+def _safety(task: dict[str, Any], reject_unknown: bool) -> bool:
+    safety = task.get("safety")
+    if safety is None:
+        return False
+    if not isinstance(safety, dict):
+        raise TaskError("invalidSafety", "Invalid value for 'safety': must be an object.",
+                        "safety")
+    if reject_unknown:
+        for name in safety:
+            if name not in SAFETY_FIELDS:
+                raise TaskError("unknownParameter", f"Unknown parameter 'safety.{name}'.",
+                                f"safety.{name}")
+    check = _bool(safety, "checkContent", "safety.checkContent")
+    mode = safety.get("mode")
+    if mode is None:
+        return check
+    if mode not in SAFETY_MODES:
+        raise TaskError("invalidSafetyMode",
+                        "Invalid value for 'safety.mode': must be one of none, fast.",
+                        "safety.mode", allowedValues=list(SAFETY_MODES))
+    return bool(mode == "fast")
