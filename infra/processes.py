@@ -119,11 +119,15 @@ _RUNNING_LOCK = threading.Lock()
 @atexit.register
 def _stop_leftovers() -> None:
     """No server outlives the interpreter that started it, whatever way that one exits."""
-    with _RUNNING_LOCK:
-        leftovers = list(_RUNNING)
-    for process in leftovers:
+    for process in running_processes():
         with contextlib.suppress(Exception):
             process.stop(timeout=3)
+
+
+def running_processes() -> list[ManagedProcess]:
+    """Every process started here and not yet stopped."""
+    with _RUNNING_LOCK:
+        return list(_RUNNING)
 
 
 class ManagedProcess:
@@ -666,7 +670,8 @@ def pipeline_env(
     S3 credentials (e.g. the caller's own for real S3).
     """
     env = scrubbed_environ(base)
-    for key in ("S3_ENDPOINT_URL", "RUNWARE_API_URL"):
+    # The broker follows REDIS_URL; a stray CELERY_BROKER_URL would point elsewhere.
+    for key in ("S3_ENDPOINT_URL", "RUNWARE_API_URL", "CELERY_BROKER_URL"):
         env.pop(key, None)
     env.update(
         REDIS_URL=redis_url,
