@@ -103,7 +103,9 @@ class Settings:
     allow_private_urls: bool = False
     public_base_url: str = "http://127.0.0.1:8000"
     webhook_secrets: tuple[str, ...] = ()
+    callback_secret: str = ""
     api_keys: dict[str, str] = field(default_factory=dict)
+    receiver_roles: tuple[str, ...] = ("webhooks", "api", "metrics")
     default_deadline_seconds: int = 900
     max_deadline_seconds: int = 86400
     upload_url_margin_seconds: int = 600
@@ -118,6 +120,9 @@ class Settings:
     retry_backoff_cap_seconds: int = 60
     visibility_timeout_seconds: int = 3600
     max_image_bytes: int = 50 * 1024 * 1024
+    circuit_probe_seconds: int = 60
+    budget_wait_seconds: int = 2
+    upload_wait_seconds: int = 30
     log_level: str = "INFO"
     log_format: str = "json"
 
@@ -156,7 +161,9 @@ class Settings:
             allow_private_urls=_bool(env, "ALLOW_PRIVATE_URLS", cls.allow_private_urls),
             public_base_url=public_base_url,
             webhook_secrets=secrets,
+            callback_secret=_str(env, "CALLBACK_SECRET", ""),
             api_keys=_api_keys(env),
+            receiver_roles=_list(env, "RECEIVER_ROLES", cls.receiver_roles),
             default_deadline_seconds=_int(
                 env, "DEFAULT_DEADLINE_SECONDS", cls.default_deadline_seconds, 30
             ),
@@ -191,6 +198,11 @@ class Settings:
                 env, "CELERY_VISIBILITY_TIMEOUT", cls.visibility_timeout_seconds, 60
             ),
             max_image_bytes=_int(env, "MAX_IMAGE_BYTES", cls.max_image_bytes, 1024),
+            circuit_probe_seconds=_int(
+                env, "CIRCUIT_PROBE_SECONDS", cls.circuit_probe_seconds, 1
+            ),
+            budget_wait_seconds=_int(env, "BUDGET_WAIT_SECONDS", cls.budget_wait_seconds, 1),
+            upload_wait_seconds=_int(env, "UPLOAD_WAIT_SECONDS", cls.upload_wait_seconds, 0),
             log_level=_str(env, "LOG_LEVEL", cls.log_level).upper(),
             log_format=log_format,
         )

@@ -1,0 +1,425 @@
+"""The Redis job store: the system of record for jobs and image slots, with atomic transitions."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from pipeline.config import Settings
+
+JOB_STATES = ("queued", "running", "succeeded", "partially_succeeded", "failed", "cancelled",
+              "timed_out")
+JOB_TERMINAL = frozenset({"succeeded", "partially_succeeded", "failed", "cancelled", "timed_out"})
+SLOT_STATES = ("pending", "submitted", "received", "stored", "failed", "discarded", "dead")
+SLOT_TERMINAL = frozenset({"stored", "failed", "discarded", "dead"})
+SLOT_OPEN = ("pending", "submitted", "received")
+
+_CREATE_JOB = """
+-- KEYS: job, idempotency (or a placeholder when ARGV[3] is ''), tenant index, active set, slots...
+if ARGV[3] ~= '' then
+  local existing = redis.call('GET', KEYS[2])
+  if existing then
+    local job_id = string.match(existing, '^([^|]*)|')
+    if redis.call('EXISTS', ARGV[6] .. job_id) == 1 then return existing end
+  end
+  redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
+end
+local fields = cjson.decode(ARGV[1])
+for name, value in pairs(fields) do redis.call('HSET', KEYS[1], name, value) end
+for i = 5, #KEYS do
+  redis.call('HSET', KEYS[i], 'state', 'pending', 'slot', tostring(i - 5), 'attempt', '1',
+             'job_id', fields['id'], 'updated_at', fields['created_at'])
+end
+redis.call('ZADD', KEYS[3], fields['created_at'], fields['id'])
+redis.call('ZADD', KEYS[4], ARGV[5], fields['id'])
+return ''
+"""
+
+_TRANSITION = """
+-- KEYS[1]: a job or slot hash. ARGV: allowed states, new state, expected task uuid, pairs...
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return {0, ''} end
+if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'task_uuid') ~= ARGV[3] then
+  return {0, state}
+end
+local allowed = false
+for name in string.gmatch(ARGV[1], '[^,]+') do
+  if name == state then allowed = true end
+end
+if not allowed then return {0, state} end
+redis.call('HSET', KEYS[1], 'state', ARGV[2])
+for i = 4, #ARGV, 2 do
+  if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
+  else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+return {1, state}
+"""
+
+_MINT_TASK = """
+-- KEYS[1] slot, KEYS[2] task index of the candidate uuid. ARGV: attempt, uuid, index value, ttl
+local current = redis.call('HGET', KEYS[1], 'task_uuid')
+if current and redis.call('HGET', KEYS[1], 'task_attempt') == ARGV[1] then return current end
+if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return false end
+if current then
+  local previous = redis.call('HGET', KEYS[1], 'previous_task_uuids')
+  if previous then previous = previous .. ',' .. current else previous = current end
+  redis.call('HSET', KEYS[1], 'previous_task_uuids', previous)
+end
+redis.call('HSET', KEYS[1], 'task_uuid', ARGV[2], 'task_attempt', ARGV[1])
+redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
+return ARGV[2]
+"""
+
+_ACQUIRE = """
+-- KEYS[1] leases (zset member -> expiry). ARGV: now, limit, expiry, members...
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local granted = {}
+for i = 4, #ARGV do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    table.insert(granted, ARGV[i])
+  elseif redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+    redis.call('ZADD', KEYS[1], ARGV[3], ARGV[i])
+    table.insert(granted, ARGV[i])
+  end
+end
+return granted
+"""
+
+
+def _encode(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    return str(value)
+
+
+def _float(raw: str | None) -> float | None:
+    return float(raw) if raw else None
+
+
+def _int(raw: str | None) -> int | None:
+    return int(raw) if raw else None
+
+
+@dataclass
+class Slot:
+    """One requested image: one Runware task per attempt, one final key."""
+
+    job_id: str
+    slot: int
+    state: str
+    attempt: int = 1
+    task_uuid: str | None = None
+    task_attempt: int | None = None
+    previous_task_uuids: list[str] = field(default_factory=list)
+    submitted_at: float | None = None
+    received_at: float | None = None
+    stored_at: float | None = None
+    updated_at: float | None = None
+    image_uuid: str | None = None
+    image_url: str | None = None
+    seed: int | None = None
+    cost: float | None = None
+    nsfw: bool | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    final_key: str | None = None
+    width: int | None = None
+    height: int | None = None
+    size: int | None = None
+    etag: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in SLOT_TERMINAL
+
+    @classmethod
+    def from_hash(cls, raw: dict[str, str]) -> Slot:
+        previous = raw.get("previous_task_uuids")
+        nsfw = raw.get("nsfw")
+        return cls(
+            job_id=raw["job_id"], slot=int(raw["slot"]), state=raw["state"],
+            attempt=int(raw.get("attempt") or 1), task_uuid=raw.get("task_uuid") or None,
+            task_attempt=_int(raw.get("task_attempt")),
+            previous_task_uuids=previous.split(",") if previous else [],
+            submitted_at=_float(raw.get("submitted_at")),
+            received_at=_float(raw.get("received_at")), stored_at=_float(raw.get("stored_at")),
+            updated_at=_float(raw.get("updated_at")),
+            image_uuid=raw.get("image_uuid") or None, image_url=raw.get("image_url") or None,
+            seed=_int(raw.get("seed")), cost=_float(raw.get("cost")),
+            nsfw=None if not nsfw else nsfw == "1",
+            error_code=raw.get("error_code") or None,
+            error_message=raw.get("error_message") or None,
+            final_key=raw.get("final_key") or None, width=_int(raw.get("width")),
+            height=_int(raw.get("height")), size=_int(raw.get("size")),
+            etag=raw.get("etag") or None,
+        )
+
+
+@dataclass
+class Job:
+    """A request for N images of one model, owned by one tenant."""
+
+    id: str
+    tenant: str
+    state: str
+    model: str
+    params: dict[str, Any]
+    slot_count: int
+    output_format: str
+    created_at: float
+    updated_at: float
+    deadline_at: float
+    reason: str | None = None
+    client_task_uuid: str | None = None
+    idempotency_key: str | None = None
+    callback_url: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    manifest_key: str | None = None
+    manifest_version: int = 0
+    ended_at: float | None = None
+    slots: list[Slot] = field(default_factory=list)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in JOB_TERMINAL
+
+    def to_hash(self) -> dict[str, str]:
+        values = {
+            "id": self.id, "tenant": self.tenant, "state": self.state, "model": self.model,
+            "params": self.params, "slot_count": self.slot_count,
+            "output_format": self.output_format, "created_at": repr(self.created_at),
+            "updated_at": repr(self.updated_at), "deadline_at": repr(self.deadline_at),
+            "reason": self.reason, "client_task_uuid": self.client_task_uuid,
+            "idempotency_key": self.idempotency_key, "callback_url": self.callback_url,
+            "metadata": self.metadata, "manifest_version": self.manifest_version,
+        }
+        return {key: _encode(value) for key, value in values.items() if value is not None}
+
+    @classmethod
+    def from_hash(cls, raw: dict[str, str], slots: list[Slot]) -> Job:
+        return cls(
+            id=raw["id"], tenant=raw["tenant"], state=raw["state"], model=raw["model"],
+            params=json.loads(raw["params"]), slot_count=int(raw["slot_count"]),
+            output_format=raw["output_format"], created_at=float(raw["created_at"]),
+            updated_at=float(raw["updated_at"]), deadline_at=float(raw["deadline_at"]),
+            reason=raw.get("reason") or None, client_task_uuid=raw.get("client_task_uuid") or None,
+            idempotency_key=raw.get("idempotency_key") or None,
+            callback_url=raw.get("callback_url") or None,
+            metadata=json.loads(raw.get("metadata") or "{}"),
+            manifest_key=raw.get("manifest_key") or None,
+            manifest_version=int(raw.get("manifest_version") or 0),
+            ended_at=_float(raw.get("ended_at")), slots=slots,
+        )
+
+
+class RedisJobStore:
+    """Jobs, slots, the taskUUID index, idempotency keys and leases, all in Redis."""
+
+    def __init__(self, client: redis.Redis, *, retention_seconds: int = 7 * 86400,
+                 namespace: str = "imagine") -> None:
+        self.redis = client
+        self.retention_seconds = retention_seconds
+        self.ns = namespace
+        self._create = client.register_script(_CREATE_JOB)
+        self._transition = client.register_script(_TRANSITION)
+        self._mint = client.register_script(_MINT_TASK)
+        self._acquire = client.register_script(_ACQUIRE)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RedisJobStore:
+        client = redis.Redis.from_url(settings.redis_url, decode_responses=True,
+                                      socket_timeout=10, socket_connect_timeout=5,
+                                      health_check_interval=30)
+        return cls(client, retention_seconds=settings.job_retention_seconds)
+
+    # --- keys ---
+    def job_key(self, job_id: str) -> str:
+        return f"{self.ns}:job:{job_id}"
+
+    def slot_key(self, job_id: str, slot: int) -> str:
+        return f"{self.ns}:job:{job_id}:slot:{slot}"
+
+    def task_key(self, task_uuid: str) -> str:
+        return f"{self.ns}:task:{task_uuid}"
+
+    def tenant_key(self, tenant: str) -> str:
+        return f"{self.ns}:tenant:{tenant}:jobs"
+
+    @property
+    def active_key(self) -> str:
+        return f"{self.ns}:active"
+
+    @property
+    def events_key(self) -> str:
+        return f"{self.ns}:events"
+
+    def idempotency_key(self, tenant: str, key: str) -> str:
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        return f"{self.ns}:idem:{tenant}:{digest}"
+
+    # --- jobs ---
+    def create_job(self, job: Job, body_hash: str) -> tuple[str, str | None]:
+        """Write a new job unless the tenant's idempotency key names one already.
+
+        Returns (job id, stored body hash): the new job's id and None, or the earlier job's id
+        and the hash of the body that created it.
+        """
+        idem = job.idempotency_key
+        keys = [self.job_key(job.id),
+                self.idempotency_key(job.tenant, idem) if idem else f"{self.ns}:idem:-",
+                self.tenant_key(job.tenant), self.active_key]
+        keys += [self.slot_key(job.id, n) for n in range(job.slot_count)]
+        existing = self._create(keys=keys, args=[
+            json.dumps(job.to_hash()), job.slot_count, f"{job.id}|{body_hash}" if idem else "",
+            self.retention_seconds, repr(job.deadline_at), f"{self.ns}:job:",
+        ])
+        if existing:
+            job_id, _, stored_hash = str(existing).partition("|")
+            return job_id, stored_hash
+        return job.id, None
+
+    def get_job(self, job_id: str) -> Job | None:
+        raw = self.redis.hgetall(self.job_key(job_id))
+        if not raw:
+            return None
+        pipe = self.redis.pipeline(transaction=False)
+        for n in range(int(raw["slot_count"])):
+            pipe.hgetall(self.slot_key(job_id, n))
+        slots = [Slot.from_hash(item) for item in pipe.execute() if item]
+        return Job.from_hash(raw, slots)
+
+    def get_slot(self, job_id: str, slot: int) -> Slot | None:
+        raw = self.redis.hgetall(self.slot_key(job_id, slot))
+        return Slot.from_hash(raw) if raw else None
+
+    def job_state(self, job_id: str) -> str | None:
+        value = self.redis.hget(self.job_key(job_id), "state")
+        return str(value) if value else None
+
+    def set_job_fields(self, job_id: str, **values: Any) -> None:
+        key = self.job_key(job_id)
+        if not self.redis.exists(key):
+            return
+        pipe = self.redis.pipeline()
+        for name, value in values.items():
+            if value is None:
+                pipe.hdel(key, name)
+            else:
+                pipe.hset(key, name, _encode(value))
+        pipe.hset(key, "updated_at", repr(time.time()))
+        pipe.execute()
+
+    def transition_job(self, job_id: str, allowed: Iterable[str], to: str, **values: Any
+                       ) -> bool:
+        values.setdefault("updated_at", repr(time.time()))
+        return self._apply(self.job_key(job_id), allowed, to, "", values)
+
+    def transition_slot(self, job_id: str, slot: int, allowed: Iterable[str], to: str, *,
+                        task_uuid: str | None = None, **values: Any) -> bool:
+        values.setdefault("updated_at", repr(time.time()))
+        return self._apply(self.slot_key(job_id, slot), allowed, to, task_uuid or "", values)
+
+    def _apply(self, key: str, allowed: Iterable[str], to: str, task_uuid: str,
+               values: dict[str, Any]) -> bool:
+        args: list[str] = [",".join(allowed), to, task_uuid]
+        for name, value in values.items():
+            args += [name, _encode(value)]
+        applied, _previous = self._transition(keys=[key], args=args)
+        return bool(applied)
+
+    def mint_task_uuid(self, job_id: str, slot: int, attempt: int, candidate: str) -> str | None:
+        """Persist a taskUUID for this attempt of a slot, or return the one already minted."""
+        result = self._mint(keys=[self.slot_key(job_id, slot), self.task_key(candidate)],
+                            args=[attempt, candidate, f"{job_id}:{slot}",
+                                  self.retention_seconds])
+        return str(result) if result else None
+
+    def find_task(self, task_uuid: str) -> tuple[str, int] | None:
+        value = self.redis.get(self.task_key(task_uuid))
+        if not value:
+            return None
+        job_id, _, slot = str(value).rpartition(":")
+        return job_id, int(slot)
+
+    def retire_job(self, job_id: str) -> None:
+        """Give a terminal job's records their retention TTL and drop it from the active set."""
+        job = self.get_job(job_id)
+        if job is None:
+            return
+        pipe = self.redis.pipeline()
+        pipe.zrem(self.active_key, job_id)
+        pipe.expire(self.job_key(job_id), self.retention_seconds)
+        for slot in job.slots:
+            pipe.expire(self.slot_key(job_id, slot.slot), self.retention_seconds)
+            for task_uuid in [slot.task_uuid, *slot.previous_task_uuids]:
+                if task_uuid:
+                    pipe.expire(self.task_key(task_uuid), self.retention_seconds)
+        pipe.execute()
+
+    def active_jobs(self, limit: int = 1000) -> list[tuple[str, float]]:
+        rows = self.redis.zrange(self.active_key, 0, limit - 1, withscores=True)
+        return [(str(member), float(score)) for member, score in rows]
+
+    def list_jobs(self, tenant: str, *, state: str | None = None, cursor: float | None = None,
+                  limit: int = 50) -> tuple[list[Job], float | None]:
+        """A tenant's jobs, newest first; `cursor` is the createdAt to continue below."""
+        high: float | str = "+inf" if cursor is None else f"({cursor!r}"
+        jobs: list[Job] = []
+        next_cursor: float | None = None
+        while len(jobs) < limit:
+            rows = self.redis.zrevrangebyscore(self.tenant_key(tenant), high, "-inf",
+                                               start=0, num=limit * 2, withscores=True)
+            if not rows:
+                break
+            for job_id, score in rows:
+                next_cursor = float(score)
+                job = self.get_job(str(job_id))
+                if job is None:
+                    self.redis.zrem(self.tenant_key(tenant), job_id)
+                    continue
+                if state is None or job.state == state:
+                    jobs.append(job)
+                if len(jobs) == limit:
+                    break
+            high = f"({next_cursor!r}"
+        more = next_cursor is not None and bool(
+            self.redis.zcount(self.tenant_key(tenant), "-inf", f"({next_cursor!r}"))
+        return jobs, next_cursor if more else None
+
+    def publish_event(self, event: dict[str, Any]) -> None:
+        self.redis.xadd(self.events_key, {"event": json.dumps(event)}, maxlen=100_000,
+                        approximate=True)
+
+    # --- the in-flight budget per Runware key ---
+    def leases_key(self, api_key: str) -> str:
+        return f"{self.ns}:inflight:{hashlib.sha256(api_key.encode()).hexdigest()[:16]}"
+
+    def acquire_leases(self, api_key: str, members: list[str], limit: int, ttl: float
+                       ) -> list[str]:
+        """Grant in-flight leases up to `limit` across every worker; already held ones count."""
+        now = time.time()
+        granted = self._acquire(keys=[self.leases_key(api_key)],
+                                args=[repr(now), limit, repr(now + ttl), *members])
+        return [str(member) for member in granted]
+
+    def release_leases(self, api_key: str, members: list[str]) -> None:
+        if members:
+            self.redis.zrem(self.leases_key(api_key), *members)
+
+    def leases_in_use(self, api_key: str) -> int:
+        key = self.leases_key(api_key)
+        self.redis.zremrangebyscore(key, "-inf", repr(time.time()))
+        return int(self.redis.zcard(key))
+
+    def ping(self) -> bool:
+        return bool(self.redis.ping())

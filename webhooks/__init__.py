@@ -1,0 +1,1 @@
+"""The HTTP side: the Runware webhook receiver, the jobs API, health and metrics."""

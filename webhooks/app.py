@@ -1,0 +1,89 @@
+"""Flask app factory: serves the webhook receiver and the jobs API together or apart."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from pipeline.config import Settings
+from pipeline.errors import PipelineError
+from pipeline.logs import configure_logging
+from pipeline.services import JobService
+from pipeline.storage import S3ObjectStorage
+from pipeline.store import RedisJobStore
+
+log = logging.getLogger(__name__)
+ROLES = ("webhooks", "api", "metrics")
+
+
+def error_response(code: str, status: int, message: str, errors: dict[str, Any] | None = None
+                   ) -> tuple[Any, int]:
+    return jsonify({"code": code, "status": status, "message": message,
+                    "errors": errors or {}}), status
+
+
+def _default_services(settings: Settings) -> tuple[JobService, JobService]:
+    from pipeline.dispatch import CeleryDispatcher
+    from workers.celery_app import create_celery
+
+    store = RedisJobStore.from_settings(settings)
+    dispatcher = CeleryDispatcher(create_celery(settings))
+    service = JobService(settings=settings, store=store,
+                         storage=S3ObjectStorage.from_settings(settings),
+                         dispatcher=dispatcher)
+    # The webhook answer must not wait on S3 retries: one short attempt, then a worker takes over.
+    inline = JobService(settings=settings, store=store,
+                        storage=S3ObjectStorage.from_settings(
+                            settings, timeout=settings.inline_promote_timeout_seconds,
+                            attempts=1),
+                        dispatcher=dispatcher)
+    return service, inline
+
+
+def create_app(settings: Settings | None = None, *, service: JobService | None = None,
+               inline_service: JobService | None = None,
+               roles: Iterable[str] | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    settings.require_webhook_secrets()
+    configure_logging(settings.log_level, settings.log_format)
+    roles = tuple(roles) if roles is not None else settings.receiver_roles
+    unknown = set(roles) - set(ROLES)
+    if unknown:
+        raise ValueError(f"unknown receiver roles: {sorted(unknown)}")
+    if service is None:
+        service, inline_service = _default_services(settings)
+    app = Flask("imagine")
+    app.config["MAX_CONTENT_LENGTH"] = settings.webhook_max_body_bytes
+    app.extensions["imagine"] = {"settings": settings, "service": service,
+                                 "inline": inline_service or service}
+
+    from webhooks import views
+
+    app.register_blueprint(views.health)
+    if "webhooks" in roles:
+        app.register_blueprint(views.receiver)
+    if "api" in roles:
+        app.register_blueprint(views.api)
+    if "metrics" in roles:
+        app.register_blueprint(views.metrics)
+
+    @app.errorhandler(PipelineError)
+    def pipeline_error(exc: PipelineError) -> tuple[Any, int]:
+        return error_response(exc.code, exc.status, exc.message, exc.errors)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[Any, int]:
+        status = exc.code or 500
+        name = (exc.name or "error").lower().replace(" ", "_")
+        return error_response(name, status, exc.description or name)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> tuple[Any, int]:
+        log.exception("unhandled error")
+        return error_response("internal", 500, "internal error")
+
+    return app

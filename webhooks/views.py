@@ -1,0 +1,177 @@
+"""Views: authenticate, load, dedupe, act, answer; nothing else."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from pipeline.config import Settings
+from pipeline.errors import ImageRejected, NotFound, StorageError, Unauthorized
+from pipeline.services import JobService
+from pipeline.signing import verify_webhook_token
+from pipeline.store import JOB_STATES
+from webhooks.openapi import openapi_document
+from webhooks.schemas import ListQuerySchema, load_or_422
+
+log = logging.getLogger(__name__)
+
+health = Blueprint("health", __name__)
+receiver = Blueprint("receiver", __name__)
+api = Blueprint("api", __name__, url_prefix="/v1")
+metrics = Blueprint("metrics", __name__)
+
+
+def _settings() -> Settings:
+    settings: Settings = current_app.extensions["imagine"]["settings"]
+    return settings
+
+
+def _service(inline: bool = False) -> JobService:
+    service: JobService = current_app.extensions["imagine"]["inline" if inline else "service"]
+    return service
+
+
+def _json_body() -> Any:
+    if not request.is_json:
+        from werkzeug.exceptions import UnsupportedMediaType
+
+        raise UnsupportedMediaType("the body must be application/json")
+    return request.get_json(force=True, silent=False)
+
+
+# ---------------------------------------------------------------- health
+@health.get("/healthz")
+def healthz() -> Any:
+    return jsonify({"status": "ok"})
+
+
+@health.get("/readyz")
+def readyz() -> Any:
+    service = _service()
+    checks: dict[str, str] = {}
+    try:
+        service.store.ping()
+        checks["redis"] = "ok"
+    except Exception as exc:
+        checks["redis"] = f"error: {type(exc).__name__}"
+    try:
+        service.storage.check()
+        checks["s3"] = "ok"
+    except Exception as exc:
+        checks["s3"] = f"error: {type(exc).__name__}"
+    ready = all(value == "ok" for value in checks.values())
+    return jsonify({"status": "ready" if ready else "not_ready", "checks": checks}), (
+        200 if ready else 503)
+
+
+# ---------------------------------------------------------------- Runware webhooks
+@receiver.post("/webhooks/runware/<task_uuid>")
+def runware_webhook(task_uuid: str) -> Any:
+    settings = _settings()
+    if not verify_webhook_token(settings.webhook_secrets, task_uuid, request.args.get("token")):
+        raise Unauthorized("bad or missing webhook token")
+    body = _json_body()
+    outcomes = _service().accept_webhook(task_uuid, body)
+    inline = _service(inline=True)
+    for outcome in outcomes:
+        if outcome.outcome not in {"received", "duplicate"}:
+            continue
+        try:
+            promoted = inline.promote_slot(outcome.job_id, outcome.slot)
+        except (StorageError, ImageRejected) as exc:
+            log.warning("inline promotion deferred", extra={
+                "job_id": outcome.job_id, "slot": outcome.slot, "error": exc.message})
+            promoted = "missing"
+        if promoted == "missing":
+            inline.dispatcher.finalize_slot(outcome.job_id, outcome.slot,
+                                            countdown=settings.finalize_retry_seconds)
+    return jsonify({"taskUUID": task_uuid,
+                    "results": [outcome.outcome for outcome in outcomes]})
+
+
+# ---------------------------------------------------------------- jobs API
+def _tenant() -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() != "bearer" or not presented:
+        raise Unauthorized("send Authorization: Bearer <API key>")
+    tenant = None
+    for key, owner in _settings().api_keys.items():
+        if hmac.compare_digest(key.encode(), presented.strip().encode()):
+            tenant = owner
+    if tenant is None:
+        raise Unauthorized("unknown API key")
+    return tenant
+
+
+@api.post("/jobs")
+def create_job() -> Any:
+    tenant = _tenant()
+    service = _service()
+    job, created = service.create_job(_json_body(), tenant,
+                                      request.headers.get("Idempotency-Key"))
+    response = jsonify(service.job_view(job))
+    response.status_code = 202 if created else 200
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+@api.get("/jobs/<job_id>")
+def get_job(job_id: str) -> Any:
+    service = _service()
+    return jsonify(service.job_view(service.get_job(job_id, _tenant())))
+
+
+@api.get("/jobs")
+def list_jobs() -> Any:
+    tenant = _tenant()
+    query = load_or_422(ListQuerySchema(), request.args)
+    if query.get("state") and query["state"] not in JOB_STATES:
+        raise NotFound(f"no such state {query['state']!r}")
+    service = _service()
+    jobs, cursor = service.store.list_jobs(tenant, state=query.get("state"),
+                                           cursor=query.get("cursor"), limit=query["limit"])
+    return jsonify({"jobs": [service.job_view(job) for job in jobs],
+                    "nextCursor": None if cursor is None else repr(cursor)})
+
+
+@api.post("/jobs/<job_id>/cancel")
+def cancel_job(job_id: str) -> Any:
+    service = _service()
+    return jsonify(service.job_view(service.cancel_job(job_id, _tenant())))
+
+
+@api.get("/openapi.json")
+def openapi() -> Any:
+    return jsonify(openapi_document())
+
+
+# ---------------------------------------------------------------- metrics
+@metrics.get("/metrics")
+def prometheus() -> Response:
+    service = _service()
+    store = service.store
+    settings = _settings()
+    circuit = service.circuit()
+    lines = [
+        "# HELP imagine_jobs_active Jobs not yet ended.",
+        "# TYPE imagine_jobs_active gauge",
+        f"imagine_jobs_active {store.redis.zcard(store.active_key)}",
+        "# HELP imagine_runware_in_flight Images in flight at Runware under this key's budget.",
+        "# TYPE imagine_runware_in_flight gauge",
+        f"imagine_runware_in_flight "
+        f"{store.leases_in_use(settings.runware_api_key) if settings.runware_api_key else 0}",
+        "# HELP imagine_circuit_open 1 while submission is paused by an account-level error.",
+        "# TYPE imagine_circuit_open gauge",
+        f"imagine_circuit_open {1 if circuit.get('state') == 'open' else 0}",
+        "# HELP imagine_queue_length Messages waiting in each Celery queue.",
+        "# TYPE imagine_queue_length gauge",
+    ]
+    for queue in ("submit", "finalize", "notify", "reconcile"):
+        lines.append(f'imagine_queue_length{{queue="{queue}"}} {store.redis.llen(queue)}')
+    return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")

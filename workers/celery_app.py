@@ -1,0 +1,42 @@
+"""The Celery app, configured for at-least-once delivery of id-only nudges."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from pipeline.config import Settings
+from pipeline.dispatch import QUEUES, SUBMIT_QUEUE
+
+
+def create_celery(settings: Settings | None = None) -> Celery:
+    settings = settings or Settings.from_env()
+    app = Celery("imagine", broker=settings.broker_url, include=["workers.tasks"])
+    app.conf.update(
+        task_queues=[Queue(name) for name in QUEUES],
+        task_default_queue=SUBMIT_QUEUE,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_seconds,
+            "socket_timeout": 10,
+            "socket_connect_timeout": 5,
+        },
+        broker_connection_retry_on_startup=True,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        beat_schedule={
+            "reconcile": {
+                "task": "imagine.reconcile",
+                "schedule": settings.reconcile_interval_seconds,
+                "options": {"queue": "reconcile", "expires": settings.reconcile_interval_seconds},
+            },
+        },
+    )
+    app.conf.imagine_settings = settings
+    return app
