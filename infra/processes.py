@@ -124,6 +124,24 @@ def _stop_leftovers() -> None:
             process.stop(timeout=3)
 
 
+def _group_has_live_member(pgid: int) -> bool:
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Fields after the parenthesised command: state, ppid, pgrp, ...
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) >= 3 and int(fields[2]) == pgid and fields[0] not in {"Z", "X"}:
+            return True
+    return False
+
+
 def running_processes() -> list[ManagedProcess]:
     """Every process started here and not yet stopped."""
     with _RUNNING_LOCK:
@@ -198,6 +216,7 @@ class ManagedProcess:
         return self._popen is not None and self._popen.poll() is None
 
     def _group_alive(self) -> bool:
+        """Whether any process of the group still runs (zombies waiting for a reaper do not)."""
         if self.pid is None:
             return False
         try:
@@ -206,7 +225,7 @@ class ManagedProcess:
             return False
         except PermissionError:
             return True
-        return True
+        return _group_has_live_member(self.pid)
 
     def kill(self, sig: int = signal.SIGKILL, *, group: bool = True) -> None:
         """Send sig to the whole process group (or only to the leader)."""

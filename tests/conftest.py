@@ -108,8 +108,10 @@ def emulator_service(tmp_workdir: Path, emulator_api_key: str) -> Iterator[proce
 
 @pytest.fixture
 def emulator(emulator_service: processes.Service) -> str:
-    """The emulator's base URL (API under /v1), reset to its defaults before each test."""
+    """The emulator's base URL (API under /v1); state, ledger and switches reset for each test."""
     assert emulator_service.url is not None
-    response = httpx.post(f"{emulator_service.url}/_emulator/reset", timeout=10)
+    response = httpx.post(
+        f"{emulator_service.url}/_emulator/reset", json={"config": True}, timeout=10
+    )
     response.raise_for_status()
     return emulator_service.url

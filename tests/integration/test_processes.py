@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 
@@ -53,6 +54,20 @@ def test_s3_round_trips_an_object(s3_client: Any, s3_bucket: str) -> None:
     s3_client.put_object(Bucket=s3_bucket, Key="probe/object.bin", Body=body)
     fetched = s3_client.get_object(Bucket=s3_bucket, Key="probe/object.bin")["Body"].read()
     assert fetched == body
+
+
+def test_emulator_fixture_starts_from_its_defaults(emulator: str) -> None:
+    first = httpx.get(f"{emulator}/_emulator/config", timeout=5)
+    assert first.status_code == 200
+    defaults = first.json()
+    switch = next(name for name, value in defaults.items() if isinstance(value, bool))
+    changed = httpx.patch(
+        f"{emulator}/_emulator/config", json={switch: not defaults[switch]}, timeout=5
+    )
+    assert changed.status_code == 200
+    reset = httpx.post(f"{emulator}/_emulator/reset", json={"config": True}, timeout=5)
+    assert reset.status_code == 200
+    assert httpx.get(f"{emulator}/_emulator/config", timeout=5).json() == defaults
 
 
 def test_stop_kills_the_whole_process_group(tmp_path: Path) -> None:
