@@ -6,3 +6,5 @@ workers = 2
 threads = 4
 timeout = 30
 graceful_timeout = 10
+# Several receivers may run on one host (tests, the local stack): no shared control socket.
+control_socket_disable = True

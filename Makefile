@@ -1,0 +1,43 @@
+# imagine-pipeline: every target is one line that calls the real command.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help setup run demo test test-fast lint bench chaos flower clean
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV) && $(BIN)/pip install -q --upgrade pip && $(BIN)/pip install -q -c constraints.txt -e '.[local,dev]' && touch $(STAMP)
+
+setup: $(STAMP) ## Create .venv and install the project with its local and dev extras
+
+run: $(STAMP) ## Start the whole local stack, run the example jobs, stay up until Ctrl-C
+	$(BIN)/imagine stack
+
+demo: $(STAMP) ## Start the stack, run the example jobs, save images under ./out/, exit
+	$(BIN)/imagine stack --demo
+
+test: $(STAMP) ## Run every test suite (unit, integration, e2e, reduced chaos)
+	$(BIN)/pytest
+
+test-fast: $(STAMP) ## Run the unit tests only
+	$(BIN)/pytest -m unit
+
+lint: $(STAMP) ## ruff and mypy (strict on pipeline/)
+	$(BIN)/ruff check . && $(BIN)/mypy
+
+bench: $(STAMP) ## Throughput of the pipeline on the local stack
+	$(BIN)/python -m infra.bench
+
+chaos: $(STAMP) ## 500 images through the local stack under injected faults and kills
+	$(BIN)/python -m infra.chaos
+
+flower: $(STAMP) ## Flower against the stack started by make run (reads .run/stack.env)
+	. .run/stack.env && $(BIN)/celery -A workers.worker flower --broker="$$REDIS_URL"
+
+clean: ## Remove the virtualenv, local stack data and saved images
+	rm -rf $(VENV) .run out .pytest_cache .ruff_cache .mypy_cache *.egg-info

@@ -1,0 +1,158 @@
+"""The `imagine` command: submit and inspect jobs, operate the pipeline, run the local stack."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from pipeline.config import Settings, SettingsError
+from pipeline.errors import PipelineError
+
+
+def _service(settings: Settings) -> Any:
+    from celery import Celery
+
+    from pipeline.dispatch import CeleryDispatcher
+    from pipeline.services import JobService
+    from pipeline.storage import S3ObjectStorage
+    from pipeline.store import RedisJobStore
+
+    producer = Celery("imagine", broker=settings.broker_url)
+    producer.conf.broker_transport_options = {
+        "visibility_timeout": settings.visibility_timeout_seconds}
+    return JobService(settings=settings, store=RedisJobStore.from_settings(settings),
+                      storage=S3ObjectStorage.from_settings(settings),
+                      dispatcher=CeleryDispatcher(producer))
+
+
+def _print(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=False))
+
+
+def _exec_module(module: str, args: list[str]) -> int:
+    """Run an infra module in place of this process (the pipeline never imports infra)."""
+    argv = [sys.executable, "-m", module, *args]
+    os.execv(sys.executable, argv)  # noqa: S606 - our own interpreter and module
+    return 0  # pragma: no cover
+
+
+def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    service = _service(settings)
+    if args.file == "-":
+        body = json.load(sys.stdin)
+    else:
+        with open(args.file) as handle:
+            body = json.load(handle)
+    job, created = service.create_job(body, args.tenant, args.idempotency_key)
+    print(f"job {job.id} {'created' if created else 'already exists'}", file=sys.stderr)
+    if not args.wait:
+        _print(service.job_view(job))
+        return 0
+    while not job.terminal:
+        done = sum(1 for slot in job.slots if slot.terminal)
+        print(f"\r{job.id} {job.state} {done}/{len(job.slots)} images", end="", file=sys.stderr)
+        time.sleep(0.5)
+        job = service.get_job(job.id)
+    print(file=sys.stderr)
+    _print(service.job_view(job))
+    return 0 if job.state == "succeeded" else 1
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    service = _service(settings)
+    ident = args.id
+    location = service.store.find_task(ident)
+    job = service.get_job(location[0] if location else ident)
+    _print(service.job_view(job))
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
+    service = _service(settings)
+    jobs, cursor = service.store.list_jobs(args.tenant, state=args.state, limit=args.limit)
+    for job in jobs:
+        stored = sum(1 for slot in job.slots if slot.state == "stored")
+        print(f"{job.id}  {job.state:<20} {stored}/{job.slot_count}  {job.reason or ''}")
+    if cursor is not None:
+        print(f"(more below cursor {cursor!r})")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    service = _service(settings)
+    _print(service.job_view(service.cancel_job(args.id)))
+    return 0
+
+
+def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    _print(_service(settings).reconcile())
+    return 0
+
+
+def cmd_circuit(args: argparse.Namespace, settings: Settings) -> int:
+    service = _service(settings)
+    if args.action == "reset":
+        service.reset_circuit()
+        print("circuit closed")
+        return 0
+    _print(service.circuit() or {"state": "closed"})
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imagine", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    submit = sub.add_parser("submit", help="submit a job request (JSON file or - for stdin)")
+    submit.add_argument("file")
+    submit.add_argument("--tenant", default="cli")
+    submit.add_argument("--idempotency-key")
+    submit.add_argument("--wait", action="store_true", help="wait and show progress")
+    submit.set_defaults(func=cmd_submit)
+    status = sub.add_parser("status", help="show a job by job id or taskUUID")
+    status.add_argument("id")
+    status.set_defaults(func=cmd_status)
+    jobs = sub.add_parser("jobs", help="list a tenant's jobs, newest first")
+    jobs.add_argument("--tenant", default="cli")
+    jobs.add_argument("--state")
+    jobs.add_argument("--limit", type=int, default=50)
+    jobs.set_defaults(func=cmd_jobs)
+    cancel = sub.add_parser("cancel", help="cancel a queued or running job")
+    cancel.add_argument("id")
+    cancel.set_defaults(func=cmd_cancel)
+    reconcile = sub.add_parser("reconcile", help="run one reconciler pass now")
+    reconcile.set_defaults(func=cmd_reconcile)
+    circuit = sub.add_parser("circuit", help="show or reset the account-level circuit")
+    circuit.add_argument("action", choices=["show", "reset"], nargs="?", default="show")
+    circuit.set_defaults(func=cmd_circuit)
+    for name, module, text in (("stack", "infra.stack", "run the local stack (make run)"),
+                               ("emulator", "infra.emulator", "run the Runware emulator")):
+        command = sub.add_parser(name, help=text, add_help=False)
+        command.set_defaults(module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in {"stack", "emulator"}:
+        return _exec_module(f"infra.{argv[0]}", argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        result: int = args.func(args, settings)
+        return result
+    except SettingsError as exc:
+        print(f"imagine: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except PipelineError as exc:
+        print(f"imagine: {exc.code}: {exc.message}", file=sys.stderr)
+        if exc.errors:
+            _print(exc.errors)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
