@@ -608,6 +608,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = {
         sig: signal.signal(sig, _raise_terminated) for sig in (signal.SIGTERM, signal.SIGHUP)
     }
+    # A shell starting this in the background ignores SIGINT; Ctrl-C must still stop the stack.
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     code = 1
     try:
         began = time.monotonic()
@@ -647,7 +649,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         stack.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
     return code
 
 
