@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import heapq
+import itertools
 import json
+import logging
 import threading
 import time
 import uuid
@@ -21,6 +24,7 @@ from infra.emulator.config import EmulatorConfig
 from infra.emulator.faults import Faults
 from infra.emulator.ledger import Ledger
 
+LOG = logging.getLogger(__name__)
 UPLOAD_TTL_S = 30 * 86400
 MAX_REFERENCE_BYTES = 50 * 1024 * 1024
 ITEM_ERRORS = {
@@ -47,6 +51,15 @@ class Slot:
     put: dict[str, Any] | None = None
     webhooks: list[dict[str, Any]] = field(default_factory=list)
     webhook_outcome: str = "pending"
+    started_at: float = 0.0
+    ready_at: float = 0.0
+
+    def progress_now(self) -> int:
+        """Progress 0-95 while processing, from the elapsed share of the latency."""
+        span = self.ready_at - self.started_at
+        if self.status != "processing" or span <= 0:
+            return self.progress if self.status != "processing" else 50
+        return max(0, min(95, int(95 * (time.monotonic() - self.started_at) / span)))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON shape in GET /_emulator/tasks/<taskUUID>."""
@@ -54,7 +67,7 @@ class Slot:
         if self.item is not None:
             item = {k: v for k, v in self.item.items()
                     if k not in ("imageBase64Data", "imageDataURI")}
-        return {"index": self.index, "status": self.status, "progress": self.progress,
+        return {"index": self.index, "status": self.status, "progress": self.progress_now(),
                 "item": item, "error": self.error, "put": self.put,
                 "webhooks": list(self.webhooks), "webhookOutcome": self.webhook_outcome}
 
@@ -125,12 +138,24 @@ class Engine:
         self._client = client or httpx.Client(follow_redirects=False)
         self._render_pool = ThreadPoolExecutor(config.render_workers, "emulator-render")
         self._delivery_pool = ThreadPoolExecutor(config.delivery_workers, "emulator-deliver")
+        # Latency is waited out here, not in the render pool, so it doesn't serialise renders.
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._timer_ids = itertools.count()
+        self._timer_thread: threading.Thread | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
     def close(self) -> None:
         """Stop every thread (waiting jobs end early) and close the HTTP client."""
         self._stop.set()
+        with self._changed:
+            self._changed.notify_all()
+        if self._timer_thread is not None:
+            self._timer_thread.join(timeout=10)
+        with self._changed:
+            for _, _, job in self._timers:
+                job()
+            self._timers.clear()
         self._render_pool.shutdown(wait=True, cancel_futures=True)
         self._delivery_pool.shutdown(wait=True, cancel_futures=True)
         self._client.close()
@@ -191,6 +216,38 @@ class Engine:
         except RuntimeError:  # the pool shut down: the emulator is closing
             self._settle()
 
+    def _spawn_later(self, delay: float, pool: ThreadPoolExecutor, job: Callable[..., None],
+                     *args: Any) -> None:
+        """Like _spawn, after `delay` seconds (pending from now on)."""
+        if delay <= 0:
+            self._spawn(pool, job, *args)
+            return
+
+        def submit() -> None:
+            try:
+                pool.submit(self._run, job, *args)
+            except RuntimeError:  # closing: nothing will run it
+                self._settle()
+
+        with self._changed:
+            self._pending += 1
+            heapq.heappush(self._timers, (time.monotonic() + delay, next(self._timer_ids), submit))
+            if self._timer_thread is None:
+                self._timer_thread = threading.Thread(target=self._tick, name="emulator-timer",
+                                                      daemon=True)
+                self._timer_thread.start()
+            self._changed.notify_all()
+
+    def _tick(self) -> None:
+        with self._changed:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                while self._timers and self._timers[0][0] <= now:
+                    _, _, due = heapq.heappop(self._timers)
+                    due()
+                wait = self._timers[0][0] - now if self._timers else 1.0
+                self._changed.wait(max(0.001, min(wait, 1.0)))
+
     def _run(self, job: Callable[..., None], *args: Any) -> None:
         try:
             job(*args)
@@ -222,7 +279,10 @@ class Engine:
             self._tasks[request.task_uuid] = task
             self._stats["tasks_accepted"] += 1
         for slot in task.slots:
-            self._spawn(self._render_pool, self._render_slot, task, slot)
+            latency = self._latency_s()
+            slot.started_at = time.monotonic()
+            slot.ready_at = slot.started_at + latency
+            self._spawn_later(latency, self._render_pool, self._render_slot, task, slot)
         return task
 
     def task(self, task_uuid: str) -> Task | None:
@@ -262,12 +322,15 @@ class Engine:
         return cfg.latency_ms / 1000
 
     def _render_slot(self, task: Task, slot: Slot) -> None:
-        latency = self._latency_s()
-        if latency:
-            with self._lock:
-                slot.progress = 10
-            if self._stop.wait(latency):
-                return
+        if not self._current(task):
+            return
+        try:
+            self._render(task, slot)
+        except Exception as exc:  # any bug must fail the image, not leave it processing
+            LOG.exception("render of %s #%d failed", task.request.task_uuid, slot.index)
+            self._fail_slot(task, slot, "providerError", f"{type(exc).__name__}: {exc}")
+
+    def _render(self, task: Task, slot: Slot) -> None:
         req = task.request
         fault = self.faults.take("item_error", req.task_uuid)
         if fault is None and self.faults.chance(self.config.item_error_rate):
@@ -425,7 +488,7 @@ class Engine:
             for slot in task.slots:
                 if slot.status == "processing":
                     data.append({"taskType": "imageInference", "taskUUID": uuid_,
-                                 "status": "processing", "progress": slot.progress})
+                                 "status": "processing", "progress": slot.progress_now()})
                 elif slot.status == "success" and slot.item is not None:
                     data.append({**slot.item, "status": "success"})
                 elif slot.error is not None:

@@ -390,3 +390,51 @@ def test_config_from_env() -> None:
 
 def test_dimension_table_matches_presets() -> None:
     assert DIMENSIONS["2K"] == tuple((w * 2, h * 2) for w, h in DIMENSIONS["1K"])
+
+
+def test_fault_schedule_is_reproducible_for_a_seed(client: FlaskClient) -> None:
+    client.patch("/_emulator/config", json={"submit_error_rate": 0.5, "seed": 99})
+
+    def run() -> list[int]:
+        return [post(client, [task()]).status_code for _ in range(12)]
+
+    first = run()
+    client.post("/_emulator/reset")
+    assert run() == first
+    assert 200 in first
+    assert set(first) - {200} <= {429, 503, 504}
+    assert set(first) - {200}
+
+
+def test_fault_queue_endpoints(client: FlaskClient) -> None:
+    bad = client.post("/_emulator/faults/queue", json={"kind": "explode"})
+    assert bad.status_code == 400
+    client.post("/_emulator/faults/queue", json={"kind": "drop_webhook", "count": 3})
+    queue = client.get("/_emulator/faults/queue").get_json()["queue"]
+    assert queue == [{"kind": "drop_webhook", "count": 3, "params": {}, "taskUUID": None}]
+    assert client.delete("/_emulator/faults/queue").get_json() == {"queue": []}
+
+
+def test_controls_list_tasks_and_report_idle(app: Flask, client: FlaskClient) -> None:
+    body = task(numberResults=2)
+    post(client, [body])
+    assert app.extensions["runware_emulator"].wait_idle(10)
+    assert client.get("/_emulator/idle").get_json() == {"idle": True, "pending": 0}
+    (summary,) = client.get("/_emulator/tasks").get_json()["tasks"]
+    assert (summary["taskUUID"], summary["statuses"]) == (body["taskUUID"],
+                                                          ["success", "success"])
+    detail = client.get(f"/_emulator/tasks/{body['taskUUID']}").get_json()
+    assert [s["webhookOutcome"] for s in detail["slots"]] == ["none", "none"]
+    assert client.get(f"/_emulator/tasks/{uuid.uuid4()}").status_code == 404
+
+
+def test_controls_refuse_remote_clients(client: FlaskClient) -> None:
+    remote = client.get("/_emulator/config", environ_base={"REMOTE_ADDR": "10.1.2.3"})
+    assert remote.status_code == 403
+
+
+def test_hosted_image_needs_its_extension(client: FlaskClient) -> None:
+    item = post(client, [task(deliveryMethod="sync")]).get_json()["data"][0]
+    path = item["imageURL"].replace("http://localhost", "")
+    assert client.get(path).status_code == 200
+    assert client.get(path.replace(".jpg", ".png")).status_code == 404
