@@ -161,12 +161,12 @@ class RunwareClient:
             raise ProviderError(f"unreadable Runware acknowledgement: {exc.messages}",
                                 kind=ProviderError.TRANSIENT, http_status=status) from None
         for result in results:
-            outcome = outcomes.get(result.task_uuid)
-            if outcome is None:
+            acknowledged = outcomes.get(result.task_uuid)
+            if acknowledged is None:
                 continue
-            outcome.accepted = outcome.error is None
+            acknowledged.accepted = acknowledged.error is None
             if result.status != "processing":
-                outcome.results.append(result)
+                acknowledged.results.append(result)
         for outcome in outcomes.values():
             if not outcome.accepted and outcome.error is None:
                 outcome.error = ProviderError(

@@ -225,7 +225,7 @@ class Job:
 class RedisJobStore:
     """Jobs, slots, the taskUUID index, idempotency keys and leases, all in Redis."""
 
-    def __init__(self, client: redis.Redis, *, retention_seconds: int = 7 * 86400,
+    def __init__(self, client: redis.Redis[str], *, retention_seconds: int = 7 * 86400,
                  namespace: str = "imagine") -> None:
         self.redis = client
         self.retention_seconds = retention_seconds
