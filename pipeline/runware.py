@@ -123,9 +123,12 @@ class RunwareClient:
         except ValueError:
             body = None
         if not isinstance(body, dict):
+            # A 2xx that cannot be read leaves each task's fate unknown: retry with the same UUIDs.
+            kind = (classify(response.status_code, None) if response.status_code >= 400
+                    else ProviderError.TRANSIENT)
             raise ProviderError(
                 f"Runware answered HTTP {response.status_code} without a JSON object",
-                kind=classify(response.status_code, None), http_status=response.status_code,
+                kind=kind, http_status=response.status_code,
                 retry_after=retry_after,
             )
         return response.status_code, body, retry_after

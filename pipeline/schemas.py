@@ -94,7 +94,7 @@ class JobRequestSchema(_Strict):
             if len(metadata) > METADATA_MAX_PAIRS:
                 problems.append(f"at most {METADATA_MAX_PAIRS} pairs")
             for key, value in metadata.items():
-                if not METADATA_KEY.match(key):
+                if not METADATA_KEY.fullmatch(key):
                     problems.append(f"key {key!r} must be 1-64 ASCII letters, digits, '-' or '_'")
                 if len(value) > METADATA_MAX_VALUE or not _ascii_printable(value):
                     problems.append(f"value of {key!r} must be printable ASCII, "
@@ -239,6 +239,9 @@ def parse_provider_body(body: Any) -> tuple[list[ProviderResult], list[dict[str,
         data = [data]
     if not isinstance(data, list) or not isinstance(errors, list):
         raise ValidationError("data and errors must be arrays")
+    # An authentication item names a session, not a task: it carries no taskUUID.
+    data = [item for item in data
+            if not (isinstance(item, dict) and item.get("taskType") == "authentication")]
     items = ProviderItemSchema(many=True).load(data)
     error_items = ProviderErrorSchema(many=True).load(errors)
     results: list[ProviderResult] = []

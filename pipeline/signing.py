@@ -21,7 +21,8 @@ def verify_webhook_token(secrets: Sequence[str], task_uuid: str, token: str | No
     matched = False
     for secret in secrets:
         # Evaluate every secret so timing does not reveal which one matched.
-        matched |= hmac.compare_digest(webhook_token(secret, task_uuid), token)
+        # Bytes, because compare_digest raises on non-ASCII str and a token comes from the URL.
+        matched |= hmac.compare_digest(webhook_token(secret, task_uuid).encode(), token.encode())
     return matched
 
 
