@@ -1,0 +1,127 @@
+"""Settings from the environment: defaults, and a start-up error that names the bad variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.config import Settings, SettingsError
+
+pytestmark = pytest.mark.unit
+
+SECRET = "s" * 16
+
+
+def test_an_empty_environment_gives_the_defaults() -> None:
+    settings = Settings.from_env({})
+    assert settings == Settings()
+    assert settings.redis_url == "redis://127.0.0.1:6379/0"
+    assert settings.broker_url == settings.redis_url
+    assert settings.s3_bucket == "imagine-pipeline"
+    assert settings.s3_prefix == ""
+    assert settings.s3_endpoint_url is None
+    assert settings.s3_region == "us-east-1"
+    assert settings.runware_api_url == "https://api.runware.ai/v1"
+    assert settings.runware_model == "xai:grok-imagine@image-pro"
+    assert settings.runware_max_in_flight == 4
+    assert settings.runware_image_hosts == ("im.runware.ai",)
+    assert settings.allow_private_urls is False
+    assert settings.public_base_url == "http://127.0.0.1:8000"
+    assert settings.webhook_secrets == ()
+    assert settings.api_keys == {}
+    assert settings.default_deadline_seconds == 900
+    assert settings.reconcile_interval_seconds == 5.0
+    assert settings.reconcile_grace_seconds == 60
+    assert (settings.log_level, settings.log_format) == ("INFO", "json")
+    assert settings.retry_backoff_cap_seconds < settings.visibility_timeout_seconds
+
+
+def test_the_contract_variables_are_read() -> None:
+    settings = Settings.from_env({
+        "REDIS_URL": "redis://127.0.0.1:6390/2", "S3_BUCKET": "b", "S3_PREFIX": "images/",
+        "S3_ENDPOINT_URL": "http://127.0.0.1:9000/", "RUNWARE_API_KEY": " rw ",
+        "RUNWARE_API_URL": "http://127.0.0.1:9100/v1", "RUNWARE_MAX_IN_FLIGHT": "2",
+        "RUNWARE_IMAGE_HOSTS": "im.runware.ai, 127.0.0.1:9100 ,", "ALLOW_PRIVATE_URLS": "true",
+        "PUBLIC_BASE_URL": "http://127.0.0.1:8001/", "WEBHOOK_SECRETS": f"{SECRET},{'t' * 20}",
+        "DEFAULT_DEADLINE_SECONDS": "120", "LOG_LEVEL": "debug", "LOG_FORMAT": "text",
+    })
+    assert settings.redis_url == settings.broker_url == "redis://127.0.0.1:6390/2"
+    assert settings.s3_prefix == "images/"
+    assert settings.s3_endpoint_url == "http://127.0.0.1:9000"
+    assert settings.runware_api_key == "rw"
+    assert settings.runware_max_in_flight == 2
+    assert settings.runware_image_hosts == ("im.runware.ai", "127.0.0.1:9100")
+    assert settings.allow_private_urls is True
+    assert settings.public_base_url == "http://127.0.0.1:8001"
+    assert settings.require_webhook_secrets() == (SECRET, "t" * 20)
+    assert settings.default_deadline_seconds == 120
+    assert (settings.log_level, settings.log_format) == ("DEBUG", "text")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("RUNWARE_MAX_IN_FLIGHT", "four"), ("RUNWARE_MAX_IN_FLIGHT", "0"),
+     ("DEFAULT_DEADLINE_SECONDS", "1.5"), ("DEFAULT_DEADLINE_SECONDS", "10"),
+     ("RECONCILE_GRACE_SECONDS", "soon"), ("CELERY_VISIBILITY_TIMEOUT", "-1"),
+     ("RECONCILE_INTERVAL_SECONDS", "fast"), ("RUNWARE_TIMEOUT_SECONDS", "0.5"),
+     ("ALLOW_PRIVATE_URLS", "maybe"), ("REDIS_URL", "localhost:6379"),
+     ("PUBLIC_BASE_URL", "ftp://example.com"), ("S3_ENDPOINT_URL", "127.0.0.1:9000"),
+     ("LOG_FORMAT", "xml")],
+)
+def test_a_bad_value_names_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_blank_values_fall_back_to_defaults() -> None:
+    settings = Settings.from_env({"RUNWARE_MAX_IN_FLIGHT": " ", "S3_BUCKET": "",
+                                  "ALLOW_PRIVATE_URLS": ""})
+    assert settings.runware_max_in_flight == 4
+    assert settings.s3_bucket == "imagine-pipeline"
+    assert settings.allow_private_urls is False
+
+
+def test_an_s3_prefix_must_end_with_a_slash() -> None:
+    with pytest.raises(SettingsError, match="S3_PREFIX"):
+        Settings.from_env({"S3_PREFIX": "images"})
+    assert Settings.from_env({"S3_PREFIX": "a/b/"}).s3_prefix == "a/b/"
+
+
+def test_api_keys_map_keys_to_tenants() -> None:
+    settings = Settings.from_env({"API_KEYS": "acme:key-1, globex:key-2,acme:key-3"})
+    assert settings.api_keys == {"key-1": "acme", "key-2": "globex", "key-3": "acme"}
+
+
+@pytest.mark.parametrize("value", ["acme", "acme:", ":key", "acme:key,globex", " : ",
+                                   "acme:key,globex:key"])
+def test_malformed_api_keys_are_refused(value: str) -> None:
+    with pytest.raises(SettingsError, match="API_KEYS"):
+        Settings.from_env({"API_KEYS": value})
+
+
+def test_webhook_secrets_must_be_long_enough() -> None:
+    with pytest.raises(SettingsError, match="WEBHOOK_SECRETS"):
+        Settings.from_env({"WEBHOOK_SECRETS": f"{SECRET},short"})
+
+
+def test_webhook_secrets_are_required_to_sign() -> None:
+    with pytest.raises(SettingsError, match="WEBHOOK_SECRETS"):
+        Settings.from_env({}).require_webhook_secrets()
+
+
+def test_the_runware_key_is_required_to_submit() -> None:
+    with pytest.raises(SettingsError, match="RUNWARE_API_KEY"):
+        Settings.from_env({}).require_runware_key()
+
+
+@pytest.mark.parametrize(("cap", "visibility"), [("3600", "3600"), ("600", "300")])
+def test_the_backoff_cap_must_stay_below_the_visibility_timeout(cap: str,
+                                                                visibility: str) -> None:
+    with pytest.raises(SettingsError, match="RETRY_BACKOFF_CAP_SECONDS"):
+        Settings.from_env({"RETRY_BACKOFF_CAP_SECONDS": cap,
+                           "CELERY_VISIBILITY_TIMEOUT": visibility})
+
+
+def test_a_backoff_cap_below_the_visibility_timeout_is_accepted() -> None:
+    settings = Settings.from_env({"RETRY_BACKOFF_CAP_SECONDS": "299",
+                                  "CELERY_VISIBILITY_TIMEOUT": "300"})
+    assert (settings.retry_backoff_cap_seconds, settings.visibility_timeout_seconds) == (299, 300)
