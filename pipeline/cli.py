@@ -88,6 +88,27 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
+    service = _service(settings)
+    _print(service.job_view(service.retry_job(args.id, args.slot or None)))
+    return 0
+
+
+def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
+    service = _service(settings)
+    if args.action == "replay":
+        replayed = service.replay_dead_letters(args.limit)
+        print(f"replayed {len(replayed)} job(s)")
+        for job_id in replayed:
+            print(job_id)
+        return 0
+    entries = service.store.dead_letters(args.limit)
+    for entry in entries:
+        print(f"{entry['jobId']} slot {entry['slot']}  {entry['code']}: {entry['message']}")
+    print(f"{len(entries)} dead-lettered slot(s)")
+    return 0
+
+
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     _print(_service(settings).reconcile())
     return 0
@@ -123,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = sub.add_parser("cancel", help="cancel a queued or running job")
     cancel.add_argument("id")
     cancel.set_defaults(func=cmd_cancel)
+    retry = sub.add_parser("retry", help="reopen a job's failed or dead slots as new attempts")
+    retry.add_argument("id")
+    retry.add_argument("--slot", type=int, action="append", help="only this slot (repeatable)")
+    retry.set_defaults(func=cmd_retry)
+    dlq = sub.add_parser("dlq", help="list or replay dead-lettered slots")
+    dlq.add_argument("action", choices=["list", "replay"], nargs="?", default="list")
+    dlq.add_argument("--limit", type=int, default=100)
+    dlq.set_defaults(func=cmd_dlq)
     reconcile = sub.add_parser("reconcile", help="run one reconciler pass now")
     reconcile.set_defaults(func=cmd_reconcile)
     circuit = sub.add_parser("circuit", help="show or reset the account-level circuit")

@@ -29,6 +29,16 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
+def check_complete(fmt: str, size: int, head: bytes, tail: bytes) -> None:
+    """Refuse a file cut short: each format's end marker (or declared length) must match."""
+    if fmt == "JPG" and not tail.endswith(b"\xff\xd9"):
+        raise ImageRejected("the JPG has no end-of-image marker (truncated upload?)")
+    if fmt == "PNG" and not tail.endswith(b"IEND\xaeB`\x82"):
+        raise ImageRejected("the PNG has no IEND chunk (truncated upload?)")
+    if fmt == "WEBP" and int.from_bytes(head[4:8], "little") + 8 != size:
+        raise ImageRejected("the WEBP's RIFF length does not match its size (truncated upload?)")
+
+
 def _webp_size(head: bytes) -> tuple[int, int]:
     """Canvas size from a WebP's first chunk: Pillow needs the whole file to open a WebP."""
     chunk = head[12:16]

@@ -23,7 +23,9 @@ ACCOUNT_STATUSES = {401, 402, 403}
 ACCOUNT_CODES = {"invalidApiKey", "missingApiKey", "insufficientPermissions", "unknownModel",
                  "modelNotAvailable", "modelUnavailable"}
 ACCOUNT_CODE_PARTS = ("Credits", "Balance", "Quota")
-TRANSIENT_CODES = {"timeoutProvider", "serverError", "internalError", "providerUnavailable"}
+# A task the provider lost (not found) gets a new attempt, like a provider timeout.
+TRANSIENT_CODES = {"timeoutProvider", "serverError", "internalError", "providerUnavailable",
+                   "taskFailedOrNotFound", "taskNotFound"}
 TRANSIENT_CODE_PARTS = ("RateLimit", "Timeout", "timeout", "Overloaded", "Capacity")
 CONFLICT_CODE = "conflictTaskUUID"
 NOT_FOUND_CODES = {"taskFailedOrNotFound", "taskNotFound", "taskCancelled"}

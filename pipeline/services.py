@@ -25,7 +25,7 @@ from pipeline.errors import (
     RequestInvalid,
     StorageError,
 )
-from pipeline.imaging import ImageInfo, inspect_image
+from pipeline.imaging import ImageInfo, check_complete, inspect_image
 from pipeline.interfaces import Dispatcher, ObjectStorage
 from pipeline.runware import RunwareClient, classify
 from pipeline.schemas import ProviderResult, load_job_request, parse_provider_body
@@ -323,7 +323,7 @@ class JobService:
         job_id, slot_no = location
         outcomes = [ResultOutcome(job_id, slot_no, self._record_one(job_id, slot_no, result))
                     for result in results]
-        if any(o.outcome in {"failed", "discarded"} for o in outcomes):
+        if any(o.outcome in {"failed", "discarded", "dead"} for o in outcomes):
             self.finish_job(job_id)
         return outcomes
 
@@ -358,7 +358,12 @@ class JobService:
             if api_key:
                 self.store.release_leases(api_key, [task_uuid])
             return "received" if applied else "duplicate"
-        kind = classify(None, result.error_code)
+        # An image that failed at the provider: only a known transient code earns a new attempt.
+        kind = classify(400, result.error_code)
+        if kind == ProviderError.ACCOUNT:
+            self.open_circuit(ProviderError(result.error_message or "account error",
+                                            kind=kind, provider_code=result.error_code))
+            kind = ProviderError.TRANSIENT
         if api_key:
             self.store.release_leases(api_key, [task_uuid])
         if (kind == ProviderError.TRANSIENT and slot.attempt < self.settings.slot_max_attempts
@@ -371,8 +376,19 @@ class JobService:
                 self.dispatcher.submit_job(job_id, countdown=self._backoff(slot.attempt))
                 return "retrying"
             return "duplicate"
-        applied = self._fail_slot(job_id, slot_no, task_uuid, result.error_code or "providerError",
-                                  result.error_message or "the provider reported an error")
+        code = result.error_code or "providerError"
+        message = result.error_message or "the provider reported an error"
+        if kind == ProviderError.TRANSIENT and job_state not in {"cancelled", "timed_out"}:
+            applied = self.store.transition_slot(
+                job_id, slot_no, ["pending", "submitted"], "dead", task_uuid=task_uuid,
+                error_code=code, error_message=message[:1000])
+            if applied:
+                self.store.dead_letter(job_id, slot_no, code, message)
+                log.warning("slot dead-lettered: retry budget spent", extra={
+                    "job_id": job_id, "slot": slot_no, "code": code,
+                    "attempts": slot.attempt})
+            return "dead" if applied else "duplicate"
+        applied = self._fail_slot(job_id, slot_no, task_uuid, code, message)
         return "failed" if applied else "duplicate"
 
     # ------------------------------------------------------------------ promote
@@ -391,56 +407,56 @@ class JobService:
             return "discarded"
         staging = self.layout.staging(job_id, slot.task_uuid)
         head = self.storage.head(staging)
-        data: bytes | None = None
         if head is None:
             if not allow_fetch or not slot.image_url:
                 return "missing"
-            data = self._fetch_image(slot.image_url)
+            return self._promote_fetched(job, slot)
         try:
-            if data is None:
-                assert head is not None
-                if head.size > self.settings.max_image_bytes:
-                    raise ImageRejected(f"the staged object has {head.size} bytes, more than "
-                                        f"{self.settings.max_image_bytes}")
-                info = self._verify(job, inspect_image(self.storage.read_prefix(
-                    staging, HEADER_BYTES)))
-            else:
-                info = self._verify(job, inspect_image(data))
+            if head.size > self.settings.max_image_bytes:
+                raise ImageRejected(f"the staged object has {head.size} bytes, more than "
+                                    f"{self.settings.max_image_bytes}")
+            prefix = self.storage.read_prefix(staging, HEADER_BYTES)
+            info = self._verify(job, inspect_image(prefix))
+            check_complete(info.format, head.size, prefix, self.storage.read_suffix(staging, 16))
         except ImageRejected as exc:
-            if data is None and slot.image_url and allow_fetch:
-                return self._promote_fetched(job, slot, self._fetch_image(slot.image_url))
+            if slot.image_url:
+                # A bad upload is not the image: the provider's hosted copy may still be good.
+                if not allow_fetch:
+                    log.warning("staged object rejected; a worker will fetch imageURL",
+                                extra={"job_id": job_id, "slot": slot_no, "error": exc.message})
+                    return "missing"
+                return self._promote_fetched(job, slot)
             self._fail_slot(job_id, slot_no, slot.task_uuid, "image_rejected", exc.message)
             self.finish_job(job_id)
             return "rejected"
         final_key = self.layout.final(job_id, slot_no, job.output_format)
-        metadata = self._object_metadata(job, slot, info)
-        content_type = FORMAT_CONTENT_TYPES[info.format]
-        if data is None:
-            assert head is not None
-            stored = self.storage.copy(staging, final_key, if_match=head.etag,
-                                       content_type=content_type, metadata=metadata)
-        else:
-            stored = self.storage.put(final_key, data, content_type=content_type,
-                                      metadata=metadata)
+        stored = self.storage.copy(staging, final_key, if_match=head.etag,
+                                   content_type=FORMAT_CONTENT_TYPES[info.format],
+                                   metadata=self._object_metadata(job, slot, info))
         applied = self.store.transition_slot(
             job_id, slot_no, ["received"], "stored", task_uuid=slot.task_uuid,
             final_key=final_key, width=info.width, height=info.height, size=stored.size,
             etag=stored.etag, stored_at=repr(time.time()))
-        if head is not None:
-            try:
-                self.storage.delete(staging)
-            except StorageError:
-                log.warning("staging object left for the lifecycle rule",
-                            extra={"job_id": job_id, "slot": slot_no})
+        self._remove_staging(job_id, slot_no, staging)
         if applied:
             log.info("image stored", extra={"job_id": job_id, "slot": slot_no, "key": final_key})
             self.finish_job(job_id)
         return "stored" if applied else "noop"
 
-    def _promote_fetched(self, job: Job, slot: Slot, data: bytes) -> str:
-        assert slot.task_uuid is not None
+    def _remove_staging(self, job_id: str, slot_no: int, key: str) -> None:
         try:
+            self.storage.delete(key)
+        except StorageError:
+            log.warning("staging object left for the lifecycle rule",
+                        extra={"job_id": job_id, "slot": slot_no})
+
+    def _promote_fetched(self, job: Job, slot: Slot) -> str:
+        """Store the provider-hosted copy of an image whose upload never landed or was bad."""
+        assert slot.task_uuid is not None and slot.image_url is not None
+        try:
+            data = self._fetch_image(slot.image_url)
             info = self._verify(job, inspect_image(data))
+            check_complete(info.format, len(data), data[:16], data[-16:])
         except ImageRejected as exc:
             self._fail_slot(job.id, slot.slot, slot.task_uuid, "image_rejected", exc.message)
             self.finish_job(job.id)
@@ -452,6 +468,7 @@ class JobService:
             job.id, slot.slot, ["received"], "stored", task_uuid=slot.task_uuid,
             final_key=final_key, width=info.width, height=info.height, size=stored.size,
             etag=stored.etag, stored_at=repr(time.time()))
+        self._remove_staging(job.id, slot.slot, self.layout.staging(job.id, slot.task_uuid))
         if applied:
             self.finish_job(job.id)
         return "stored" if applied else "noop"
@@ -644,6 +661,47 @@ class JobService:
         if job.callback_url:
             self.dispatcher.notify_job(job_id)
 
+    # ------------------------------------------------------------------ operators
+    def retry_job(self, job_id: str, slots: list[int] | None = None) -> Job:
+        """Reopen failed or dead slots as new attempts: the one recorded way back for a job.
+
+        The job returns to `running`, its deadline restarts, and when it ends again the manifest
+        is rewritten with a higher version.
+        """
+        job = self.get_job(job_id)
+        wanted = [slot for slot in job.slots
+                  if slot.state in {"failed", "dead"} and (slots is None or slot.slot in slots)]
+        if not wanted:
+            raise Conflict(f"job {job_id} has no failed or dead slot to retry")
+        now = time.time()
+        deadline = now + max(self.settings.default_deadline_seconds,
+                             int(job.deadline_at - job.created_at))
+        self.store.reopen_job(job_id, deadline, job.manifest_version + 1)
+        for slot in wanted:
+            self.store.transition_slot(job_id, slot.slot, ["failed", "dead"], "pending",
+                                       attempt=slot.attempt + 1, error_code=None,
+                                       error_message=None, reopened_at=repr(now))
+            self.store.remove_dead_letter(job_id, slot.slot)
+        log.warning("job reopened by an operator", extra={
+            "job_id": job_id, "slots": [slot.slot for slot in wanted]})
+        self.dispatcher.submit_job(job_id)
+        return self.get_job(job_id)
+
+    def replay_dead_letters(self, limit: int = 100) -> list[str]:
+        """Re-drive dead-lettered slots, one `retry_job` per job."""
+        by_job: dict[str, list[int]] = {}
+        for entry in self.store.dead_letters(limit):
+            by_job.setdefault(entry["jobId"], []).append(int(entry["slot"]))
+        replayed = []
+        for job_id, slots in by_job.items():
+            try:
+                self.retry_job(job_id, slots)
+                replayed.append(job_id)
+            except (NotFound, Conflict):
+                for slot in slots:
+                    self.store.remove_dead_letter(job_id, slot)
+        return replayed
+
     # ------------------------------------------------------------------ callbacks
     def send_callback(self, job_id: str) -> str:
         """POST the ended job to its callback URL, signed per Standard Webhooks."""
@@ -698,13 +756,19 @@ class JobService:
                 continue
             pending = [s for s in job.slots if s.state == "pending"]
             stale_pending = now - job.updated_at > grace
-            if pending and (stale_pending or probe):
-                if probe:
-                    self.store.redis.hset(f"{self.store.ns}:circuit", "probe_at",
-                                          repr(now + self.settings.circuit_probe_seconds))
+            if pending and probe:
+                # One job probes the provider while the circuit is open; success closes it.
+                self.store.redis.hset(f"{self.store.ns}:circuit", "probe_at",
+                                      repr(now + self.settings.circuit_probe_seconds))
+                try:
+                    self.submit_job(job_id, probe=True)
+                except ProviderError as exc:
+                    log.warning("circuit probe failed", extra={"code": exc.provider_code})
+                probe = False
+                counts["probed"] = 1
+            elif pending and stale_pending:
                 self.dispatcher.submit_job(job_id)
                 counts["redriven"] += 1
-                probe = False
             for slot in job.slots:
                 if slot.state == "submitted" and slot.task_uuid and (
                         now - (slot.submitted_at or now) > grace):

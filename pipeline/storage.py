@@ -110,6 +110,14 @@ class S3ObjectStorage:
             raise _storage_error("read", key, exc) from None
         return data
 
+    def read_suffix(self, key: str, length: int) -> bytes:
+        try:
+            answer = self._s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes=-{length}")
+            data: bytes = answer["Body"].read()
+        except (ClientError, BotoCoreError) as exc:
+            raise _storage_error("read", key, exc) from None
+        return data
+
     def copy(self, source: str, destination: str, *, if_match: str, content_type: str,
              metadata: dict[str, str]) -> ObjectHead:
         try:

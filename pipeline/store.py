@@ -396,6 +396,41 @@ class RedisJobStore:
             self.redis.zcount(self.tenant_key(tenant), "-inf", f"({next_cursor!r}"))
         return jobs, next_cursor if more else None
 
+    # --- operators: dead letters and reopening ---
+    @property
+    def dlq_key(self) -> str:
+        return f"{self.ns}:dlq"
+
+    def dead_letter(self, job_id: str, slot: int, code: str, message: str) -> None:
+        entry = json.dumps({"jobId": job_id, "slot": slot, "code": code,
+                            "message": message[:500], "at": time.time()}, sort_keys=True)
+        pipe = self.redis.pipeline()
+        pipe.hset(self.dlq_key, f"{job_id}:{slot}", entry)
+        pipe.execute()
+
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        entries = [json.loads(value) for value in self.redis.hvals(self.dlq_key)]
+        return sorted(entries, key=lambda entry: entry["at"])[:limit]
+
+    def remove_dead_letter(self, job_id: str, slot: int) -> None:
+        self.redis.hdel(self.dlq_key, f"{job_id}:{slot}")
+
+    def reopen_job(self, job_id: str, deadline_at: float, manifest_version: int) -> None:
+        """Move an ended job back to running (an operator's retry) and make it active again."""
+        key = self.job_key(job_id)
+        pipe = self.redis.pipeline()
+        pipe.persist(key)
+        pipe.hset(key, mapping={"state": "running", "deadline_at": repr(deadline_at),
+                                "manifest_version": str(manifest_version),
+                                "updated_at": repr(time.time()),
+                                "reason": "retried by an operator"})
+        pipe.hdel(key, "ended_at")
+        pipe.zadd(self.active_key, {job_id: deadline_at})
+        raw_count = self.redis.hget(key, "slot_count")
+        for n in range(int(raw_count or 0)):
+            pipe.persist(self.slot_key(job_id, n))
+        pipe.execute()
+
     def publish_event(self, event: dict[str, Any]) -> None:
         self.redis.xadd(self.events_key, {"event": json.dumps(event)}, maxlen=100_000,
                         approximate=True)

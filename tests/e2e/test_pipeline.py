@@ -96,6 +96,16 @@ def test_every_delivery_order_and_envelope(stack: Pipeline, s3_client: Any, put_
     check_stored_job(s3_client, stack, job, 1024, 1024, "WEBP")
 
 
+@pytest.mark.parametrize("mode", ["skip", "truncate"])
+def test_failed_uploads_are_replaced_by_the_hosted_image(stack: Pipeline, s3_client: Any,
+                                                         mode: str) -> None:
+    stack.emulator(upload_fail_rate=1.0, upload_fail_mode=mode)
+    created = stack.submit({"positivePrompt": f"upload {mode}", "width": 896, "height": 1280,
+                            "numberResults": 2, "outputFormat": "PNG"})
+    job = stack.wait(created["id"])
+    check_stored_job(s3_client, stack, job, 896, 1280, "PNG")
+
+
 @pytest.mark.parametrize("placement", ["errors", "item"])
 def test_permanent_item_error_fails_the_slot_with_the_provider_code(
         stack: Pipeline, s3_client: Any, placement: str) -> None:
