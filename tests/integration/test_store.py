@@ -1,0 +1,383 @@
+"""RedisJobStore against a real Redis: records, idempotency, atomic transitions, leases."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import redis
+
+from pipeline.store import Job, RedisJobStore
+
+pytestmark = pytest.mark.integration
+
+MODEL = "xai:grok-imagine@image-pro"
+RETENTION = 3600
+API_KEY = "runware-key-under-test"
+
+
+def make_job(tenant: str = "acme", slots: int = 2, *, idempotency_key: str | None = None,
+             created_at: float | None = None, deadline: float = 900.0) -> Job:
+    now = time.time() if created_at is None else created_at
+    return Job(
+        id=str(uuid.uuid4()), tenant=tenant, state="queued", model=MODEL,
+        params={"model": MODEL, "positivePrompt": "a red fox", "numberResults": slots},
+        slot_count=slots, output_format="PNG", created_at=now, updated_at=now,
+        deadline_at=now + deadline, idempotency_key=idempotency_key,
+        metadata={"order": "42"},
+    )
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll `condition` until it holds or the deadline passes; whether it held."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis) -> RedisJobStore:
+    return RedisJobStore(redis_client, retention_seconds=RETENTION)
+
+
+@pytest.fixture
+def second_client(redis_server: str, redis_client: redis.Redis) -> Iterator[redis.Redis]:
+    """Another connection to the same Redis, as a second worker would hold."""
+    client = redis.Redis.from_url(redis_server, decode_responses=True)
+    yield client
+    client.close()
+
+
+def test_create_job_writes_the_job_its_pending_slots_and_indexes(
+        store: RedisJobStore, redis_client: redis.Redis) -> None:
+    job = make_job(slots=3)
+
+    job_id, stored_hash = store.create_job(job, "hash-1")
+
+    assert (job_id, stored_hash) == (job.id, None)
+    raw = redis_client.hgetall(store.job_key(job.id))
+    assert raw["state"] == "queued"
+    assert raw["tenant"] == "acme"
+    assert raw["slot_count"] == "3"
+    for n in range(3):
+        slot = redis_client.hgetall(store.slot_key(job.id, n))
+        assert slot == {"state": "pending", "slot": str(n), "attempt": "1", "job_id": job.id,
+                        "updated_at": repr(job.created_at)}
+    assert not redis_client.exists(store.slot_key(job.id, 3))
+    assert redis_client.zscore(store.tenant_key("acme"), job.id) == job.created_at
+    assert redis_client.zscore(store.active_key, job.id) == job.deadline_at
+    assert store.active_jobs() == [(job.id, job.deadline_at)]
+
+    loaded = store.get_job(job.id)
+    assert loaded is not None
+    assert loaded.state == "queued"
+    assert loaded.params == job.params
+    assert loaded.metadata == {"order": "42"}
+    assert [(s.slot, s.state, s.attempt, s.task_uuid) for s in loaded.slots] == [
+        (0, "pending", 1, None), (1, "pending", 1, None), (2, "pending", 1, None)]
+
+
+def test_the_same_idempotency_key_returns_the_first_job_and_its_body_hash(
+        store: RedisJobStore, redis_client: redis.Redis) -> None:
+    first = make_job(idempotency_key="order-42")
+    again = make_job(idempotency_key="order-42")
+
+    assert store.create_job(first, "hash-first") == (first.id, None)
+    assert store.create_job(again, "hash-other") == (first.id, "hash-first")
+
+    assert not redis_client.exists(store.job_key(again.id))
+    assert not redis_client.exists(store.slot_key(again.id, 0))
+    assert redis_client.zrange(store.tenant_key("acme"), 0, -1) == [first.id]
+    assert [job_id for job_id, _ in store.active_jobs()] == [first.id]
+    assert 0 < redis_client.ttl(store.idempotency_key("acme", "order-42")) <= RETENTION
+
+
+def test_another_tenants_idempotency_key_makes_a_new_job(store: RedisJobStore) -> None:
+    ours = make_job("acme", idempotency_key="order-42")
+    theirs = make_job("globex", idempotency_key="order-42")
+
+    assert store.create_job(ours, "hash-a") == (ours.id, None)
+    assert store.create_job(theirs, "hash-b") == (theirs.id, None)
+
+    loaded = store.get_job(theirs.id)
+    assert loaded is not None and loaded.tenant == "globex"
+    assert store.create_job(make_job("globex", idempotency_key="order-42"), "hash-c") == (
+        theirs.id, "hash-b")
+
+
+def test_an_idempotency_key_whose_job_expired_makes_a_new_job(
+        store: RedisJobStore, redis_client: redis.Redis) -> None:
+    first = make_job(idempotency_key="order-42")
+    store.create_job(first, "hash-first")
+    redis_client.delete(store.job_key(first.id))
+
+    fresh = make_job(idempotency_key="order-42")
+    assert store.create_job(fresh, "hash-fresh") == (fresh.id, None)
+    assert store.create_job(make_job(idempotency_key="order-42"), "x") == (fresh.id, "hash-fresh")
+
+
+def test_slot_transitions_are_monotonic(store: RedisJobStore) -> None:
+    job = make_job(slots=1)
+    store.create_job(job, "h")
+    task_uuid = store.mint_task_uuid(job.id, 0, 1, str(uuid.uuid4()))
+    assert task_uuid is not None
+
+    assert store.transition_slot(job.id, 0, ["pending"], "submitted", task_uuid=task_uuid,
+                                 submitted_at=repr(time.time()))
+    assert store.transition_slot(job.id, 0, ["submitted"], "received", task_uuid=task_uuid,
+                                 image_uuid="img-1", cost=0.07)
+    assert store.transition_slot(job.id, 0, ["received"], "stored", task_uuid=task_uuid,
+                                 final_key=f"jobs/{job.id}/00.png", size=1234)
+
+    # A late or repeated message finds the slot stored and changes nothing.
+    assert not store.transition_slot(job.id, 0, ["submitted"], "received", task_uuid=task_uuid,
+                                     image_uuid="img-late")
+    assert not store.transition_slot(job.id, 0, ["pending"], "submitted", task_uuid=task_uuid)
+    slot = store.get_slot(job.id, 0)
+    assert slot is not None
+    assert (slot.state, slot.image_uuid, slot.cost, slot.size) == ("stored", "img-1", 0.07, 1234)
+    assert slot.final_key == f"jobs/{job.id}/00.png"
+    assert slot.terminal
+
+
+def test_a_transition_guarded_by_another_task_uuid_is_refused(store: RedisJobStore) -> None:
+    job = make_job(slots=1)
+    store.create_job(job, "h")
+    task_uuid = store.mint_task_uuid(job.id, 0, 1, str(uuid.uuid4()))
+    assert task_uuid is not None
+
+    assert not store.transition_slot(job.id, 0, ["pending"], "submitted",
+                                     task_uuid=str(uuid.uuid4()))
+    slot = store.get_slot(job.id, 0)
+    assert slot is not None and slot.state == "pending"
+
+    assert store.transition_slot(job.id, 0, ["pending"], "submitted", task_uuid=task_uuid)
+
+
+def test_a_transition_clears_fields_given_as_none(store: RedisJobStore) -> None:
+    job = make_job(slots=1)
+    store.create_job(job, "h")
+    assert store.transition_slot(job.id, 0, ["pending"], "failed", error_code="timeoutProvider",
+                                 error_message="slow")
+    assert store.transition_slot(job.id, 0, ["failed"], "pending", attempt=2, error_code=None,
+                                 error_message=None)
+    slot = store.get_slot(job.id, 0)
+    assert slot is not None
+    assert (slot.state, slot.attempt, slot.error_code, slot.error_message) == (
+        "pending", 2, None, None)
+
+
+def test_job_transitions_are_monotonic_and_missing_records_refuse(store: RedisJobStore) -> None:
+    job = make_job()
+    store.create_job(job, "h")
+
+    assert store.transition_job(job.id, ["queued"], "running")
+    assert store.transition_job(job.id, ["running"], "succeeded", ended_at=repr(time.time()))
+    assert not store.transition_job(job.id, ["queued", "running"], "failed", reason="late")
+    assert store.job_state(job.id) == "succeeded"
+    loaded = store.get_job(job.id)
+    assert loaded is not None and loaded.reason is None and loaded.ended_at is not None
+
+    assert not store.transition_job("no-such-job", ["queued"], "running")
+    assert not store.transition_slot("no-such-job", 0, ["pending"], "submitted")
+    assert store.job_state("no-such-job") is None
+
+
+def test_concurrent_transitions_on_one_slot_apply_exactly_once(
+        store: RedisJobStore, redis_server: str) -> None:
+    job = make_job(slots=1)
+    store.create_job(job, "h")
+    task_uuid = store.mint_task_uuid(job.id, 0, 1, str(uuid.uuid4()))
+    start = threading.Barrier(8)
+    clients = [redis.Redis.from_url(redis_server, decode_responses=True) for _ in range(8)]
+
+    def attempt(n: int) -> bool:
+        worker = RedisJobStore(clients[n], retention_seconds=RETENTION)
+        start.wait(timeout=10)
+        return worker.transition_slot(job.id, 0, ["pending"], "submitted",
+                                      task_uuid=task_uuid, image_uuid=f"worker-{n}")
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            outcomes = list(pool.map(attempt, range(8)))
+    finally:
+        for client in clients:
+            client.close()
+
+    assert outcomes.count(True) == 1
+    slot = store.get_slot(job.id, 0)
+    assert slot is not None
+    assert slot.state == "submitted"
+    assert slot.image_uuid == f"worker-{outcomes.index(True)}"
+
+
+def test_mint_task_uuid_is_idempotent_per_attempt(store: RedisJobStore) -> None:
+    job = make_job(slots=2)
+    store.create_job(job, "h")
+    first, other = str(uuid.uuid4()), str(uuid.uuid4())
+
+    assert store.mint_task_uuid(job.id, 0, 1, first) == first
+    assert store.mint_task_uuid(job.id, 0, 1, other) == first
+
+    assert store.find_task(first) == (job.id, 0)
+    assert store.find_task(other) is None
+    slot = store.get_slot(job.id, 0)
+    assert slot is not None
+    assert (slot.task_uuid, slot.task_attempt, slot.previous_task_uuids) == (first, 1, [])
+
+
+def test_a_new_attempt_mints_a_new_task_uuid_and_keeps_the_old_one_indexed(
+        store: RedisJobStore) -> None:
+    job = make_job(slots=1)
+    store.create_job(job, "h")
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    assert store.mint_task_uuid(job.id, 0, 1, first) == first
+    assert store.transition_slot(job.id, 0, ["pending"], "submitted", task_uuid=first)
+
+    # A slot in flight cannot get a new attempt's uuid.
+    assert store.mint_task_uuid(job.id, 0, 2, second) is None
+    assert store.find_task(second) is None
+
+    # The provider failed the image: the slot reopens as attempt 2.
+    assert store.transition_slot(job.id, 0, ["submitted"], "pending", task_uuid=first,
+                                 attempt=2)
+    assert store.mint_task_uuid(job.id, 0, 2, second) == second
+    assert store.mint_task_uuid(job.id, 0, 2, str(uuid.uuid4())) == second
+
+    slot = store.get_slot(job.id, 0)
+    assert slot is not None
+    assert (slot.task_uuid, slot.task_attempt, slot.previous_task_uuids) == (second, 2, [first])
+    assert store.find_task(first) == (job.id, 0)
+    assert store.find_task(second) == (job.id, 0)
+    # A result for the old attempt cannot move the new one.
+    assert not store.transition_slot(job.id, 0, ["pending"], "submitted", task_uuid=first)
+
+
+def test_find_task_of_an_unknown_uuid_is_none(store: RedisJobStore) -> None:
+    assert store.find_task(str(uuid.uuid4())) is None
+
+
+def test_retire_job_sets_retention_ttls_and_leaves_the_active_set(
+        store: RedisJobStore, redis_client: redis.Redis) -> None:
+    job = make_job(slots=2)
+    keep = make_job(slots=1)
+    store.create_job(job, "h")
+    store.create_job(keep, "h")
+    uuids = []
+    for n in range(2):
+        minted = store.mint_task_uuid(job.id, n, 1, str(uuid.uuid4()))
+        assert minted is not None
+        uuids.append(minted)
+    assert store.transition_slot(job.id, 0, ["pending"], "pending", attempt=2)
+    assert store.mint_task_uuid(job.id, 0, 2, str(uuid.uuid4())) is not None
+    slot0 = store.get_slot(job.id, 0)
+    assert slot0 is not None and slot0.task_uuid is not None
+    uuids.append(slot0.task_uuid)
+    assert store.transition_job(job.id, ["queued"], "succeeded")
+    assert redis_client.ttl(store.job_key(job.id)) == -1
+
+    store.retire_job(job.id)
+
+    keys = [store.job_key(job.id), store.slot_key(job.id, 0), store.slot_key(job.id, 1)]
+    keys += [store.task_key(u) for u in uuids]
+    for key in keys:
+        assert 0 < redis_client.ttl(key) <= RETENTION, key
+    assert [job_id for job_id, _ in store.active_jobs()] == [keep.id]
+    assert redis_client.ttl(store.job_key(keep.id)) == -1
+    store.retire_job("no-such-job")  # nothing to do, no error
+
+
+def test_list_jobs_pages_newest_first_with_a_cursor(store: RedisJobStore) -> None:
+    base = time.time() - 100
+    jobs = [make_job("acme", 1, created_at=base + n) for n in range(5)]
+    for job in jobs:
+        store.create_job(job, "h")
+    store.create_job(make_job("globex", 1, created_at=base + 10), "h")
+
+    page1, cursor1 = store.list_jobs("acme", limit=2)
+    page2, cursor2 = store.list_jobs("acme", limit=2, cursor=cursor1)
+    page3, cursor3 = store.list_jobs("acme", limit=2, cursor=cursor2)
+
+    assert [j.id for j in page1] == [jobs[4].id, jobs[3].id]
+    assert [j.id for j in page2] == [jobs[2].id, jobs[1].id]
+    assert [j.id for j in page3] == [jobs[0].id]
+    assert cursor1 is not None and cursor2 is not None
+    assert cursor3 is None
+
+    whole, end = store.list_jobs("acme", limit=5)
+    assert [j.id for j in whole] == [j.id for j in reversed(jobs)] and end is None
+    assert store.list_jobs("nobody") == ([], None)
+
+
+def test_list_jobs_filters_by_state_across_pages(
+        store: RedisJobStore, redis_client: redis.Redis) -> None:
+    base = time.time() - 100
+    jobs = [make_job("acme", 1, created_at=base + n) for n in range(7)]
+    for job in jobs:
+        store.create_job(job, "h")
+    done = [jobs[0], jobs[3], jobs[5]]
+    for job in done:
+        assert store.transition_job(job.id, ["queued"], "succeeded")
+
+    first, cursor = store.list_jobs("acme", state="succeeded", limit=2)
+    rest, end = store.list_jobs("acme", state="succeeded", limit=2, cursor=cursor)
+
+    assert [j.id for j in first] == [jobs[5].id, jobs[3].id]
+    assert [j.id for j in rest] == [jobs[0].id]
+    assert end is None
+    assert all(j.state == "succeeded" for j in first + rest)
+    queued, _ = store.list_jobs("acme", state="queued", limit=10)
+    assert [j.id for j in queued] == [jobs[6].id, jobs[4].id, jobs[2].id, jobs[1].id]
+
+    # An expired job drops out of the listing and out of the tenant index.
+    redis_client.delete(store.job_key(jobs[4].id))
+    queued, _ = store.list_jobs("acme", state="queued", limit=10)
+    assert [j.id for j in queued] == [jobs[6].id, jobs[2].id, jobs[1].id]
+    assert redis_client.zscore(store.tenant_key("acme"), jobs[4].id) is None
+
+
+def test_a_lease_budget_is_shared_by_every_store(
+        store: RedisJobStore, second_client: redis.Redis) -> None:
+    other = RedisJobStore(second_client, retention_seconds=RETENTION)
+
+    assert store.acquire_leases(API_KEY, ["a", "b"], 3, 30) == ["a", "b"]
+    assert other.acquire_leases(API_KEY, ["c", "d"], 3, 30) == ["c"]
+    assert other.acquire_leases(API_KEY, ["e"], 3, 30) == []
+    assert store.leases_in_use(API_KEY) == 3 == other.leases_in_use(API_KEY)
+    # A lease already held is granted again without taking more of the budget.
+    assert store.acquire_leases(API_KEY, ["a", "e"], 3, 30) == ["a"]
+    # Another API key has a budget of its own.
+    assert other.acquire_leases("another-key", ["x"], 3, 30) == ["x"]
+
+    store.release_leases(API_KEY, ["a", "b"])
+    assert other.leases_in_use(API_KEY) == 1
+    assert other.acquire_leases(API_KEY, ["d", "e", "f"], 3, 30) == ["d", "e"]
+    assert store.leases_in_use(API_KEY) == 3
+    store.release_leases(API_KEY, [])
+
+
+def test_expired_leases_are_reclaimed(store: RedisJobStore, second_client: redis.Redis) -> None:
+    crashed = RedisJobStore(second_client, retention_seconds=RETENTION)
+    started = time.monotonic()
+    assert crashed.acquire_leases(API_KEY, ["a", "b", "c"], 3, 0.2) == ["a", "b", "c"]
+    refused = store.acquire_leases(API_KEY, ["d"], 3, 30)
+    if time.monotonic() - started < 0.15:  # still inside the leases' lifetime
+        assert refused == []
+
+    granted: list[str] = []
+
+    def reclaimed() -> bool:
+        granted.extend(store.acquire_leases(API_KEY, ["d", "e", "f", "g"], 3, 30))
+        return len(set(granted)) == 3
+
+    assert wait_for(reclaimed, timeout=5)
+    assert set(granted) == {"d", "e", "f"}
+    assert store.leases_in_use(API_KEY) == 3
+    assert crashed.acquire_leases(API_KEY, ["a"], 3, 30) == []
