@@ -549,7 +549,9 @@ class JobService:
             return False
         version = max(job.manifest_version, 1)
         manifest_key = self.layout.manifest(job_id)
-        ended = job.ended_at or time.time()
+        # The last slot's change ends the job: concurrent finishers write the same manifest.
+        ended = job.ended_at or max((slot.updated_at or 0.0 for slot in job.slots),
+                                    default=0.0) or time.time()
         manifest = self.manifest(job, state, version, ended)
         self.storage.put(manifest_key, json.dumps(manifest, indent=2).encode(),
                          content_type="application/json",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -366,9 +366,15 @@ class RedisJobStore:
                     pipe.expire(self.task_key(task_uuid), self.retention_seconds)
         pipe.execute()
 
-    def active_jobs(self, limit: int = 1000) -> list[tuple[str, float]]:
-        rows = self.redis.zrange(self.active_key, 0, limit - 1, withscores=True)
-        return [(str(member), float(score)) for member, score in rows]
+    def active_jobs(self, page: int = 1000) -> Iterator[tuple[str, float]]:
+        """Every job not yet ended, earliest deadline first, read a page at a time."""
+        start = 0
+        while True:
+            rows = self.redis.zrange(self.active_key, start, start + page - 1, withscores=True)
+            yield from ((str(member), float(score)) for member, score in rows)
+            if len(rows) < page:
+                return
+            start += page
 
     def list_jobs(self, tenant: str, *, state: str | None = None, cursor: float | None = None,
                   limit: int = 50) -> tuple[list[Job], float | None]:

@@ -50,7 +50,7 @@ def healthz() -> Any:
 
 @health.get("/readyz")
 def readyz() -> Any:
-    service = _service()
+    service = _service(inline=True)  # short S3 timeouts: a probe must answer quickly
     checks: dict[str, str] = {}
     try:
         service.store.ping()
