@@ -207,6 +207,7 @@ class LocalStack:
         """Start independent services at once; on any failure stop the ones that came up."""
         started: dict[str, Service] = {}
         errors: list[str] = []
+        began = time.monotonic()
         with ThreadPoolExecutor(max_workers=len(starters)) as pool:
             futures: dict[str, Future[Service]] = {
                 name: pool.submit(start) for name, start in starters.items()
@@ -228,6 +229,8 @@ class LocalStack:
             self.services.append(service)
         if errors:
             raise StackError("\n".join(errors))
+        names = ", ".join(starters)
+        print(f"stack: {names} ready in {time.monotonic() - began:.1f}s", flush=True)
         return started
 
     def start(self) -> None:
