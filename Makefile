@@ -37,7 +37,7 @@ chaos: $(STAMP) ## 500 images through the local stack under injected faults and 
 	$(BIN)/python -m infra.chaos
 
 flower: $(STAMP) ## Flower against the stack started by make run (reads .run/stack.env)
-	. .run/stack.env && $(BIN)/celery -A workers.worker flower --broker="$$REDIS_URL"
+	set -a && . .run/stack.env && set +a && $(BIN)/celery -A workers.worker flower --broker="$$REDIS_URL"
 
 clean: ## Remove the virtualenv, local stack data and saved images
 	rm -rf $(VENV) .run out .pytest_cache .ruff_cache .mypy_cache *.egg-info

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from pipeline.config import Settings
 from pipeline.dispatch import QUEUES, SUBMIT_QUEUE
@@ -13,7 +13,9 @@ def create_celery(settings: Settings | None = None) -> Celery:
     settings = settings or Settings.from_env()
     app = Celery("imagine", broker=settings.broker_url, include=["workers.tasks"])
     app.conf.update(
-        task_queues=[Queue(name) for name in QUEUES],
+        # One direct exchange per queue: a message routed to one queue is never copied to another.
+        task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name)
+                     for name in QUEUES],
         task_default_queue=SUBMIT_QUEUE,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
