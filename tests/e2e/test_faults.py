@@ -1,0 +1,103 @@
+"""The pipeline under provider faults: circuit, dead letters, cancellation, deadlines."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import httpx
+import pytest
+
+from infra import processes
+from tests.e2e.conftest import Pipeline
+from tests.e2e.test_pipeline import check_stored_job, job_keys
+
+pytestmark = pytest.mark.e2e
+
+
+def imagine(stack: Pipeline, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], env=stack.env,
+                          cwd=processes.REPO_ROOT, capture_output=True, text=True, timeout=60,
+                          check=False)
+
+
+def metric(stack: Pipeline, name: str) -> float:
+    text = httpx.get(f"{stack.receiver_url}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no metric {name}")
+
+
+def test_unavailable_model_pauses_submission_until_a_probe_succeeds(stack: Pipeline,
+                                                                    s3_client: Any) -> None:
+    stack.emulator(model_unavailable=True)
+    first = stack.submit({"positivePrompt": "paused one", "resolution": "1K"})
+    second = stack.submit({"positivePrompt": "paused two", "resolution": "1K"})
+    waiting = stack.wait(second["id"], until=lambda j: (j["reason"] or "").startswith("waiting"))
+    assert "unknownModel" in waiting["reason"]
+    assert waiting["state"] in {"queued", "running"}
+    assert metric(stack, "imagine_circuit_open") == 1
+    shown = imagine(stack, "circuit", "show")
+    assert json.loads(shown.stdout)["code"] == "unknownModel"
+    stack.emulator(model_unavailable=False)  # the provider recovers; a probe closes the circuit
+    for created in (first, second):
+        check_stored_job(s3_client, stack, stack.wait(created["id"]), 1024, 1024, "JPG")
+    assert metric(stack, "imagine_circuit_open") == 0
+
+
+def test_spent_retry_budget_dead_letters_then_replay_stores(stack: Pipeline,
+                                                            s3_client: Any) -> None:
+    stack.emulator(item_error_rate=1.0, item_error_permanent_share=0.0)
+    created = stack.submit({"positivePrompt": "flaky provider", "resolution": "1K"})
+    job = stack.wait(created["id"])
+    assert job["state"] == "failed"
+    slot = job["slots"][0]
+    assert slot["state"] == "dead" and slot["attempt"] == 3
+    assert slot["error"]["code"] == "timeoutProvider"
+    listed = imagine(stack, "dlq", "list")
+    assert f"{created['id']} slot 0" in listed.stdout
+    stack.emulator(item_error_rate=0.0)
+    replay = imagine(stack, "dlq", "replay")
+    assert replay.returncode == 0, replay.stderr
+    assert created["id"] in replay.stdout
+    job = stack.wait(created["id"], until=lambda j: j["state"] == "succeeded")
+    check_stored_job(s3_client, stack, job, 1024, 1024, "JPG")
+    manifest = json.loads(s3_client.get_object(Bucket=stack.bucket,
+                                               Key=job["manifestKey"])["Body"].read())
+    assert manifest["manifestVersion"] == 2
+    assert f"{created['id']} slot 0" not in imagine(stack, "dlq", "list").stdout
+
+
+def test_cancelled_job_discards_late_results(stack: Pipeline, s3_client: Any) -> None:
+    stack.emulator(latency_ms=1500)
+    created = stack.submit({"positivePrompt": "cancel me", "resolution": "1K",
+                            "numberResults": 2})
+    stack.wait(created["id"], until=lambda j: all(s["state"] == "submitted" for s in j["slots"]))
+    with stack.client() as client:
+        cancelled = client.post(f"/v1/jobs/{created['id']}/cancel")
+        assert cancelled.status_code == 200
+        assert cancelled.json()["state"] == "cancelled"
+        again = client.post(f"/v1/jobs/{created['id']}/cancel")
+        assert again.status_code == 409
+    job = stack.wait(created["id"], timeout=30,
+                     until=lambda j: all(s["state"] == "discarded" for s in j["slots"]))
+    assert job["state"] == "cancelled"
+    assert job_keys(s3_client, stack.bucket, created["id"]) == [
+        f"jobs/{created['id']}/manifest.json"]
+
+
+def test_job_times_out_at_its_deadline_without_any_webhook(stack: Pipeline,
+                                                           s3_client: Any) -> None:
+    stack.emulator(deliveries=False, latency_ms=120_000)
+    created = stack.submit({"positivePrompt": "never answered", "resolution": "1K",
+                            "deadlineSeconds": 30})
+    job = stack.wait(created["id"], timeout=60)
+    assert job["state"] == "timed_out"
+    assert job["slots"][0]["state"] == "failed"
+    assert job["slots"][0]["error"]["code"] == "deadline"
+    manifest = json.loads(s3_client.get_object(Bucket=stack.bucket,
+                                               Key=job["manifestKey"])["Body"].read())
+    assert manifest["state"] == "timed_out"
