@@ -131,6 +131,37 @@ def load_job_request(body: Any, default_model: str) -> dict[str, Any]:
     return result
 
 
+class ImageInferenceTaskSchema(_Strict):
+    """One `imageInference` task as the pipeline sends it to Runware."""
+
+    taskType = fields.String(required=True, validate=validate.Equal("imageInference"))
+    taskUUID = fields.UUID(required=True)
+    model = fields.String(required=True)
+    positivePrompt = fields.String(required=True, validate=validate.Length(min=1))
+    width = fields.Integer(strict=True)
+    height = fields.Integer(strict=True)
+    resolution = fields.String()
+    outputFormat = fields.String(validate=validate.OneOf(["JPG", "PNG", "WEBP"]))
+    outputQuality = fields.Integer(strict=True, validate=validate.Range(min=20, max=99))
+    inputs = fields.Nested(InputsSchema)
+    safety = fields.Nested(SafetySchema)
+    numberResults = fields.Integer(strict=True, validate=validate.Equal(1))
+    deliveryMethod = fields.String(required=True, validate=validate.Equal("async"))
+    webhookURL = fields.URL(required=True, require_tld=False)
+    uploadEndpoint = fields.URL(required=True, require_tld=False)
+    outputType = fields.String(validate=validate.OneOf(["URL", "base64Data", "dataURI"]))
+    includeCost = fields.Boolean()
+    ttl = fields.Integer(strict=True, validate=validate.Range(min=60))
+
+
+def check_outgoing_task(task: dict[str, Any]) -> dict[str, Any]:
+    """Refuse to send a malformed task: a bug here must not reach the provider's bill."""
+    errors = ImageInferenceTaskSchema().validate(task)
+    if errors:
+        raise ValueError(f"malformed Runware task: {errors}")
+    return task
+
+
 # --- Runware payloads: unknown provider fields are ignored, never trusted ---
 
 

@@ -28,7 +28,12 @@ from pipeline.errors import (
 from pipeline.imaging import ImageInfo, check_complete, inspect_image
 from pipeline.interfaces import Dispatcher, ObjectStorage
 from pipeline.runware import RunwareClient, classify
-from pipeline.schemas import ProviderResult, load_job_request, parse_provider_body
+from pipeline.schemas import (
+    ProviderResult,
+    check_outgoing_task,
+    load_job_request,
+    parse_provider_body,
+)
 from pipeline.signing import sign_callback, webhook_token
 from pipeline.storage import KeyLayout
 from pipeline.store import SLOT_OPEN, Job, RedisJobStore, Slot
@@ -282,7 +287,7 @@ class JobService:
             "uploadEndpoint": self.storage.presign_put(
                 self.layout.staging(job.id, task_uuid), min(expires, 7 * 86400)),
         })
-        return payload
+        return check_outgoing_task(payload)
 
     def _fail_slot(self, job_id: str, slot: int, task_uuid: str | None, code: str,
                    message: str) -> bool:

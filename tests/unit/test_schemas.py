@@ -253,3 +253,30 @@ def test_mixed_items_keep_their_order_and_kind() -> None:
 def test_garbage_is_refused(body: Any) -> None:
     with pytest.raises(ValidationError):
         parse_provider_body(body)
+
+
+def test_outgoing_task_schema_accepts_what_the_pipeline_sends() -> None:
+    from pipeline.schemas import check_outgoing_task
+
+    task = {"taskType": "imageInference", "taskUUID": "1607528b-b740-4975-8cc1-6dc6b2d18f60",
+            "model": "xai:grok-imagine@image-pro", "positivePrompt": "x", "resolution": "1K",
+            "outputFormat": "JPG", "outputType": "URL", "numberResults": 1,
+            "deliveryMethod": "async", "includeCost": True, "ttl": 1500,
+            "webhookURL": "http://127.0.0.1:8000/webhooks/runware/1607528b?token=abc",
+            "uploadEndpoint": "http://127.0.0.1:9000/bucket/staging/j/t?X-Amz-Signature=1"}
+    assert check_outgoing_task(task) is task
+
+
+@pytest.mark.parametrize("change", [
+    {"numberResults": 2}, {"deliveryMethod": "sync"}, {"ttl": 59}, {"taskUUID": "nope"},
+    {"webhookURL": "not a url"}, {"surprise": 1},
+])
+def test_outgoing_task_schema_refuses_a_malformed_task(change: dict[str, Any]) -> None:
+    from pipeline.schemas import check_outgoing_task
+
+    task = {"taskType": "imageInference", "taskUUID": "1607528b-b740-4975-8cc1-6dc6b2d18f60",
+            "model": "xai:grok-imagine@image-pro", "positivePrompt": "x", "resolution": "1K",
+            "numberResults": 1, "deliveryMethod": "async", "ttl": 600,
+            "webhookURL": "http://127.0.0.1:8000/w", "uploadEndpoint": "http://127.0.0.1:9000/u"}
+    with pytest.raises(ValueError, match="malformed Runware task"):
+        check_outgoing_task({**task, **change})
