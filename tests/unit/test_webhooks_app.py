@@ -1,0 +1,134 @@
+"""The Flask app: authentication before lookup, body limits, roles, one error shape."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from pipeline.config import Settings
+from pipeline.errors import NotFound
+from pipeline.services import ResultOutcome
+from pipeline.signing import webhook_token
+from webhooks.app import create_app
+
+pytestmark = pytest.mark.unit
+
+SECRET = "s" * 32
+TASK = "1607528b-b740-4975-8cc1-6dc6b2d18f60"
+
+
+@dataclass
+class RecordingDispatcher:
+    finalized: list[tuple[str, int, float]] = field(default_factory=list)
+
+    def submit_job(self, job_id: str, countdown: float = 0) -> None:
+        raise AssertionError("not expected")
+
+    def finalize_slot(self, job_id: str, slot: int, countdown: float = 0) -> None:
+        self.finalized.append((job_id, slot, countdown))
+
+    def notify_job(self, job_id: str) -> None:
+        raise AssertionError("not expected")
+
+
+@dataclass
+class FakeService:
+    """Stands in for JobService: records what the views asked of it."""
+
+    known: set[str] = field(default_factory=lambda: {TASK})
+    accepted: list[tuple[str, Any]] = field(default_factory=list)
+    promote_answer: str = "stored"
+    dispatcher: RecordingDispatcher = field(default_factory=RecordingDispatcher)
+
+    def accept_webhook(self, task_uuid: str, body: Any) -> list[ResultOutcome]:
+        if task_uuid not in self.known:
+            raise NotFound(f"no task {task_uuid}")
+        self.accepted.append((task_uuid, body))
+        return [ResultOutcome("job-1", 0, "received")]
+
+    def promote_slot(self, job_id: str, slot: int, *, allow_fetch: bool = False) -> str:
+        return self.promote_answer
+
+
+def make_client(service: FakeService, roles: tuple[str, ...] = ("webhooks", "api", "metrics"),
+                ) -> FlaskClient:
+    settings = Settings.from_env({"WEBHOOK_SECRETS": SECRET, "API_KEYS": "acme:k",
+                                  "WEBHOOK_MAX_BODY_BYTES": "2048", "LOG_FORMAT": "text"})
+    app = create_app(settings, service=service, inline_service=service,  # type: ignore[arg-type]
+                     roles=roles)
+    return app.test_client()
+
+
+def url(task: str = TASK, token: str | None = None) -> str:
+    return f"/webhooks/runware/{task}?token={token or webhook_token(SECRET, task)}"
+
+
+BODY = {"data": [{"taskType": "imageInference", "taskUUID": TASK, "imageUUID": "i-1",
+                  "imageURL": "https://im.runware.ai/image/i-1.jpg", "cost": 0.07}]}
+
+
+def test_a_good_webhook_is_recorded_and_promoted_inline() -> None:
+    service = FakeService()
+    answer = make_client(service).post(url(), json=BODY)
+    assert answer.status_code == 200
+    assert answer.json == {"taskUUID": TASK, "results": ["received"]}
+    assert service.accepted == [(TASK, BODY)]
+    assert service.dispatcher.finalized == []
+
+
+def test_a_missing_staged_object_hands_promotion_to_a_worker() -> None:
+    service = FakeService(promote_answer="missing")
+    assert make_client(service).post(url(), json=BODY).status_code == 200
+    assert [(job, slot) for job, slot, _ in service.dispatcher.finalized] == [("job-1", 0)]
+
+
+@pytest.mark.parametrize("token", ["wrong", "", webhook_token("x" * 32, TASK),
+                                   webhook_token(SECRET, "another-task")])
+def test_a_bad_token_is_refused_before_any_lookup(token: str) -> None:
+    service = FakeService()
+    answer = make_client(service).post(f"/webhooks/runware/{TASK}?token={token}", json=BODY)
+    assert answer.status_code == 401
+    assert answer.json is not None and answer.json["code"] == "unauthorized"
+    assert service.accepted == []
+
+
+def test_an_unknown_task_with_a_valid_token_is_404() -> None:
+    other = "0b6f2a5e-7d0c-4f6e-9a55-1c1c2b9d5e11"
+    answer = make_client(FakeService()).post(url(other), json=BODY)
+    assert answer.status_code == 404
+    assert set(answer.json or {}) == {"code", "status", "message", "errors"}
+
+
+def test_body_limits_and_media_type() -> None:
+    client = make_client(FakeService())
+    assert client.post(url(), data="{}", content_type="text/plain").status_code == 415
+    big = client.post(url(), data="{" + " " * 4096 + "}", content_type="application/json")
+    assert big.status_code == 413
+    assert big.json is not None and big.json["status"] == 413
+    assert client.post(url(), data="{not json", content_type="application/json"
+                       ).status_code == 400
+
+
+def test_roles_keep_the_api_and_metrics_off_a_public_receiver() -> None:
+    client = make_client(FakeService(), roles=("webhooks",))
+    assert client.get("/healthz").status_code == 200
+    assert client.post(url(), json=BODY).status_code == 200
+    for path in ("/v1/jobs", "/metrics", "/v1/openapi.json"):
+        answer = client.get(path)
+        assert answer.status_code == 404
+        assert answer.json is not None and answer.json["code"] == "not_found"
+
+
+def test_api_without_webhooks() -> None:
+    client = make_client(FakeService(), roles=("api",))
+    assert client.post(url(), json=BODY).status_code == 404
+    assert client.get("/v1/jobs", headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert client.get("/v1/openapi.json").json["openapi"].startswith("3.")  # type: ignore[index]
+
+
+def test_unknown_roles_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown receiver roles"):
+        make_client(FakeService(), roles=("webhooks", "admin"))
