@@ -13,6 +13,7 @@ import pytest
 
 from infra import processes
 
+CALLBACK_SECRET = "callback-secret-for-the-e2e-suite"
 TERMINAL = {"succeeded", "partially_succeeded", "failed", "cancelled", "timed_out"}
 
 
@@ -65,7 +66,7 @@ def pipeline(tmp_workdir: Path, redis_server: str, s3_server: str, s3_bucket: st
         redis_server, s3_server, s3_bucket, emulator_service.url, emulator_api_key,
         receiver_port, reconcile_interval_seconds=1, reconcile_grace_seconds=3,
         extra={"UPLOAD_WAIT_SECONDS": "2", "FINALIZE_RETRY_SECONDS": "1",
-               "CIRCUIT_PROBE_SECONDS": "2"},
+               "CIRCUIT_PROBE_SECONDS": "2", "CALLBACK_SECRET": CALLBACK_SECRET},
     )
     logs = tmp_workdir / "logs"
     started: list[processes.Service] = []
