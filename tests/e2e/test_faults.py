@@ -101,3 +101,24 @@ def test_job_times_out_at_its_deadline_without_any_webhook(stack: Pipeline,
     manifest = json.loads(s3_client.get_object(Bucket=stack.bucket,
                                                Key=job["manifestKey"])["Body"].read())
     assert manifest["state"] == "timed_out"
+
+
+def test_images_in_flight_never_exceed_the_key_budget(stack: Pipeline, s3_client: Any) -> None:
+    budget = int(stack.env.get("RUNWARE_MAX_IN_FLIGHT", "4"))
+    stack.emulator(latency_ms=800)
+    created = stack.submit({"positivePrompt": "budgeted", "resolution": "1K",
+                            "numberResults": 10})
+    job = stack.wait(created["id"])
+    check_stored_job(s3_client, stack, job, 1024, 1024, "JPG")
+    intervals = []
+    for slot in job["slots"]:
+        task = httpx.get(f"{stack.emulator_url}/_emulator/tasks/{slot['taskUUID']}",
+                         timeout=10).json()
+        first_webhook = min(hook["at"] for hook in task["slots"][0]["webhooks"])
+        intervals.append((task["createdAt"], first_webhook))
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    in_flight = peak = 0
+    for _, change in events:
+        in_flight += change
+        peak = max(peak, in_flight)
+    assert peak == budget
