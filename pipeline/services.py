@@ -743,7 +743,7 @@ class JobService:
     # ------------------------------------------------------------------ reconcile
     def reconcile(self) -> dict[str, int]:
         """One pass over active jobs: end overdue ones, re-drive stuck work, poll silent slots."""
-        counts = {"expired": 0, "redriven": 0, "polled": 0, "promoted": 0}
+        counts = {"expired": 0, "redriven": 0, "polled": 0, "promoted": 0, "finished": 0}
         now = time.time()
         grace = self.settings.reconcile_grace_seconds
         circuit = self.circuit()
@@ -760,6 +760,13 @@ class JobService:
             if now >= deadline:
                 self.expire_job(job_id)
                 counts["expired"] += 1
+                continue
+            if all(slot.terminal for slot in job.slots):
+                # Every slot has ended but the job has not: the process that moved the last slot
+                # died before finish_job. Nothing else would end the job before its deadline.
+                last = max((slot.updated_at or 0.0 for slot in job.slots), default=0.0)
+                if now - max(last, job.updated_at) > grace and self.finish_job(job_id):
+                    counts["finished"] += 1
                 continue
             pending = [s for s in job.slots if s.state == "pending"]
             stale_pending = now - job.updated_at > grace
