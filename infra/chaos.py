@@ -79,6 +79,14 @@ def say(message: str) -> None:
     print(f"chaos [{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def last_error(log: str) -> str:
+    """The last error line of a log, for a one-line account of a crash."""
+    for line in reversed(log.splitlines()):
+        if "CRITICAL" in line or "Error" in line:
+            return line.strip()[:300]
+    return "no error logged"
+
+
 def wait_until(check: Callable[[], bool], timeout: float, what: str,
                interval: float = 0.25) -> None:
     """Poll check until it holds; raise ChaosFailure at the deadline."""
@@ -156,6 +164,7 @@ class ChaosStack:
         self.env: dict[str, str] = {}
         self.receiver_port = 0
         self.redis_port = 0
+        self.crashes: list[str] = []
 
     # --- lifecycle ---
     def start(self) -> None:
@@ -226,6 +235,15 @@ class ChaosStack:
         return processes.api_key_for(self.env)
 
     def check_alive(self) -> None:
+        """Fail when a server died; restart a worker that exited, as its supervisor would."""
+        for name, worker in list(self.workers.items()):
+            if not worker.process.alive:
+                self.crashes.append(f"{self.nodename(name)} exited on its own with code "
+                                    f"{worker.process.returncode}: "
+                                    f"{last_error(worker.process.log_text())}")
+                say(f"supervisor: {self.crashes[-1]}; starting it again")
+                worker.process.stop(timeout=5)
+                self.start_worker(name)
         for service in self.services():
             if not service.process.alive:
                 raise ChaosFailure(f"{service.name} exited with code "
@@ -410,15 +428,18 @@ class ChaosRun:
         """Every worker runs tasks again: its task total grows past what it was before."""
         assert self.inspector is not None
         started = time.monotonic()
+        incarnations = dict(self.stack.incarnations)
         for name in sorted(self.stack.workers):
             node = self.stack.nodename(name)
-            floor = before.get(name)
 
-            def grew(node: str = node, floor: int | None = floor) -> bool:
+            def grew(name: str = name, node: str = node) -> bool:
                 assert self.inspector is not None
                 self.stack.check_alive()
+                # A worker started again since counts its tasks from zero.
+                floor = (before.get(name) or 0
+                         if self.stack.incarnations[name] == incarnations[name] else 0)
                 total = self.inspector.total(node)
-                return total is not None and total > (floor or 0)
+                return total is not None and total > floor
 
             try:
                 wait_until(grew, 90, f"{node} to consume tasks after {what}", interval=0.5)
@@ -582,7 +603,12 @@ class ChaosRun:
         try:
             wait_until(drained, max(5.0, self.remaining()), "every job to end", interval=0.5)
         except ChaosFailure:
-            say(f"still open: {', '.join(open_ids[:10])}")
+            for job_id in open_ids[:10]:
+                job = client.hgetall(f"{NAMESPACE}:job:{job_id}")
+                states = [client.hget(f"{NAMESPACE}:job:{job_id}:slot:{n}", "state")
+                          for n in range(int(job.get("slot_count") or 0))]
+                say(f"still open: job {job_id} {job.get('state')} "
+                    f"({job.get('reason') or 'no reason'}), slots {states}")
             raise
         finally:
             client.close()
@@ -775,6 +801,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if counts is None:
         print("chaos: run failed before accounting", flush=True)
         return 1
+    for crash in run.stack.crashes:
+        say(f"worker crash (restarted by the supervisor): {crash}")
     for problem in counts.problems:
         say(f"problem: {problem}")
     if counts.failed > counts.permanent_injected:
