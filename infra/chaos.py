@@ -802,14 +802,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("chaos: run failed before accounting", flush=True)
         return 1
     for crash in run.stack.crashes:
-        say(f"worker crash (restarted by the supervisor): {crash}")
+        # Every fault is one a worker must ride out: one that exits on its own fails the run.
+        say(f"problem: worker crash (restarted by the supervisor): {crash}")
     for problem in counts.problems:
         say(f"problem: {problem}")
     if counts.failed > counts.permanent_injected:
         say(f"problem: {counts.failed} failed slots, but only {counts.permanent_injected} "
             "permanent item failures were injected")
     print(counts.line(), flush=True)
-    return 0 if counts.ok else 1
+    return 0 if counts.ok and not run.stack.crashes else 1
 
 
 if __name__ == "__main__":

@@ -7,12 +7,14 @@ from kombu import Exchange, Queue
 
 from pipeline.config import Settings
 from pipeline.dispatch import QUEUES, SUBMIT_QUEUE
+from workers.broker import transport_for
 
 
 def create_celery(settings: Settings | None = None) -> Celery:
     settings = settings or Settings.from_env()
     app = Celery("imagine", broker=settings.broker_url, include=["workers.tasks"])
     app.conf.update(
+        broker_transport=transport_for(settings.broker_url),
         # One direct exchange per queue: a message routed to one queue is never copied to another.
         task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name)
                      for name in QUEUES],
