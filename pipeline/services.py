@@ -373,10 +373,9 @@ class JobService:
             self.store.release_leases(api_key, [task_uuid])
         if (kind == ProviderError.TRANSIENT and slot.attempt < self.settings.slot_max_attempts
                 and job_state not in {"cancelled", "timed_out"}):
-            applied = self.store.transition_slot(
-                job_id, slot_no, ["pending", "submitted"], "pending", task_uuid=task_uuid,
-                attempt=slot.attempt + 1, error_code=result.error_code,
-                error_message=(result.error_message or "")[:1000])
+            applied = self.store.new_attempt(
+                job_id, slot_no, ["pending", "submitted"], slot.attempt + 1, task_uuid=task_uuid,
+                error_code=result.error_code, error_message=(result.error_message or "")[:1000])
             if applied:
                 self.dispatcher.submit_job(job_id, countdown=self._backoff(slot.attempt))
                 return "retrying"
@@ -685,9 +684,8 @@ class JobService:
                              int(job.deadline_at - job.created_at))
         self.store.reopen_job(job_id, deadline, job.manifest_version + 1)
         for slot in wanted:
-            self.store.transition_slot(job_id, slot.slot, ["failed", "dead"], "pending",
-                                       attempt=slot.attempt + 1, error_code=None,
-                                       error_message=None, reopened_at=repr(now))
+            self.store.new_attempt(job_id, slot.slot, ["failed", "dead"], slot.attempt + 1,
+                                   error_code=None, error_message=None, reopened_at=repr(now))
             self.store.remove_dead_letter(job_id, slot.slot)
         log.warning("job reopened by an operator", extra={
             "job_id": job_id, "slots": [slot.slot for slot in wanted]})

@@ -76,6 +76,33 @@ redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
 return ARGV[2]
 """
 
+_NEW_ATTEMPT = """
+-- KEYS[1] slot. ARGV: allowed states, expected task uuid ('' = any), attempt, pairs...
+-- Reopens a slot for a new attempt and retires its taskUUID in the same step, so a late or
+-- duplicate result of the old task can no longer match the slot.
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 0 end
+local current = redis.call('HGET', KEYS[1], 'task_uuid')
+if ARGV[2] ~= '' and current ~= ARGV[2] then return 0 end
+local allowed = false
+for name in string.gmatch(ARGV[1], '[^,]+') do
+  if name == state then allowed = true end
+end
+if not allowed then return 0 end
+if current then
+  local previous = redis.call('HGET', KEYS[1], 'previous_task_uuids')
+  if previous then previous = previous .. ',' .. current else previous = current end
+  redis.call('HSET', KEYS[1], 'previous_task_uuids', previous)
+  redis.call('HDEL', KEYS[1], 'task_uuid', 'task_attempt', 'submitted_at')
+end
+redis.call('HSET', KEYS[1], 'state', 'pending', 'attempt', ARGV[3])
+for i = 4, #ARGV, 2 do
+  if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
+  else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+return 1
+"""
+
 _ACQUIRE = """
 -- KEYS[1] leases (zset member -> expiry). ARGV: now, limit, expiry, members...
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
@@ -234,6 +261,7 @@ class RedisJobStore:
         self._transition = client.register_script(_TRANSITION)
         self._mint = client.register_script(_MINT_TASK)
         self._acquire = client.register_script(_ACQUIRE)
+        self._new_attempt = client.register_script(_NEW_ATTEMPT)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisJobStore:
@@ -343,6 +371,15 @@ class RedisJobStore:
                             args=[attempt, candidate, f"{job_id}:{slot}",
                                   self.retention_seconds])
         return str(result) if result else None
+
+    def new_attempt(self, job_id: str, slot: int, allowed: Iterable[str], attempt: int, *,
+                    task_uuid: str | None = None, **values: Any) -> bool:
+        """Reopen a slot as `pending` for `attempt`, retiring its current taskUUID."""
+        values.setdefault("updated_at", repr(time.time()))
+        args: list[str] = [",".join(allowed), task_uuid or "", str(attempt)]
+        for name, value in values.items():
+            args += [name, _encode(value)]
+        return bool(self._new_attempt(keys=[self.slot_key(job_id, slot)], args=args))
 
     def find_task(self, task_uuid: str) -> tuple[str, int] | None:
         value = self.redis.get(self.task_key(task_uuid))

@@ -122,3 +122,25 @@ def test_images_in_flight_never_exceed_the_key_budget(stack: Pipeline, s3_client
         in_flight += change
         peak = max(peak, in_flight)
     assert peak == budget
+
+
+def test_duplicate_error_webhooks_cost_one_attempt_only(stack: Pipeline) -> None:
+    from pipeline.signing import webhook_token
+
+    stack.emulator(deliveries=False)
+    created = stack.submit({"positivePrompt": "one failure, told three times",
+                            "resolution": "1K"})
+    job = stack.wait(created["id"], until=lambda j: j["slots"][0]["state"] == "submitted")
+    first = job["slots"][0]["taskUUID"]
+    token = webhook_token(stack.env["WEBHOOK_SECRETS"].split(",")[0], first)
+    failure = {"errors": [{"code": "timeoutProvider", "message": "The provider timed out.",
+                           "taskUUID": first, "taskType": "imageInference"}]}
+    answers = [httpx.post(f"{stack.receiver_url}/webhooks/runware/{first}",
+                          params={"token": token}, json=failure, timeout=10).json()["results"]
+               for _ in range(3)]
+    assert answers == [["retrying"], ["stale"], ["stale"]]
+    job = stack.wait(created["id"], until=lambda j: j["slots"][0]["state"] == "submitted"
+                     and j["slots"][0]["taskUUID"] != first)
+    assert job["slots"][0]["attempt"] == 2
+    with stack.client() as client:
+        assert client.post(f"/v1/jobs/{created['id']}/cancel").status_code == 200

@@ -73,7 +73,7 @@ def test_create_job_writes_the_job_its_pending_slots_and_indexes(
     assert not redis_client.exists(store.slot_key(job.id, 3))
     assert redis_client.zscore(store.tenant_key("acme"), job.id) == job.created_at
     assert redis_client.zscore(store.active_key, job.id) == job.deadline_at
-    assert store.active_jobs() == [(job.id, job.deadline_at)]
+    assert list(store.active_jobs()) == [(job.id, job.deadline_at)]
 
     loaded = store.get_job(job.id)
     assert loaded is not None
@@ -95,7 +95,7 @@ def test_the_same_idempotency_key_returns_the_first_job_and_its_body_hash(
     assert not redis_client.exists(store.job_key(again.id))
     assert not redis_client.exists(store.slot_key(again.id, 0))
     assert redis_client.zrange(store.tenant_key("acme"), 0, -1) == [first.id]
-    assert [job_id for job_id, _ in store.active_jobs()] == [first.id]
+    assert [job_id for job_id, _ in list(store.active_jobs())] == [first.id]
     assert 0 < redis_client.ttl(store.idempotency_key("acme", "order-42")) <= RETENTION
 
 
@@ -289,7 +289,7 @@ def test_retire_job_sets_retention_ttls_and_leaves_the_active_set(
     keys += [store.task_key(u) for u in uuids]
     for key in keys:
         assert 0 < redis_client.ttl(key) <= RETENTION, key
-    assert [job_id for job_id, _ in store.active_jobs()] == [keep.id]
+    assert [job_id for job_id, _ in list(store.active_jobs())] == [keep.id]
     assert redis_client.ttl(store.job_key(keep.id)) == -1
     store.retire_job("no-such-job")  # nothing to do, no error
 
@@ -381,3 +381,23 @@ def test_expired_leases_are_reclaimed(store: RedisJobStore, second_client: redis
     assert set(granted) == {"d", "e", "f"}
     assert store.leases_in_use(API_KEY) == 3
     assert crashed.acquire_leases(API_KEY, ["a"], 3, 30) == []
+
+
+def test_a_new_attempt_retires_the_old_task_uuid(store: RedisJobStore) -> None:
+    job = make_job(slots=1)
+    store.create_job(job, "hash")
+    old = store.mint_task_uuid(job.id, 0, 1, "11111111-1111-4111-8111-111111111111")
+    assert old is not None
+    assert store.transition_slot(job.id, 0, ["pending"], "submitted", task_uuid=old)
+    assert store.new_attempt(job.id, 0, ["pending", "submitted"], 2, task_uuid=old,
+                             error_code="timeoutProvider")
+    slot = store.get_slot(job.id, 0)
+    assert slot is not None
+    assert (slot.state, slot.attempt, slot.task_uuid) == ("pending", 2, None)
+    assert slot.previous_task_uuids == [old]
+    # A duplicate of the old task's result can no longer move the slot.
+    assert not store.new_attempt(job.id, 0, ["pending", "submitted"], 3, task_uuid=old)
+    assert not store.transition_slot(job.id, 0, ["pending"], "received", task_uuid=old)
+    new = store.mint_task_uuid(job.id, 0, 2, "22222222-2222-4222-8222-222222222222")
+    assert new == "22222222-2222-4222-8222-222222222222"
+    assert store.find_task(old) == (job.id, 0) and store.find_task(new) == (job.id, 0)
