@@ -114,10 +114,10 @@ class JobService:
             idempotency_key=key, callback_url=request.get("callbackURL"),
             metadata=request.get("metadata") or {},
         )
-        fingerprint = {k: v for k, v in request.items() if k != "idempotencyKey"}
-        job_id, stored_hash = self.store.create_job(job, canonical_hash(fingerprint))
+        body_hash = canonical_hash({k: v for k, v in request.items() if k != "idempotencyKey"})
+        job_id, stored_hash = self.store.create_job(job, body_hash)
         if stored_hash is not None:
-            if stored_hash != canonical_hash(fingerprint):
+            if stored_hash != body_hash:
                 raise Conflict("this idempotency key was used with another request body",
                                {"idempotencyKey": [key]})
             existing = self.store.get_job(job_id)
@@ -131,18 +131,20 @@ class JobService:
         assert created is not None
         return created, True
 
-    def create_refused_job(self, body: Any, tenant: str, errors: dict[str, Any]) -> Job:
+    def create_refused_job(self, body: Any, tenant: str, errors: dict[str, Any],
+                           idempotency_key: str | None = None) -> Job:
         """Record a request a worker refused as a failed job that carries the errors."""
         now = time.time()
         job = Job(
             id=str(uuid.uuid4()), tenant=tenant, state="queued",
             model=self.settings.runware_model, params={}, slot_count=0, output_format="JPG",
-            created_at=now, updated_at=now, deadline_at=now,
+            created_at=now, updated_at=now, deadline_at=now, idempotency_key=idempotency_key,
             reason="validation_failed: " + json.dumps(errors, sort_keys=True)[:2000],
         )
-        self.store.create_job(job, canonical_hash(body if isinstance(body, dict) else {}))
-        self.finish_job(job.id)
-        refused = self.store.get_job(job.id)
+        job_id, _ = self.store.create_job(job, canonical_hash(body) if isinstance(body, dict)
+                                          else canonical_hash(repr(body)))
+        self.finish_job(job_id)
+        refused = self.store.get_job(job_id)
         assert refused is not None
         return refused
 

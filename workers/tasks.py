@@ -15,10 +15,14 @@ from workers.base import PipelineTask, is_transient
 def create_job(self: PipelineTask, request: Any, tenant: str,
                idempotency_key: str | None = None) -> str:
     """Enqueue by name from trusted services; a refused request becomes a failed job."""
+    # A redelivered message (acks_late) must not make a second job: without a caller's key,
+    # the message id, stable across redeliveries, is the idempotency key.
+    in_body = isinstance(request, dict) and request.get("idempotencyKey")
+    key = idempotency_key or (None if in_body else f"celery-message:{self.request.id}")
     try:
-        job, _created = self.service.create_job(request, tenant, idempotency_key)
+        job, _created = self.service.create_job(request, tenant, key)
     except RequestInvalid as exc:
-        return self.service.create_refused_job(request, tenant, exc.errors).id
+        return self.service.create_refused_job(request, tenant, exc.errors, key).id
     except Exception as exc:
         if is_transient(exc):
             raise self.retry_transient(exc) from exc
