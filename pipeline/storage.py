@@ -103,16 +103,14 @@ class S3ObjectStorage:
         return data
 
     def read_prefix(self, key: str, length: int) -> bytes:
-        try:
-            answer = self._s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes=0-{length - 1}")
-            data: bytes = answer["Body"].read()
-        except (ClientError, BotoCoreError) as exc:
-            raise _storage_error("read", key, exc) from None
-        return data
+        return self._read_range(key, f"bytes=0-{length - 1}")
 
     def read_suffix(self, key: str, length: int) -> bytes:
+        return self._read_range(key, f"bytes=-{length}")
+
+    def _read_range(self, key: str, byte_range: str) -> bytes:
         try:
-            answer = self._s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes=-{length}")
+            answer = self._s3.get_object(Bucket=self.bucket, Key=key, Range=byte_range)
             data: bytes = answer["Body"].read()
         except (ClientError, BotoCoreError) as exc:
             raise _storage_error("read", key, exc) from None
