@@ -42,11 +42,15 @@ def _exec_module(module: str, args: list[str]) -> int:
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     service = _service(settings)
-    if args.file == "-":
-        body = json.load(sys.stdin)
-    else:
-        with open(args.file) as handle:
-            body = json.load(handle)
+    try:
+        if args.file == "-":
+            body = json.load(sys.stdin)
+        else:
+            with open(args.file) as handle:
+                body = json.load(handle)
+    except (OSError, ValueError) as exc:
+        print(f"imagine: cannot read the request from {args.file}: {exc}", file=sys.stderr)
+        return 2
     job, created = service.create_job(body, args.tenant, args.idempotency_key)
     print(f"job {job.id} {'created' if created else 'already exists'}", file=sys.stderr)
     if not args.wait:

@@ -206,6 +206,11 @@ class Settings:
             log_level=_str(env, "LOG_LEVEL", cls.log_level).upper(),
             log_format=log_format,
         )
+        from pipeline.catalog import CATALOG
+
+        if settings.runware_model not in CATALOG:
+            raise SettingsError(f"RUNWARE_MODEL {settings.runware_model!r} is not in the "
+                                f"catalog; known: {', '.join(sorted(CATALOG))}")
         if settings.retry_backoff_cap_seconds >= settings.visibility_timeout_seconds:
             raise SettingsError(
                 "RETRY_BACKOFF_CAP_SECONDS must stay below CELERY_VISIBILITY_TIMEOUT, "

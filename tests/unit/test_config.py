@@ -125,3 +125,8 @@ def test_a_backoff_cap_below_the_visibility_timeout_is_accepted() -> None:
     settings = Settings.from_env({"RETRY_BACKOFF_CAP_SECONDS": "299",
                                   "CELERY_VISIBILITY_TIMEOUT": "300"})
     assert (settings.retry_backoff_cap_seconds, settings.visibility_timeout_seconds) == (299, 300)
+
+
+def test_a_model_outside_the_catalog_is_refused_at_start_up() -> None:
+    with pytest.raises(SettingsError, match="RUNWARE_MODEL"):
+        Settings.from_env({"RUNWARE_MODEL": "xai:grok-imagine@image-ultra"})
