@@ -111,7 +111,7 @@ class Settings:
     upload_url_margin_seconds: int = 600
     webhook_max_body_bytes: int = 1_048_576
     inline_promote_timeout_seconds: float = 3.0
-    finalize_retry_seconds: int = 5
+    finalize_retry_seconds: int = 2
     reconcile_interval_seconds: float = 5.0
     reconcile_grace_seconds: int = 60
     job_retention_seconds: int = 7 * 86400

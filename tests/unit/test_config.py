@@ -130,3 +130,16 @@ def test_a_backoff_cap_below_the_visibility_timeout_is_accepted() -> None:
 def test_a_model_outside_the_catalog_is_refused_at_start_up() -> None:
     with pytest.raises(SettingsError, match="RUNWARE_MODEL"):
         Settings.from_env({"RUNWARE_MODEL": "xai:grok-imagine@image-ultra"})
+
+
+def test_env_example_documents_every_setting() -> None:
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    source = (root / "pipeline" / "config.py").read_text()
+    read = set(re.findall(r'env,\s*"([A-Z0-9_]+)"', source))
+    documented = set(re.findall(r"^#?\s*([A-Z0-9_]+)=", (root / ".env.example").read_text(),
+                                re.MULTILINE))
+    assert read, "no settings found in pipeline/config.py"
+    assert read - documented == set()
