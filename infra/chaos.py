@@ -279,6 +279,16 @@ class Inspector:
         active = self._call("active", node) or []
         return [int(task["worker_pid"]) for task in active if task.get("worker_pid")]
 
+    def probe(self, node: str) -> None:
+        """Send a harmless task (a reconciler pass) to this worker's own queue."""
+        from celery.utils import worker_direct
+
+        try:
+            self.app.send_task("imagine.reconcile", queue=worker_direct(node))
+        except Exception:
+            self.close()
+            self.app = self._connect()
+
     def total(self, node: str) -> int | None:
         stats = self._call("stats", node)
         if not stats:
@@ -439,7 +449,12 @@ class ChaosRun:
                 floor = (before.get(name) or 0
                          if self.stack.incarnations[name] == incarnations[name] else 0)
                 total = self.inspector.total(node)
-                return total is not None and total > floor
+                if total is not None and total > floor:
+                    return True
+                # Idle workers blocked on the same queues can be starved by one another, so
+                # shared traffic proves nothing: a task on the worker's own queue does.
+                self.inspector.probe(node)
+                return False
 
             try:
                 wait_until(grew, 90, f"{node} to consume tasks after {what}", interval=0.5)

@@ -19,6 +19,8 @@ def create_celery(settings: Settings | None = None) -> Celery:
         task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name)
                      for name in QUEUES],
         task_default_queue=SUBMIT_QUEUE,
+        # Each worker also consumes its own queue, so an operator can reach one worker directly.
+        worker_direct=True,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
