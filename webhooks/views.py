@@ -34,8 +34,13 @@ def _service(inline: bool = False) -> JobService:
     return service
 
 
-def _json_body() -> Any:
-    if not request.is_json:
+# Runware does not document the headers of its webhook POST: besides JSON, accept a body sent
+# as text/plain or with no Content-Type, as long as it parses as JSON.
+LENIENT_WEBHOOK_TYPES = {"", "text/plain"}
+
+
+def _json_body(lenient: bool = False) -> Any:
+    if not request.is_json and not (lenient and request.mimetype in LENIENT_WEBHOOK_TYPES):
         from werkzeug.exceptions import UnsupportedMediaType
 
         raise UnsupportedMediaType("the body must be application/json")
@@ -73,7 +78,7 @@ def runware_webhook(task_uuid: str) -> Any:
     settings = _settings()
     if not verify_webhook_token(settings.webhook_secrets, task_uuid, request.args.get("token")):
         raise Unauthorized("bad or missing webhook token")
-    body = _json_body()
+    body = _json_body(lenient=True)
     outcomes = _service().accept_webhook(task_uuid, body)
     inline = _service(inline=True)
     for outcome in outcomes:
@@ -110,9 +115,9 @@ def _tenant() -> str:
 @api.post("/jobs")
 def create_job() -> Any:
     tenant = _tenant()
+    body = _json_body()
     service = _service()
-    job, created = service.create_job(_json_body(), tenant,
-                                      request.headers.get("Idempotency-Key"))
+    job, created = service.create_job(body, tenant, request.headers.get("Idempotency-Key"))
     response = jsonify(service.job_view(job))
     response.status_code = 202 if created else 200
     response.headers["Location"] = f"/v1/jobs/{job.id}"

@@ -102,9 +102,24 @@ def test_an_unknown_task_with_a_valid_token_is_404() -> None:
     assert set(answer.json or {}) == {"code", "status", "message", "errors"}
 
 
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/json; charset=utf-8"])
+def test_a_webhook_body_is_read_as_json_whatever_plausible_type_it_declares(
+        content_type: str | None) -> None:
+    import json
+
+    service = FakeService()
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    answer = make_client(service).post(url(), data=json.dumps(BODY), headers=headers)
+    assert answer.status_code == 200
+    assert service.accepted == [(TASK, BODY)]
+
+
 def test_body_limits_and_media_type() -> None:
     client = make_client(FakeService())
-    assert client.post(url(), data="{}", content_type="text/plain").status_code == 415
+    assert client.post(url(), data="a=1", content_type="application/x-www-form-urlencoded"
+                       ).status_code == 415
+    assert client.post("/v1/jobs", data="{}", content_type="text/plain",
+                       headers={"Authorization": "Bearer k"}).status_code == 415
     big = client.post(url(), data="{" + " " * 4096 + "}", content_type="application/json")
     assert big.status_code == 413
     assert big.json is not None and big.json["status"] == 413
