@@ -121,7 +121,7 @@ class Settings:
     visibility_timeout_seconds: int = 3600
     max_image_bytes: int = 50 * 1024 * 1024
     circuit_probe_seconds: int = 60
-    budget_wait_seconds: int = 2
+    budget_wait_seconds: int = 10
     upload_wait_seconds: int = 30
     log_level: str = "INFO"
     log_format: str = "json"

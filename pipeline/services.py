@@ -214,7 +214,9 @@ class JobService:
         granted = self.store.acquire_leases(api_key, list(uuids)[:MAX_TASKS_PER_REQUEST],
                                             self.settings.runware_max_in_flight, lease_ttl)
         if len(granted) < len(uuids):
+            # Woken as soon as a lease is given back; the delayed nudge covers a lost wake-up.
             self.store.set_job_fields(job_id, reason="waiting: Runware in-flight budget is full")
+            self.store.wait_for_budget(api_key, job_id)
             self.dispatcher.submit_job(job_id, countdown=self.settings.budget_wait_seconds)
         if not granted:
             return "waiting"
@@ -223,13 +225,13 @@ class JobService:
             outcomes = self._runware().submit(tasks)
         except ProviderError as exc:
             if exc.kind == ProviderError.ACCOUNT:
-                self.store.release_leases(api_key, granted)
+                self._release(granted)
                 self.open_circuit(exc)
                 self.store.set_job_fields(job_id, reason=f"waiting: {exc.provider_code or ''} "
                                                          f"{exc.message}".strip())
                 return "paused"
             if exc.kind == ProviderError.PERMANENT:
-                self.store.release_leases(api_key, granted)
+                self._release(granted)
                 for task_uuid in granted:
                     self._fail_slot(job_id, uuids[task_uuid].slot, task_uuid,
                                     exc.provider_code or "rejected", exc.message)
@@ -249,7 +251,7 @@ class JobService:
                 continue
             error = outcome.error
             assert error is not None
-            self.store.release_leases(api_key, [task_uuid])
+            self._release([task_uuid])
             if error.kind == ProviderError.PERMANENT:
                 self._fail_slot(job_id, slot.slot, task_uuid, error.provider_code or "rejected",
                                 error.message)
@@ -260,6 +262,15 @@ class JobService:
         self.store.set_job_fields(job_id, reason=None)
         self.finish_job(job_id)
         return "submitted"
+
+    def _release(self, task_uuids: list[str]) -> None:
+        """Give in-flight leases back and wake as many jobs waiting for the budget."""
+        api_key = self.settings.runware_api_key
+        if not api_key:
+            return
+        freed = self.store.release_leases(api_key, task_uuids)
+        for waiting in self.store.pop_budget_waiters(api_key, freed):
+            self.dispatcher.submit_job(waiting)
 
     def _backoff(self, attempt: int, retry_after: float | None = None) -> float:
         base = min(self.settings.retry_backoff_cap_seconds, 2 ** attempt)
@@ -346,7 +357,6 @@ class JobService:
             log.info("result of an earlier attempt ignored", extra={
                 "job_id": job_id, "slot": slot_no, "task_uuid": task_uuid})
             return "stale"
-        api_key = self.settings.runware_api_key
         if result.ok:
             fields = {"image_uuid": result.image_uuid, "image_url": result.image_url,
                       "seed": result.seed, "cost": result.cost, "nsfw": result.nsfw,
@@ -357,13 +367,11 @@ class JobService:
                     allowed.append("failed")
                 applied = self.store.transition_slot(job_id, slot_no, allowed, "discarded",
                                                      task_uuid=task_uuid, **fields)
-                if api_key:
-                    self.store.release_leases(api_key, [task_uuid])
+                self._release([task_uuid])
                 return "discarded" if applied else "duplicate"
             applied = self.store.transition_slot(job_id, slot_no, ["pending", "submitted"],
                                                  "received", task_uuid=task_uuid, **fields)
-            if api_key:
-                self.store.release_leases(api_key, [task_uuid])
+            self._release([task_uuid])
             return "received" if applied else "duplicate"
         # An image that failed at the provider: only a known transient code earns a new attempt.
         kind = classify(400, result.error_code)
@@ -371,8 +379,7 @@ class JobService:
             self.open_circuit(ProviderError(result.error_message or "account error",
                                             kind=kind, provider_code=result.error_code))
             kind = ProviderError.TRANSIENT
-        if api_key:
-            self.store.release_leases(api_key, [task_uuid])
+        self._release([task_uuid])
         if (kind == ProviderError.TRANSIENT and slot.attempt < self.settings.slot_max_attempts
                 and job_state not in {"cancelled", "timed_out"}):
             applied = self.store.new_attempt(
@@ -643,13 +650,12 @@ class JobService:
         self.finish_job(job_id)
 
     def _close_open_slots(self, job: Job, code: str, message: str) -> None:
-        api_key = self.settings.runware_api_key
         for slot in job.slots:
             if slot.state in SLOT_OPEN:
                 self.store.transition_slot(job.id, slot.slot, SLOT_OPEN, "failed",
                                            error_code=code, error_message=message)
-                if api_key and slot.task_uuid:
-                    self.store.release_leases(api_key, [slot.task_uuid])
+                if slot.task_uuid:
+                    self._release([slot.task_uuid])
 
     def _write_final_manifest(self, job_id: str) -> None:
         job = self.store.get_job(job_id)

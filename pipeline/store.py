@@ -490,9 +490,23 @@ class RedisJobStore:
                                 args=[repr(now), limit, repr(now + ttl), *members])
         return [str(member) for member in granted]
 
-    def release_leases(self, api_key: str, members: list[str]) -> None:
-        if members:
-            self.redis.zrem(self.leases_key(api_key), *members)
+    def release_leases(self, api_key: str, members: list[str]) -> int:
+        """Give leases back; returns how many were still held."""
+        if not members:
+            return 0
+        return int(self.redis.zrem(self.leases_key(api_key), *members))
+
+    def waiters_key(self, api_key: str) -> str:
+        return f"{self.ns}:budget-waiters:{hashlib.sha256(api_key.encode()).hexdigest()[:16]}"
+
+    def wait_for_budget(self, api_key: str, job_id: str) -> None:
+        """Queue a job to be woken when a lease of this key is given back (oldest first)."""
+        self.redis.zadd(self.waiters_key(api_key), {job_id: time.time()}, nx=True)
+
+    def pop_budget_waiters(self, api_key: str, count: int) -> list[str]:
+        if count <= 0:
+            return []
+        return [str(member) for member, _ in self.redis.zpopmin(self.waiters_key(api_key), count)]
 
     def leases_in_use(self, api_key: str) -> int:
         key = self.leases_key(api_key)

@@ -401,3 +401,19 @@ def test_a_new_attempt_retires_the_old_task_uuid(store: RedisJobStore) -> None:
     new = store.mint_task_uuid(job.id, 0, 2, "22222222-2222-4222-8222-222222222222")
     assert new == "22222222-2222-4222-8222-222222222222"
     assert store.find_task(old) == (job.id, 0) and store.find_task(new) == (job.id, 0)
+
+
+def test_jobs_waiting_for_the_budget_are_woken_oldest_first(store: RedisJobStore) -> None:
+    for job_id in ("first", "second", "third"):
+        store.wait_for_budget(API_KEY, job_id)
+    store.wait_for_budget(API_KEY, "first")  # waiting again keeps its place in line
+    assert store.pop_budget_waiters(API_KEY, 2) == ["first", "second"]
+    assert store.pop_budget_waiters("another-key", 5) == []
+    assert store.pop_budget_waiters(API_KEY, 0) == []
+    assert store.pop_budget_waiters(API_KEY, 5) == ["third"]
+
+
+def test_releasing_a_lease_says_whether_it_was_held(store: RedisJobStore) -> None:
+    assert store.acquire_leases(API_KEY, ["a", "b"], 4, 60) == ["a", "b"]
+    assert store.release_leases(API_KEY, ["a", "zz"]) == 1
+    assert store.release_leases(API_KEY, ["a"]) == 0
