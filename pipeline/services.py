@@ -561,31 +561,39 @@ class JobService:
         if job.terminal and job.manifest_key and job.state == state:
             return False
         version = max(job.manifest_version, 1)
-        manifest_key = self.layout.manifest(job_id)
         # The last slot's change ends the job: concurrent finishers write the same manifest.
         ended = job.ended_at or max((slot.updated_at or 0.0 for slot in job.slots),
                                     default=0.0) or time.time()
-        manifest = self.manifest(job, state, version, ended)
-        self.storage.put(manifest_key, json.dumps(manifest, indent=2).encode(),
-                         content_type="application/json",
-                         metadata={"imagine-job-id": job_id, "imagine-state": state,
-                                   "imagine-manifest-version": str(version)})
+        manifest_key = self._put_manifest(job, state, version, ended)
         applied = self.store.transition_job(
             job_id, ["queued", "running"], state, manifest_key=manifest_key,
             manifest_version=version, ended_at=repr(ended))
         if not applied:
             self.store.set_job_fields(job_id, manifest_key=manifest_key, manifest_version=version)
             return False
-        self.store.retire_job(job_id)
-        cost = sum(slot.cost or 0.0 for slot in job.slots)
-        self.store.publish_event({"type": "job.ended", "jobId": job_id, "tenant": job.tenant,
-                                  "state": state, "manifestKey": manifest_key,
-                                  "cost": round(cost, 6)})
+        self._announce_end(job, state, manifest_key)
         log.info("job ended", extra={"job_id": job_id, "state": state, "stored": len(stored),
                                      "images": len(job.slots)})
-        if job.callback_url:
-            self.dispatcher.notify_job(job_id)
         return True
+
+    def _put_manifest(self, job: Job, state: str, version: int, ended: float) -> str:
+        key = self.layout.manifest(job.id)
+        manifest = self.manifest(job, state, version, ended)
+        self.storage.put(key, json.dumps(manifest, indent=2).encode(),
+                         content_type="application/json",
+                         metadata={"imagine-job-id": job.id, "imagine-state": state,
+                                   "imagine-manifest-version": str(version)})
+        return key
+
+    def _announce_end(self, job: Job, state: str, manifest_key: str) -> None:
+        """An ended job: retention TTLs, the event consumers follow, and the callback."""
+        self.store.retire_job(job.id)
+        cost = sum(slot.cost or 0.0 for slot in job.slots)
+        self.store.publish_event({"type": "job.ended", "jobId": job.id, "tenant": job.tenant,
+                                  "state": state, "manifestKey": manifest_key,
+                                  "cost": round(cost, 6)})
+        if job.callback_url:
+            self.dispatcher.notify_job(job.id)
 
     def manifest(self, job: Job, state: str, version: int, ended: float) -> dict[str, Any]:
         return {
@@ -662,18 +670,9 @@ class JobService:
         if job is None:
             return
         version = max(job.manifest_version, 1)
-        key = self.layout.manifest(job_id)
-        manifest = self.manifest(job, job.state, version, job.ended_at or time.time())
-        self.storage.put(key, json.dumps(manifest, indent=2).encode(),
-                         content_type="application/json",
-                         metadata={"imagine-job-id": job_id, "imagine-state": job.state,
-                                   "imagine-manifest-version": str(version)})
+        key = self._put_manifest(job, job.state, version, job.ended_at or time.time())
         self.store.set_job_fields(job_id, manifest_key=key, manifest_version=version)
-        self.store.retire_job(job_id)
-        self.store.publish_event({"type": "job.ended", "jobId": job_id, "tenant": job.tenant,
-                                  "state": job.state, "manifestKey": key})
-        if job.callback_url:
-            self.dispatcher.notify_job(job_id)
+        self._announce_end(job, job.state, key)
 
     # ------------------------------------------------------------------ operators
     def retry_job(self, job_id: str, slots: list[int] | None = None) -> Job:
