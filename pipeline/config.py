@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
+
+from pipeline.secrets import ApiKeys, Secret, redact_url
 
 
 class SettingsError(ValueError):
@@ -72,16 +75,22 @@ def _url(env: Mapping[str, str], name: str, default: str | None) -> str | None:
     return value.rstrip("/")
 
 
-def _api_keys(env: Mapping[str, str]) -> dict[str, str]:
+TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _api_keys(env: Mapping[str, str]) -> ApiKeys:
     keys: dict[str, str] = {}
     for pair in _list(env, "API_KEYS"):
         tenant, sep, key = pair.partition(":")
         if not sep or not tenant.strip() or not key.strip():
             raise SettingsError("API_KEYS must be comma-separated tenant:key pairs")
+        if not TENANT_NAME.fullmatch(tenant.strip()):
+            raise SettingsError("API_KEYS tenant names must be 1-64 ASCII letters, digits, "
+                                "'.', '-' or '_'")
         if key.strip() in keys:
             raise SettingsError("API_KEYS holds the same key twice")
         keys[key.strip()] = tenant.strip()
-    return keys
+    return ApiKeys(keys.items())
 
 
 @dataclass(frozen=True)
@@ -95,16 +104,16 @@ class Settings:
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
     runware_api_url: str = "https://api.runware.ai/v1"
-    runware_api_key: str = ""
+    runware_api_key: Secret = field(default_factory=Secret)
     runware_model: str = "xai:grok-imagine@image-pro"
     runware_max_in_flight: int = 4
     runware_timeout_seconds: float = 30.0
     runware_image_hosts: tuple[str, ...] = ("im.runware.ai",)
     allow_private_urls: bool = False
     public_base_url: str = "http://127.0.0.1:8000"
-    webhook_secrets: tuple[str, ...] = ()
-    callback_secret: str = ""
-    api_keys: dict[str, str] = field(default_factory=dict)
+    webhook_secrets: tuple[Secret, ...] = ()
+    callback_secret: Secret = field(default_factory=Secret)
+    api_keys: ApiKeys = field(default_factory=ApiKeys)
     receiver_roles: tuple[str, ...] = ("webhooks", "api", "metrics")
     default_deadline_seconds: int = 900
     max_deadline_seconds: int = 86400
@@ -151,7 +160,7 @@ class Settings:
             s3_endpoint_url=_url(env, "S3_ENDPOINT_URL", None),
             s3_region=_str(env, "S3_REGION", cls.s3_region),
             runware_api_url=runware_api_url,
-            runware_api_key=_str(env, "RUNWARE_API_KEY", ""),
+            runware_api_key=Secret(_str(env, "RUNWARE_API_KEY", "")),
             runware_model=_str(env, "RUNWARE_MODEL", cls.runware_model),
             runware_max_in_flight=_int(env, "RUNWARE_MAX_IN_FLIGHT", cls.runware_max_in_flight, 1),
             runware_timeout_seconds=_float(
@@ -160,8 +169,8 @@ class Settings:
             runware_image_hosts=_list(env, "RUNWARE_IMAGE_HOSTS", cls.runware_image_hosts),
             allow_private_urls=_bool(env, "ALLOW_PRIVATE_URLS", cls.allow_private_urls),
             public_base_url=public_base_url,
-            webhook_secrets=secrets,
-            callback_secret=_str(env, "CALLBACK_SECRET", ""),
+            webhook_secrets=tuple(Secret(secret) for secret in secrets),
+            callback_secret=Secret(_str(env, "CALLBACK_SECRET", "")),
             api_keys=_api_keys(env),
             receiver_roles=_list(env, "RECEIVER_ROLES", cls.receiver_roles),
             default_deadline_seconds=_int(
@@ -218,12 +227,24 @@ class Settings:
             )
         return settings
 
+    def __repr__(self) -> str:
+        # Secrets mask themselves; URLs may carry a password in their user part.
+        shown = []
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if name in {"redis_url", "broker_url"}:
+                value = redact_url(value)
+            shown.append(f"{name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+    __str__ = __repr__
+
     def require_webhook_secrets(self) -> tuple[str, ...]:
         if not self.webhook_secrets:
             raise SettingsError("WEBHOOK_SECRETS must hold at least one secret")
-        return self.webhook_secrets
+        return tuple(secret.reveal() for secret in self.webhook_secrets)
 
     def require_runware_key(self) -> str:
         if not self.runware_api_key:
             raise SettingsError("RUNWARE_API_KEY must be set to submit images")
-        return self.runware_api_key
+        return self.runware_api_key.reveal()

@@ -265,7 +265,7 @@ class JobService:
 
     def _release(self, task_uuids: list[str]) -> None:
         """Give in-flight leases back and wake as many jobs waiting for the budget."""
-        api_key = self.settings.runware_api_key
+        api_key = self.settings.runware_api_key.reveal()
         if not api_key:
             return
         freed = self.store.release_leases(api_key, task_uuids)
@@ -729,7 +729,7 @@ class JobService:
         body = json.dumps({"type": "job.ended", "data": self.job_view(job)}).encode()
         headers = {"Content-Type": "application/json"}
         if self.settings.callback_secret:
-            headers.update(sign_callback(self.settings.callback_secret.encode(),
+            headers.update(sign_callback(self.settings.callback_secret.reveal().encode(),
                                          f"{job_id}:{job.state}", body))
         client = self.http or httpx.Client(timeout=10.0, follow_redirects=False)
         try:

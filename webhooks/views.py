@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 from typing import Any
 
@@ -76,7 +75,7 @@ def readyz() -> Any:
 @receiver.post("/webhooks/runware/<task_uuid>")
 def runware_webhook(task_uuid: str) -> Any:
     settings = _settings()
-    if not verify_webhook_token(settings.webhook_secrets, task_uuid, request.args.get("token")):
+    if not verify_webhook_token(settings.require_webhook_secrets(), task_uuid, request.args.get("token")):
         raise Unauthorized("bad or missing webhook token")
     body = _json_body(lenient=True)
     outcomes = _service().accept_webhook(task_uuid, body)
@@ -103,10 +102,7 @@ def _tenant() -> str:
     scheme, _, presented = header.partition(" ")
     if scheme.lower() != "bearer" or not presented:
         raise Unauthorized("send Authorization: Bearer <API key>")
-    tenant = None
-    for key, owner in _settings().api_keys.items():
-        if hmac.compare_digest(key.encode(), presented.strip().encode()):
-            tenant = owner
+    tenant = _settings().api_keys.tenant_for(presented.strip())
     if tenant is None:
         raise Unauthorized("unknown API key")
     return tenant
@@ -170,7 +166,7 @@ def prometheus() -> Response:
         "# HELP imagine_runware_in_flight Images in flight at Runware under this key's budget.",
         "# TYPE imagine_runware_in_flight gauge",
         f"imagine_runware_in_flight "
-        f"{store.leases_in_use(settings.runware_api_key) if settings.runware_api_key else 0}",
+        f"{store.leases_in_use(settings.runware_api_key.reveal()) if settings.runware_api_key else 0}",
         "# HELP imagine_circuit_open 1 while submission is paused by an account-level error.",
         "# TYPE imagine_circuit_open gauge",
         f"imagine_circuit_open {1 if circuit.get('state') == 'open' else 0}",

@@ -40,7 +40,7 @@ class PipelineTask(Task):  # type: ignore[misc]
 
     @property
     def settings(self) -> Settings:
-        settings: Settings = self.app.conf.imagine_settings
+        settings: Settings = self.app.imagine_settings
         return settings
 
     @property

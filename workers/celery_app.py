@@ -44,5 +44,7 @@ def create_celery(settings: Settings | None = None) -> Celery:
             },
         },
     )
-    app.conf.imagine_settings = settings
+    # Kept beside the configuration, not in it: `inspect conf` and Flower show app.conf to
+    # anyone who reaches the broker, and Settings holds every credential of the pipeline.
+    app.imagine_settings = settings
     return app

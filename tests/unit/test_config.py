@@ -27,7 +27,7 @@ def test_an_empty_environment_gives_the_defaults() -> None:
     assert settings.allow_private_urls is False
     assert settings.public_base_url == "http://127.0.0.1:8000"
     assert settings.webhook_secrets == ()
-    assert settings.api_keys == {}
+    assert len(settings.api_keys) == 0
     assert settings.default_deadline_seconds == 900
     assert settings.reconcile_interval_seconds == 5.0
     assert settings.reconcile_grace_seconds == 60
@@ -47,7 +47,7 @@ def test_the_contract_variables_are_read() -> None:
     assert settings.redis_url == settings.broker_url == "redis://127.0.0.1:6390/2"
     assert settings.s3_prefix == "images/"
     assert settings.s3_endpoint_url == "http://127.0.0.1:9000"
-    assert settings.runware_api_key == "rw"
+    assert settings.runware_api_key.reveal() == "rw"
     assert settings.runware_max_in_flight == 2
     assert settings.runware_image_hosts == ("im.runware.ai", "127.0.0.1:9100")
     assert settings.allow_private_urls is True
@@ -88,7 +88,10 @@ def test_an_s3_prefix_must_end_with_a_slash() -> None:
 
 def test_api_keys_map_keys_to_tenants() -> None:
     settings = Settings.from_env({"API_KEYS": "acme:key-1, globex:key-2,acme:key-3"})
-    assert settings.api_keys == {"key-1": "acme", "key-2": "globex", "key-3": "acme"}
+    keys = settings.api_keys
+    assert [keys.tenant_for(key) for key in ("key-1", "key-2", "key-3", "key-4")] == [
+        "acme", "globex", "acme", None]
+    assert keys.tenants() == ["acme", "globex"]
 
 
 @pytest.mark.parametrize("value", ["acme", "acme:", ":key", "acme:key,globex", " : ",
