@@ -21,6 +21,13 @@ class PipelineError(Exception):
                 "errors": self.errors}
 
 
+class BodyInvalid(PipelineError):
+    """The body is not JSON the server will read (malformed, or nested too deep)."""
+
+    code = "bad_request"
+    status = 400
+
+
 class RequestInvalid(PipelineError):
     code = "validation_failed"
     status = 422

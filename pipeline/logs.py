@@ -20,6 +20,10 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in vars(record).items():
             if key not in STANDARD and not key.startswith("_"):
+                if key == "data" and isinstance(value, dict):
+                    # Celery's task records carry the arguments: a request body (prompt,
+                    # callback URL, metadata) belongs to its job, not to the log.
+                    value = {k: v for k, v in value.items() if k not in {"args", "kwargs"}}
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
@@ -27,7 +31,9 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    # The real stderr: a Celery worker replaces sys.stderr with a proxy that logs what is
+    # written to it, and a record written there by the root handler would be dropped.
+    handler = logging.StreamHandler(sys.__stderr__ or sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

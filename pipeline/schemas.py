@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
 from dataclasses import dataclass
@@ -26,6 +27,12 @@ PIPELINE_OWNED_FIELDS = ("deliveryMethod", "webhookURL", "uploadEndpoint", "outp
 METADATA_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 METADATA_MAX_PAIRS = 10
 METADATA_MAX_VALUE = 256
+# S3 caps an object's user metadata at 2 KB; the pipeline's own pairs take under 700 bytes.
+METADATA_MAX_BYTES = 1024
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+# Runware reports one image per task; a body with more items than this is not a result.
+MAX_PROVIDER_ITEMS = 64
+MAX_SEED = 2**64
 
 
 def _ascii_printable(value: str) -> bool:
@@ -64,7 +71,10 @@ class JobRequestSchema(_Strict):
     outputQuality = fields.Integer(strict=True, load_default=None)
     inputs = fields.Nested(InputsSchema, load_default=None)
     safety = fields.Nested(SafetySchema, load_default=None)
-    idempotencyKey = fields.String(validate=validate.Length(min=1, max=255), load_default=None)
+    idempotencyKey = fields.String(
+        validate=validate.Regexp(IDEMPOTENCY_KEY, error="must be 1-255 printable ASCII "
+                                                        "characters without spaces"),
+        load_default=None)
     callbackURL = fields.URL(schemes={"http", "https"}, require_tld=False, load_default=None)
     metadata = fields.Dict(keys=fields.String(), values=fields.String(), load_default=None)
     deadlineSeconds = fields.Integer(strict=True, validate=validate.Range(min=30, max=86400),
@@ -99,6 +109,10 @@ class JobRequestSchema(_Strict):
                 if len(value) > METADATA_MAX_VALUE or not _ascii_printable(value):
                     problems.append(f"value of {key!r} must be printable ASCII, "
                                     f"at most {METADATA_MAX_VALUE} characters")
+            size = sum(len(f"user-{key}") + len(value) for key, value in metadata.items())
+            if size > METADATA_MAX_BYTES:
+                problems.append(f"keys and values take {size} bytes with their 'user-' prefix; "
+                                f"at most {METADATA_MAX_BYTES} (S3 caps object metadata at 2 KB)")
             if problems:
                 errors["metadata"] = problems
         if errors:
@@ -191,9 +205,10 @@ class ProviderItemSchema(_Lenient):
     imageURL = fields.String(load_default=None)
     imageBase64Data = fields.String(load_default=None)
     imageDataURI = fields.String(load_default=None)
-    seed = fields.Integer(load_default=None)
-    cost = fields.Float(load_default=None)
-    NSFWContent = fields.Boolean(load_default=None)
+    # Read leniently and checked in _item_result: one odd value must not refuse a paid image.
+    seed = fields.Raw(load_default=None)
+    cost = fields.Raw(load_default=None)
+    NSFWContent = fields.Raw(load_default=None)
     status = fields.String(load_default=None)
     progress = fields.Float(load_default=None)
     error = fields.Nested(NestedErrorSchema, load_default=None)
@@ -222,23 +237,65 @@ class ProviderResult:
 PROCESSING_STATUSES = {"processing", "pending", "queued", "scheduled", "waiting"}
 
 
+def _printable(value: Any, limit: int) -> str | None:
+    """Provider text as stored: printable characters only, bounded; None when empty."""
+    if not isinstance(value, str):
+        return None
+    text = "".join(char if char.isprintable() else " " for char in value).strip()[:limit]
+    return text or None
+
+
+PROVIDER_CODE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+IMAGE_UUID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+def _code(value: Any) -> str:
+    return value if isinstance(value, str) and PROVIDER_CODE.fullmatch(value) else "providerError"
+
+
+def _seed(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_SEED:
+        return None
+    return value
+
+
+def _cost(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    cost = float(value)
+    return cost if math.isfinite(cost) and 0 <= cost < 1_000_000 else None
+
+
+def _image_url(value: Any) -> str | None:
+    if not isinstance(value, str) or len(value) > 2048:
+        return None
+    return value if all(33 <= ord(char) < 127 for char in value) else None
+
+
 def _item_result(item: dict[str, Any]) -> ProviderResult | None:
-    status = (item.get("status") or "").lower()
+    status = str(item.get("status") or "").lower()
     if item.get("taskType") == "authentication":
         return None
     if status == "error" or item.get("error"):
         error = item.get("error") or {}
         return ProviderResult(
             task_uuid=item["taskUUID"], status="error",
-            error_code=error.get("code") or "providerError",
-            error_message=error.get("message") or "the provider reported an error",
+            error_code=_code(error.get("code")),
+            error_message=(_printable(error.get("message"), 1000)
+                           or "the provider reported an error"),
         )
     if status in PROCESSING_STATUSES or not item.get("imageUUID"):
         return ProviderResult(task_uuid=item["taskUUID"], status="processing")
+    # The imageUUID reaches S3 metadata and logs: an odd one is kept in a safe form.
+    image_uuid = item["imageUUID"]
+    if not IMAGE_UUID.fullmatch(image_uuid):
+        image_uuid = "".join(char if IMAGE_UUID.fullmatch(char) else "_"
+                             for char in image_uuid[:128])
+    nsfw = item.get("NSFWContent")
     return ProviderResult(
-        task_uuid=item["taskUUID"], status="success", image_uuid=item["imageUUID"],
-        image_url=item.get("imageURL"), seed=item.get("seed"), cost=item.get("cost"),
-        nsfw=item.get("NSFWContent"),
+        task_uuid=item["taskUUID"], status="success", image_uuid=image_uuid,
+        image_url=_image_url(item.get("imageURL")), seed=_seed(item.get("seed")),
+        cost=_cost(item.get("cost")), nsfw=nsfw if isinstance(nsfw, bool) else None,
     )
 
 
@@ -247,8 +304,8 @@ def _error_result(error: dict[str, Any]) -> ProviderResult | None:
         return None
     return ProviderResult(
         task_uuid=error["taskUUID"], status="error",
-        error_code=error.get("code") or "providerError",
-        error_message=error.get("message") or "the provider reported an error",
+        error_code=_code(error.get("code")),
+        error_message=_printable(error.get("message"), 1000) or "the provider reported an error",
     )
 
 
@@ -270,6 +327,9 @@ def parse_provider_body(body: Any) -> tuple[list[ProviderResult], list[dict[str,
         data = [data]
     if not isinstance(data, list) or not isinstance(errors, list):
         raise ValidationError("data and errors must be arrays")
+    if len(data) + len(errors) > MAX_PROVIDER_ITEMS:
+        raise ValidationError(f"at most {MAX_PROVIDER_ITEMS} items in data and errors together, "
+                              f"got {len(data) + len(errors)}")
     # An authentication item names a session, not a task: it carries no taskUUID.
     data = [item for item in data
             if not (isinstance(item, dict) and item.get("taskType") == "authentication")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -36,8 +37,8 @@ from pipeline.schemas import (
 )
 from pipeline.signing import sign_callback, webhook_token
 from pipeline.storage import KeyLayout
-from pipeline.store import SLOT_OPEN, Job, RedisJobStore, Slot
-from pipeline.urls import UnsafeURL, check_outbound_url
+from pipeline.store import JOB_TERMINAL, SLOT_OPEN, Job, RedisJobStore, Slot
+from pipeline.urls import UnsafeURL, check_outbound_url, pinned_request
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,45 @@ GENERATION_FIELDS = ("model", "positivePrompt", "width", "height", "resolution",
                      "outputFormat", "outputQuality", "inputs", "safety")
 HEADER_BYTES = 256 * 1024
 MAX_TASKS_PER_REQUEST = 20
+AWAITING_RESULT = ("pending", "submitted")
+# S3 refuses an object whose user metadata (names and values) exceeds 2 KB.
+S3_METADATA_LIMIT = 2048
+PROVIDER_CODE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 CIRCUIT_FIELDS = ("state", "code", "message", "opened_at", "probe_at")
+
+
+def is_job_id(value: str) -> bool:
+    """Job ids are the canonical text of a UUID; anything else never reaches a key name."""
+    try:
+        return str(uuid.UUID(value)) == value
+    except (ValueError, TypeError, AttributeError):
+        return False
+
+
+def clean_text(value: str | None, limit: int) -> str:
+    """Provider text made safe to store and show: printable characters only, bounded."""
+    return "".join(char if char.isprintable() else " " for char in (value or ""))[:limit]
+
+
+def provider_code(code: str | None, http_status: int | None = None) -> str:
+    """A provider's error code as an identifier; anything else is not repeated."""
+    if code and PROVIDER_CODE.fullmatch(code):
+        return code
+    return f"http_{http_status}" if http_status else "providerError"
+
+
+def paused_reason(code: str | None) -> str:
+    # Every tenant's waiting job shows this: it names the code, never the provider's text.
+    return f"waiting: submission paused by the provider ({provider_code(code)})"
+
+
+def metadata_value(value: str | None, limit: int) -> str:
+    """A value S3 accepts in object metadata: printable ASCII only (no CR or LF), bounded."""
+    return "".join(char if 32 <= ord(char) < 127 else "?" for char in (value or ""))[:limit]
+
+
+def metadata_size(metadata: dict[str, str]) -> int:
+    return sum(len(key) + len(value) for key, value in metadata.items())
 
 
 def iso(ts: float | None) -> str | None:
@@ -96,6 +135,9 @@ class JobService:
                 "idempotencyKey": ["differs from the Idempotency-Key header"]})
         key = idempotency_key or body_key
         if request.get("callbackURL"):
+            if not self.settings.callback_secret:
+                raise RequestInvalid("the job request is invalid", {"callbackURL": [
+                    "callbacks are off: this deployment has no CALLBACK_SECRET to sign them"]})
             try:
                 check_outbound_url(request["callbackURL"], allowed_hosts=None,
                                    allow_private=self.settings.allow_private_urls)
@@ -149,6 +191,8 @@ class JobService:
         return refused
 
     def get_job(self, job_id: str, tenant: str | None = None) -> Job:
+        if not is_job_id(job_id):
+            raise NotFound(f"no job {job_id[:64]!r}: job ids are UUIDs")
         job = self.store.get_job(job_id)
         if job is None or (tenant is not None and job.tenant != tenant):
             raise NotFound(f"no job {job_id}")
@@ -163,8 +207,8 @@ class JobService:
         key = f"{self.store.ns}:circuit"
         opened = self.store.redis.hsetnx(key, "opened_at", repr(time.time()))
         self.store.redis.hset(key, mapping={
-            "state": "open", "code": error.provider_code or f"http_{error.http_status}",
-            "message": error.message[:500],
+            "state": "open", "code": provider_code(error.provider_code, error.http_status),
+            "message": clean_text(error.message, 500),
             "probe_at": repr(time.time() + self.settings.circuit_probe_seconds),
         })
         if opened:
@@ -193,9 +237,7 @@ class JobService:
             return "expired"
         circuit = self.circuit()
         if circuit.get("state") == "open" and not probe:
-            self.store.set_job_fields(
-                job_id, reason=f"waiting: submission paused by the provider's "
-                               f"{circuit.get('code')}: {circuit.get('message')}")
+            self.store.set_job_fields(job_id, reason=paused_reason(circuit.get("code")))
             return "paused"
         self.store.transition_job(job_id, ["queued"], "running")
         pending = [slot for slot in job.slots if slot.state == "pending"]
@@ -227,8 +269,8 @@ class JobService:
             if exc.kind == ProviderError.ACCOUNT:
                 self._release(granted)
                 self.open_circuit(exc)
-                self.store.set_job_fields(job_id, reason=f"waiting: {exc.provider_code or ''} "
-                                                         f"{exc.message}".strip())
+                self.store.set_job_fields(job_id, reason=paused_reason(
+                    provider_code(exc.provider_code, exc.http_status)))
                 return "paused"
             if exc.kind == ProviderError.PERMANENT:
                 self._release(granted)
@@ -357,6 +399,10 @@ class JobService:
             log.info("result of an earlier attempt ignored", extra={
                 "job_id": job_id, "slot": slot_no, "task_uuid": task_uuid})
             return "stale"
+        if not result.ok and (job_state in JOB_TERMINAL or slot.state not in AWAITING_RESULT):
+            # A failure reported for an image that has ended (or a replayed webhook URL) can
+            # change nothing: no new attempt, no circuit, no lease.
+            return "duplicate"
         if result.ok:
             fields = {"image_uuid": result.image_uuid, "image_url": result.image_url,
                       "seed": result.seed, "cost": result.cost, "nsfw": result.nsfw,
@@ -374,6 +420,7 @@ class JobService:
             self._release([task_uuid])
             return "received" if applied else "duplicate"
         # An image that failed at the provider: only a known transient code earns a new attempt.
+        # Only a live slot's failure gets here, so only a live slot's failure opens the circuit.
         kind = classify(400, result.error_code)
         if kind == ProviderError.ACCOUNT:
             self.open_circuit(ProviderError(result.error_message or "account error",
@@ -501,13 +548,14 @@ class JobService:
     def _fetch_image(self, url: str) -> bytes:
         """Download the provider-hosted copy of an image, within the allow-list and size cap."""
         try:
-            check_outbound_url(url, allowed_hosts=self.settings.runware_image_hosts,
-                               allow_private=self.settings.allow_private_urls)
+            checked = check_outbound_url(url, allowed_hosts=self.settings.runware_image_hosts,
+                                         allow_private=self.settings.allow_private_urls)
         except UnsafeURL as exc:
             raise ImageRejected(f"imageURL refused: {exc}") from None
         client = self.http or httpx.Client(timeout=30.0, follow_redirects=False)
         try:
-            with client.stream("GET", url) as response:
+            response = client.send(pinned_request(client, "GET", checked), stream=True)
+            try:
                 if response.status_code >= 500 or response.status_code == 429:
                     raise StorageError(f"imageURL answered {response.status_code}")
                 if response.status_code != 200:
@@ -519,6 +567,8 @@ class JobService:
                     if total > self.settings.max_image_bytes:
                         raise ImageRejected("imageURL is larger than the size cap")
                     chunks.append(chunk)
+            finally:
+                response.close()
         except httpx.HTTPError as exc:
             raise StorageError(f"imageURL fetch failed: {type(exc).__name__}") from None
         finally:
@@ -531,14 +581,24 @@ class JobService:
         metadata = {
             "imagine-job-id": job.id, "imagine-slot": str(slot.slot),
             "imagine-tenant": job.tenant, "imagine-model": job.model,
-            "imagine-task-uuid": slot.task_uuid or "", "imagine-image-uuid": slot.image_uuid or "",
+            "imagine-task-uuid": slot.task_uuid or "",
+            "imagine-image-uuid": metadata_value(slot.image_uuid, 128),
             "imagine-prompt-sha256": hashlib.sha256(prompt.encode()).hexdigest(),
             "imagine-width": str(info.width), "imagine-height": str(info.height),
         }
         if slot.seed is not None:
-            metadata["imagine-seed"] = str(slot.seed)
+            metadata["imagine-seed"] = metadata_value(str(slot.seed), 32)
+        used = metadata_size(metadata)
         for key, value in job.metadata.items():
-            metadata[f"user-{key.lower()}"] = value
+            name, text = f"user-{key.lower()}", metadata_value(value, 256)
+            # S3 refuses the whole object past its metadata limit: a paid image is stored
+            # without the pairs that do not fit rather than not at all.
+            if used + len(name) + len(text) > S3_METADATA_LIMIT:
+                log.warning("object metadata over S3's limit: user pair left out", extra={
+                    "job_id": job.id, "slot": slot.slot, "key": name})
+                continue
+            metadata[name] = text
+            used += len(name) + len(text)
         return metadata
 
     # ------------------------------------------------------------------ finish
@@ -649,8 +709,9 @@ class JobService:
             if slot.state == "received":
                 try:
                     self.promote_slot(job_id, slot.slot, allow_fetch=True)
-                except (StorageError, ImageRejected):
-                    pass
+                except (StorageError, ImageRejected) as exc:
+                    log.warning("image not stored by the deadline", extra={
+                        "job_id": job_id, "slot": slot.slot, "error": exc.message})
         job = self.store.get_job(job_id)
         if job is None or job.terminal:
             return
@@ -720,20 +781,25 @@ class JobService:
         job = self.store.get_job(job_id)
         if job is None or not job.callback_url or not job.terminal:
             return "skipped"
+        if not self.settings.callback_secret:
+            # Never unsigned: a receiver could not tell our callback from a forged one.
+            log.warning("callback not sent: no CALLBACK_SECRET to sign it", extra={
+                "job_id": job_id})
+            return "refused:unsigned"
         try:
-            check_outbound_url(job.callback_url, allowed_hosts=None,
-                               allow_private=self.settings.allow_private_urls)
+            checked = check_outbound_url(job.callback_url, allowed_hosts=None,
+                                         allow_private=self.settings.allow_private_urls)
         except UnsafeURL as exc:
             log.warning("callback refused", extra={"job_id": job_id, "error": str(exc)})
             return "refused"
         body = json.dumps({"type": "job.ended", "data": self.job_view(job)}).encode()
         headers = {"Content-Type": "application/json"}
-        if self.settings.callback_secret:
-            headers.update(sign_callback(self.settings.callback_secret.reveal().encode(),
-                                         f"{job_id}:{job.state}", body))
+        headers.update(sign_callback(self.settings.callback_secret.reveal().encode(),
+                                     f"{job_id}:{job.state}", body))
         client = self.http or httpx.Client(timeout=10.0, follow_redirects=False)
         try:
-            response = client.post(job.callback_url, content=body, headers=headers)
+            response = client.send(pinned_request(client, "POST", checked, content=body,
+                                                  headers=headers))
         except httpx.HTTPError as exc:
             raise ProviderError(f"callback failed: {type(exc).__name__}",
                                 kind=ProviderError.TRANSIENT) from None
@@ -750,53 +816,64 @@ class JobService:
         """One pass over active jobs: end overdue ones, re-drive stuck work, poll silent slots."""
         counts = {"expired": 0, "redriven": 0, "polled": 0, "promoted": 0, "finished": 0}
         now = time.time()
-        grace = self.settings.reconcile_grace_seconds
         circuit = self.circuit()
         probe = (circuit.get("state") == "open"
                  and now >= float(circuit.get("probe_at") or 0))
         for job_id, deadline in self.store.active_jobs():
-            job = self.store.get_job(job_id)
-            if job is None:
-                self.store.redis.zrem(self.store.active_key, job_id)
-                continue
-            if job.terminal:
-                self.store.retire_job(job_id)
-                continue
-            if now >= deadline:
-                self.expire_job(job_id)
-                counts["expired"] += 1
-                continue
-            if all(slot.terminal for slot in job.slots):
-                # Every slot has ended but the job has not: the process that moved the last slot
-                # died before finish_job. Nothing else would end the job before its deadline.
-                last = max((slot.updated_at or 0.0 for slot in job.slots), default=0.0)
-                if now - max(last, job.updated_at) > grace and self.finish_job(job_id):
-                    counts["finished"] += 1
-                continue
-            pending = [s for s in job.slots if s.state == "pending"]
-            stale_pending = now - job.updated_at > grace
-            if pending and probe:
-                # One job probes the provider while the circuit is open; success closes it.
-                self.store.redis.hset(f"{self.store.ns}:circuit", "probe_at",
-                                      repr(now + self.settings.circuit_probe_seconds))
-                try:
-                    self.submit_job(job_id, probe=True)
-                except ProviderError as exc:
-                    log.warning("circuit probe failed", extra={"code": exc.provider_code})
-                probe = False
-                counts["probed"] = 1
-            elif pending and stale_pending:
-                self.dispatcher.submit_job(job_id)
-                counts["redriven"] += 1
-            for slot in job.slots:
-                if slot.state == "submitted" and slot.task_uuid and (
-                        now - (slot.submitted_at or now) > grace):
-                    self._poll(slot.task_uuid)
-                    counts["polled"] += 1
-                elif slot.state == "received" and now - (slot.received_at or now) > grace:
-                    self.dispatcher.finalize_slot(job_id, slot.slot)
-                    counts["promoted"] += 1
+            try:
+                probe = self._reconcile_job(job_id, deadline, now, probe, counts)
+            except Exception:
+                # One job's failure must not stop the pass for every other job's deadline.
+                counts["errors"] = counts.get("errors", 0) + 1
+                log.exception("reconcile step failed", extra={"job_id": job_id})
         return counts
+
+    def _reconcile_job(self, job_id: str, deadline: float, now: float, probe: bool,
+                       counts: dict[str, int]) -> bool:
+        """Reconcile one active job; returns whether the circuit probe is still to be sent."""
+        grace = self.settings.reconcile_grace_seconds
+        job = self.store.get_job(job_id)
+        if job is None:
+            self.store.redis.zrem(self.store.active_key, job_id)
+            return probe
+        if job.terminal:
+            self.store.retire_job(job_id)
+            return probe
+        if now >= deadline:
+            self.expire_job(job_id)
+            counts["expired"] += 1
+            return probe
+        if all(slot.terminal for slot in job.slots):
+            # Every slot has ended but the job has not: the process that moved the last slot
+            # died before finish_job. Nothing else would end the job before its deadline.
+            last = max((slot.updated_at or 0.0 for slot in job.slots), default=0.0)
+            if now - max(last, job.updated_at) > grace and self.finish_job(job_id):
+                counts["finished"] += 1
+            return probe
+        pending = [s for s in job.slots if s.state == "pending"]
+        stale_pending = now - job.updated_at > grace
+        if pending and probe:
+            # One job probes the provider while the circuit is open; success closes it.
+            self.store.redis.hset(f"{self.store.ns}:circuit", "probe_at",
+                                  repr(now + self.settings.circuit_probe_seconds))
+            try:
+                self.submit_job(job_id, probe=True)
+            except ProviderError as exc:
+                log.warning("circuit probe failed", extra={"code": exc.provider_code})
+            probe = False
+            counts["probed"] = 1
+        elif pending and stale_pending:
+            self.dispatcher.submit_job(job_id)
+            counts["redriven"] += 1
+        for slot in job.slots:
+            if slot.state == "submitted" and slot.task_uuid and (
+                    now - (slot.submitted_at or now) > grace):
+                self._poll(slot.task_uuid)
+                counts["polled"] += 1
+            elif slot.state == "received" and now - (slot.received_at or now) > grace:
+                self.dispatcher.finalize_slot(job_id, slot.slot)
+                counts["promoted"] += 1
+        return probe
 
     def _poll(self, task_uuid: str) -> None:
         try:

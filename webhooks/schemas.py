@@ -8,13 +8,14 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from pipeline.errors import RequestInvalid
+from pipeline.store import JOB_STATES
 
 
 class ListQuerySchema(Schema):
     class Meta:
         unknown = RAISE
 
-    state = fields.String(load_default=None)
+    state = fields.String(load_default=None, validate=validate.OneOf(JOB_STATES))
     cursor = fields.Float(load_default=None)
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
 

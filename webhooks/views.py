@@ -8,10 +8,18 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from pipeline.config import Settings
-from pipeline.errors import ImageRejected, NotFound, StorageError, Unauthorized
-from pipeline.services import JobService
+from pipeline.errors import (
+    BodyInvalid,
+    ImageRejected,
+    NotFound,
+    RequestInvalid,
+    StorageError,
+    Unauthorized,
+)
+from pipeline.schemas import IDEMPOTENCY_KEY
+from pipeline.services import JobService, is_job_id
 from pipeline.signing import verify_webhook_token
-from pipeline.store import JOB_STATES
+from webhooks.limits import MAX_JSON_DEPTH, json_depth
 from webhooks.openapi import openapi_document
 from webhooks.schemas import ListQuerySchema, load_or_422
 
@@ -43,7 +51,29 @@ def _json_body(lenient: bool = False) -> Any:
         from werkzeug.exceptions import UnsupportedMediaType
 
         raise UnsupportedMediaType("the body must be application/json")
-    return request.get_json(force=True, silent=False)
+    raw = request.get_data(cache=True)
+    # Python's parser recurses per level: a deep body would end in RecursionError (a 500).
+    if json_depth(raw) > MAX_JSON_DEPTH:
+        raise BodyInvalid(f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels")
+    body = request.get_json(force=True, silent=True)
+    if body is None and raw.strip() != b"null":
+        raise BodyInvalid("the body is not valid UTF-8 JSON")
+    return body
+
+
+def _job_id(raw: str) -> str:
+    """A job id from the URL: a UUID, or a 404 before it gets anywhere near the store."""
+    if not is_job_id(raw):
+        raise NotFound(f"no job {raw[:64]!r}: job ids are UUIDs")
+    return raw
+
+
+def _idempotency_header() -> str | None:
+    value = request.headers.get("Idempotency-Key")
+    if value is not None and not IDEMPOTENCY_KEY.fullmatch(value):
+        raise RequestInvalid("the Idempotency-Key header is invalid", {"Idempotency-Key": [
+            "must be 1-255 printable ASCII characters without spaces"]})
+    return value
 
 
 # ---------------------------------------------------------------- health
@@ -75,8 +105,11 @@ def readyz() -> Any:
 @receiver.post("/webhooks/runware/<task_uuid>")
 def runware_webhook(task_uuid: str) -> Any:
     settings = _settings()
-    if not verify_webhook_token(settings.require_webhook_secrets(), task_uuid, request.args.get("token")):
+    token = request.args.get("token")
+    if not verify_webhook_token(settings.require_webhook_secrets(), task_uuid, token):
         raise Unauthorized("bad or missing webhook token")
+    if not is_job_id(task_uuid):  # the pipeline mints every taskUUID as a canonical UUID
+        raise NotFound(f"no task {task_uuid[:64]!r}")
     body = _json_body(lenient=True)
     outcomes = _service().accept_webhook(task_uuid, body)
     inline = _service(inline=True)
@@ -113,7 +146,7 @@ def create_job() -> Any:
     tenant = _tenant()
     body = _json_body()
     service = _service()
-    job, created = service.create_job(body, tenant, request.headers.get("Idempotency-Key"))
+    job, created = service.create_job(body, tenant, _idempotency_header())
     response = jsonify(service.job_view(job))
     response.status_code = 202 if created else 200
     response.headers["Location"] = f"/v1/jobs/{job.id}"
@@ -125,15 +158,14 @@ def create_job() -> Any:
 @api.get("/jobs/<job_id>")
 def get_job(job_id: str) -> Any:
     service = _service()
-    return jsonify(service.job_view(service.get_job(job_id, _tenant())))
+    tenant = _tenant()
+    return jsonify(service.job_view(service.get_job(_job_id(job_id), tenant)))
 
 
 @api.get("/jobs")
 def list_jobs() -> Any:
     tenant = _tenant()
     query = load_or_422(ListQuerySchema(), request.args)
-    if query.get("state") and query["state"] not in JOB_STATES:
-        raise NotFound(f"no such state {query['state']!r}")
     service = _service()
     jobs, cursor = service.store.list_jobs(tenant, state=query.get("state"),
                                            cursor=query.get("cursor"), limit=query["limit"])
@@ -144,7 +176,8 @@ def list_jobs() -> Any:
 @api.post("/jobs/<job_id>/cancel")
 def cancel_job(job_id: str) -> Any:
     service = _service()
-    return jsonify(service.job_view(service.cancel_job(job_id, _tenant())))
+    tenant = _tenant()
+    return jsonify(service.job_view(service.cancel_job(_job_id(job_id), tenant)))
 
 
 @api.get("/openapi.json")
@@ -159,6 +192,7 @@ def prometheus() -> Response:
     store = service.store
     settings = _settings()
     circuit = service.circuit()
+    api_key = settings.runware_api_key.reveal()
     lines = [
         "# HELP imagine_jobs_active Jobs not yet ended.",
         "# TYPE imagine_jobs_active gauge",
@@ -166,7 +200,7 @@ def prometheus() -> Response:
         "# HELP imagine_runware_in_flight Images in flight at Runware under this key's budget.",
         "# TYPE imagine_runware_in_flight gauge",
         f"imagine_runware_in_flight "
-        f"{store.leases_in_use(settings.runware_api_key.reveal()) if settings.runware_api_key else 0}",
+        f"{store.leases_in_use(api_key) if api_key else 0}",
         "# HELP imagine_circuit_open 1 while submission is paused by an account-level error.",
         "# TYPE imagine_circuit_open gauge",
         f"imagine_circuit_open {1 if circuit.get('state') == 'open' else 0}",

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from celery import Celery
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery, signals
 from kombu import Exchange, Queue
 
 from pipeline.config import Settings
 from pipeline.dispatch import QUEUES, SUBMIT_QUEUE
+from pipeline.logs import configure_logging
 from workers.broker import transport_for
+
+
+def _configure_logging(settings: Settings) -> Callable[..., None]:
+    def configure(**_: Any) -> None:
+        configure_logging(settings.log_level, settings.log_format)
+
+    return configure
 
 
 def create_celery(settings: Settings | None = None) -> Celery:
@@ -44,6 +55,9 @@ def create_celery(settings: Settings | None = None) -> Celery:
             },
         },
     )
+    # The worker and beat log through the pipeline's own handler (JSON lines with context),
+    # configured once at start; Celery then leaves the root logger alone.
+    signals.setup_logging.connect(_configure_logging(settings), weak=False)
     # Kept beside the configuration, not in it: `inspect conf` and Flower show app.conf to
     # anyone who reaches the broker, and Settings holds every credential of the pipeline.
     app.imagine_settings = settings

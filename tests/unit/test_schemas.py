@@ -249,7 +249,7 @@ def test_mixed_items_keep_their_order_and_kind() -> None:
 
 
 @pytest.mark.parametrize("body", ["garbage", 42, None, {"data": "nope"}, {"data": [{"seed": 1}]},
-                                  {"data": [{"taskUUID": TASK, "seed": "many"}]}])
+                                  {"data": [{"taskUUID": TASK}] * 65}])
 def test_garbage_is_refused(body: Any) -> None:
     with pytest.raises(ValidationError):
         parse_provider_body(body)
@@ -280,3 +280,25 @@ def test_outgoing_task_schema_refuses_a_malformed_task(change: dict[str, Any]) -
             "webhookURL": "http://127.0.0.1:8000/w", "uploadEndpoint": "http://127.0.0.1:9000/u"}
     with pytest.raises(ValueError, match="malformed Runware task"):
         check_outgoing_task({**task, **change})
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("seed", "many"), ("seed", -1), ("seed", 2**70), ("seed", True), ("cost", "free"),
+    ("cost", float("inf")), ("cost", -1), ("NSFWContent", "maybe"), ("imageURL", "http://a\r\nb"),
+])
+def test_an_odd_provider_value_is_dropped_not_the_paid_image(field: str, value: Any) -> None:
+    item = {"taskUUID": TASK, "imageUUID": "img-1", "status": "success", field: value}
+    (result,), _ = parse_provider_body({"data": [item]})
+    assert result.ok and result.image_uuid == "img-1"
+    assert {"seed": result.seed, "cost": result.cost, "NSFWContent": result.nsfw,
+            "imageURL": result.image_url}[field] is None
+
+
+def test_provider_text_is_made_safe_before_it_is_stored() -> None:
+    (ok,), _ = parse_provider_body({"data": [{"taskUUID": TASK, "imageUUID": "a\r\nX-Evil: 1é"}]})
+    assert ok.image_uuid == "a__X-Evil__1_"
+    (failed,), _ = parse_provider_body({"errors": [{
+        "taskUUID": TASK, "code": "bad code\n", "message": "line\r\nnext\x00" + "m" * 2000}]})
+    assert failed.error_code == "providerError"
+    assert failed.error_message is not None and len(failed.error_message) == 1000
+    assert failed.error_message.startswith("line  next ")
