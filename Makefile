@@ -36,8 +36,8 @@ bench: $(STAMP) ## Throughput of the pipeline on the local stack
 chaos: $(STAMP) ## 500 images through the local stack under injected faults and kills
 	$(BIN)/python -m infra.chaos
 
-flower: $(STAMP) ## Flower against the stack started by make run (reads .run/stack.env)
-	set -a && . .run/stack.env && set +a && $(BIN)/celery -A workers.worker flower --broker="$$REDIS_URL"
+flower: $(STAMP) ## Flower on 127.0.0.1:5555 for the stack of make run (its login is in .run/stack.env)
+	set -a && . .run/stack.env && set +a && $(BIN)/python -m workers.flower
 
 clean: ## Remove the virtualenv, local stack data and saved images
 	rm -rf $(VENV) .run out .pytest_cache .ruff_cache .mypy_cache *.egg-info

@@ -456,16 +456,16 @@ def start_s3(
     log_dir: Path | None = None,
     timeout: float = 30.0,
 ) -> Service:
-    """Start moto's S3 server; the URL is its endpoint."""
+    """Start moto's S3 server (infra.s3server: no presigned signature in its log); the URL is its
+    endpoint."""
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     logs = Path(log_dir) if log_dir is not None else workdir / "logs"
-    exe = venv_bin("moto_server")
 
     def build(chosen: int) -> ManagedProcess:
         env = _child_env(scrubbed_environ())
         env.update(AWS_ACCESS_KEY_ID=LOCAL_AWS_KEY, AWS_SECRET_ACCESS_KEY=LOCAL_AWS_KEY)
-        argv = [exe, "-H", "127.0.0.1", "-p", str(chosen)]
+        argv = [sys.executable, "-m", "infra.s3server", "-H", "127.0.0.1", "-p", str(chosen)]
         return ManagedProcess("s3", argv, log_dir=logs, env=env, cwd=workdir)
 
     def ready(process: ManagedProcess, chosen: int) -> None:
@@ -497,8 +497,12 @@ def start_emulator(
 
     def build(chosen: int) -> ManagedProcess:
         argv = [sys.executable, "-m", "infra.emulator", "--host", "127.0.0.1",
-                "--port", str(chosen), "--api-key", api_key, *extra]  # fmt: skip
+                "--port", str(chosen), *extra]  # fmt: skip
         child = _child_env(scrubbed_environ() if env is None else env)
+        # The key goes through the environment: argv is in `ps` and in the log's first line.
+        child["EMULATOR_API_KEYS"] = ",".join(
+            key for key in (child.get("EMULATOR_API_KEYS", ""), api_key) if key
+        )
         return ManagedProcess("emulator", argv, log_dir=logs, env=child, cwd=REPO_ROOT)
 
     def ready(process: ManagedProcess, chosen: int) -> None:
@@ -623,22 +627,34 @@ def start_beat(
     return Service(process)
 
 
+def flower_basic_auth(user: str = "imagine") -> str:
+    """A fresh user:password for Flower's basic auth (FLOWER_BASIC_AUTH)."""
+    return f"{user}:{secrets.token_urlsafe(24)}"
+
+
 def start_flower(
     workdir: Path,
     env: Mapping[str, str],
     port: int | None = None,
     *,
+    basic_auth: str,
     log_dir: Path | None = None,
     timeout: float = 30.0,
 ) -> Service:
-    """Start Flower on 127.0.0.1; ready when /healthcheck answers."""
+    """Start Flower on 127.0.0.1 behind basic auth (user:password); ready when /healthcheck answers.
+
+    The credentials and the address go through the environment, never argv, which `ps` shows;
+    `workers.flower` refuses to start without them.
+    """
     workdir = Path(workdir).resolve()
     logs = Path(log_dir) if log_dir is not None else workdir / "logs"
 
     def build(chosen: int) -> ManagedProcess:
-        argv = [venv_bin("celery"), "-A", "workers.worker", "flower",
-                "--address=127.0.0.1", f"--port={chosen}"]  # fmt: skip
-        return ManagedProcess("flower", argv, log_dir=logs, env=_child_env(env), cwd=REPO_ROOT)
+        child = _child_env(env)
+        child.update(FLOWER_BASIC_AUTH=basic_auth, FLOWER_ADDRESS="127.0.0.1",
+                     FLOWER_PORT=str(chosen))  # fmt: skip
+        argv = [sys.executable, "-m", "workers.flower"]
+        return ManagedProcess("flower", argv, log_dir=logs, env=child, cwd=REPO_ROOT)
 
     def ready(process: ManagedProcess, chosen: int) -> None:
         wait_for_http(f"http://127.0.0.1:{chosen}/healthcheck", timeout, process=process)

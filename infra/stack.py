@@ -182,6 +182,8 @@ class LocalStack:
         self.env: dict[str, str] = {}
         self.urls: dict[str, str] = {}
         self.api_key = ""
+        # Per stack, like the API key: Flower never runs without authentication.
+        self.flower_auth = processes.flower_basic_auth()
         self._stopped = False
 
     # --- start ---------------------------------------------------------------------------------
@@ -292,7 +294,8 @@ class LocalStack:
             ),
             "beat": lambda: processes.start_beat(self.workdir / "beat", env, log_dir=self.log_dir),
             "flower": lambda: processes.start_flower(
-                self.workdir, env, ports.get("flower"), log_dir=self.log_dir
+                self.workdir, env, ports.get("flower"), basic_auth=self.flower_auth,
+                log_dir=self.log_dir,
             ),
         }
         rest = self._run_parallel(pipeline)
@@ -342,6 +345,7 @@ class LocalStack:
             RECEIVER_URL=self.urls["RECEIVER_URL"],
             EMULATOR_URL=self.urls["EMULATOR_URL"],
             FLOWER_URL=self.urls["FLOWER_URL"],
+            FLOWER_BASIC_AUTH=self.flower_auth,
             API_KEY=self.api_key,
         )
         lines += [f"{key}={shlex.quote(value)}" for key, value in values.items()]
@@ -659,7 +663,9 @@ def _print_urls(stack: LocalStack, env_file: Path) -> None:
     urls = stack.urls
     print("stack: running; Ctrl-C stops everything", flush=True)
     print(f"  jobs API / receiver  {urls['RECEIVER_URL']}  (Bearer key in {env_file})")
-    print(f"  Flower               {urls['FLOWER_URL']}")
+    flower_user = stack.flower_auth.partition(":")[0]
+    print(f"  Flower               {urls['FLOWER_URL']}  (log in as {flower_user}; the password "
+          f"follows the colon of FLOWER_BASIC_AUTH in {env_file})")
     if urls["EMULATOR_URL"]:
         print(f"  Runware emulator     {urls['EMULATOR_URL']}")
     print(f"  S3                   {urls['S3_ENDPOINT_URL']}  bucket {stack.config.bucket}")

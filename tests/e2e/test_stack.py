@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from infra import processes
@@ -93,6 +95,7 @@ def test_sigterm_stops_every_process_of_the_stack(tmp_path: Path) -> None:
         assert len(children) == 7
         groups = set(children)
         assert len(_group_members(groups)) > len(children)  # pool processes, gunicorn workers
+        _assert_flower_wants_the_login_of_stack_env(tmp_path / "run" / "stack.env", groups)
 
         stack.send_signal(signal.SIGTERM)
         assert stack.wait(timeout=60) == 0
@@ -105,3 +108,14 @@ def test_sigterm_stops_every_process_of_the_stack(tmp_path: Path) -> None:
             os.kill(stack.pid, signal.SIGKILL)
             stack.wait()
         log.close()
+
+
+def _assert_flower_wants_the_login_of_stack_env(env_file: Path, pids: set[int]) -> None:
+    values = dict(line.split("=", 1) for line in shlex.split(env_file.read_text(), comments=True))
+    url, login = values["FLOWER_URL"], values["FLOWER_BASIC_AUTH"]
+    assert url.startswith("http://127.0.0.1:")
+    user, _, password = login.partition(":")
+    assert httpx.get(f"{url}/workers", timeout=10).status_code == 401
+    assert httpx.get(f"{url}/workers", auth=(user, password), timeout=10).status_code == 200
+    for pid in pids:  # argv is public to the host: the password is never in one
+        assert password not in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
