@@ -717,6 +717,8 @@ def pipeline_env(
         PUBLIC_BASE_URL=public_base_url or f"http://127.0.0.1:{receiver_port}",
         WEBHOOK_SECRETS=webhook_secrets or secrets.token_urlsafe(32),
         API_KEYS=api_keys or f"dev:{secrets.token_urlsafe(24)}",
+        # Callbacks are always signed: the local stack has a secret of its own for them.
+        CALLBACK_SECRET=secrets.token_urlsafe(32),
         ALLOW_PRIVATE_URLS="true" if allow_private_urls else "false",
         RECONCILE_INTERVAL_SECONDS=_number(reconcile_interval_seconds),
         RECONCILE_GRACE_SECONDS=_number(reconcile_grace_seconds),
