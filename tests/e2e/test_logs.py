@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 
 import httpx
@@ -32,3 +34,28 @@ def test_logs_carry_no_credentials(stack: Pipeline, s3_client: Any) -> None:
         assert created["id"] in text or service.name != "receiver"
         for secret in secrets:
             assert secret not in text, f"{secret[:12]}... found in the {service.name} log"
+
+
+def test_task_failures_and_the_pipelines_lines_reach_the_worker_log(stack: Pipeline) -> None:
+    """Celery's own records and the pipeline's JSON lines both land in the worker's log."""
+    from pipeline.config import Settings
+    from workers.celery_app import create_celery
+
+    stack.emulator(put_order="after")  # the promotion then runs in the worker
+    created = stack.submit({"positivePrompt": "logged", "resolution": "1K"})
+    assert stack.wait(created["id"])["state"] == "succeeded"
+    app = create_celery(Settings.from_env(stack.env))
+    # A message a worker cannot run (an argument is missing): its failure must be logged.
+    failing = app.send_task("imagine.finalize_slot", args=[created["id"]], queue="finalize")
+    worker = next(service for service in stack.services if service.name == "worker-e2e")
+    deadline = time.monotonic() + 30
+    while f"imagine.finalize_slot[{failing.id}] raised" not in worker.process.log_text():
+        assert time.monotonic() < deadline, "the task failure never reached the worker log"
+        time.sleep(0.2)
+    lines = [json.loads(line) for line in worker.process.log_text().splitlines()
+             if line.startswith("{")]
+    failure = next(line for line in lines
+                   if f"[{failing.id}] raised" in line["message"])
+    assert failure["level"] == "ERROR" and "TypeError" in failure.get("exc", failure["message"])
+    assert any(line.get("job_id") == created["id"] and line["message"] == "image stored"
+               for line in lines)
