@@ -15,6 +15,7 @@ import httpx
 import psutil
 
 from infra import processes
+from pipeline.http import RetryOnDisconnectTransport
 
 TERMINAL = {"succeeded", "partially_succeeded", "failed", "cancelled", "timed_out"}
 
@@ -76,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         memory.start()
         api_key = processes.api_key_for(env)
         client = httpx.Client(base_url=f"http://127.0.0.1:{receiver_port}", timeout=30,
+                              transport=RetryOnDisconnectTransport(),
                               headers={"Authorization": f"Bearer {api_key}"})
         jobs = max(1, args.images // args.per_job)
         submit_ms: list[float] = []

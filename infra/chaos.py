@@ -22,6 +22,7 @@ import redis
 
 from infra import processes
 from infra.processes import ProcessError, Service
+from pipeline.http import RetryOnDisconnectTransport
 
 TERMINAL_JOB_STATES = frozenset(
     {"succeeded", "partially_succeeded", "failed", "cancelled", "timed_out"}
@@ -334,7 +335,8 @@ class Submitter(threading.Thread):
         started = time.monotonic()
         headers = {"Authorization": f"Bearer {self.stack.api_key()}"}
         remaining = self.profile.images
-        with httpx.Client(base_url=self.stack.receiver_url, timeout=10, headers=headers) as client:
+        with httpx.Client(base_url=self.stack.receiver_url, timeout=10, headers=headers,
+                          transport=RetryOnDisconnectTransport()) as client:
             for index in range(jobs):
                 images = min(IMAGES_PER_JOB, remaining)
                 remaining -= images

@@ -25,6 +25,7 @@ import httpx
 
 from infra import processes
 from infra.processes import ProcessError, Service
+from pipeline.http import RetryOnDisconnectTransport
 
 EXAMPLES_PATH = Path(__file__).resolve().parent / "fixtures" / "model-page-examples.json"
 TERMINAL_STATES = frozenset(
@@ -441,7 +442,8 @@ def run_examples(
     """Submit requests through the jobs API, wait for each job, and download its images."""
     runs = [JobRun(index, request) for index, request in enumerate(requests)]
     headers = {"Authorization": f"Bearer {stack.api_key}"}
-    with httpx.Client(base_url=stack.urls["RECEIVER_URL"], headers=headers, timeout=30) as client:
+    with httpx.Client(base_url=stack.urls["RECEIVER_URL"], headers=headers, timeout=30,
+                      transport=RetryOnDisconnectTransport()) as client:
         for run in runs:
             key = f"example-{run.request.get('taskUUID') or run.example}"
             try:

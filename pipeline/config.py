@@ -115,6 +115,8 @@ class Settings:
     callback_secret: Secret = field(default_factory=Secret)
     api_keys: ApiKeys = field(default_factory=ApiKeys)
     receiver_roles: tuple[str, ...] = ("webhooks", "api", "metrics")
+    receiver_keepalive_seconds: int = 75
+    receiver_body_timeout_seconds: float = 30.0
     default_deadline_seconds: int = 900
     max_deadline_seconds: int = 86400
     upload_url_margin_seconds: int = 600
@@ -173,6 +175,12 @@ class Settings:
             callback_secret=Secret(_str(env, "CALLBACK_SECRET", "")),
             api_keys=_api_keys(env),
             receiver_roles=_list(env, "RECEIVER_ROLES", cls.receiver_roles),
+            receiver_keepalive_seconds=_int(
+                env, "RECEIVER_KEEPALIVE_SECONDS", cls.receiver_keepalive_seconds, 1
+            ),
+            receiver_body_timeout_seconds=_float(
+                env, "RECEIVER_BODY_TIMEOUT_SECONDS", cls.receiver_body_timeout_seconds, 1.0
+            ),
             default_deadline_seconds=_int(
                 env, "DEFAULT_DEADLINE_SECONDS", cls.default_deadline_seconds, 30
             ),

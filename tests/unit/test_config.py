@@ -146,3 +146,17 @@ def test_env_example_documents_every_setting() -> None:
                                 re.MULTILINE))
     assert read, "no settings found in pipeline/config.py"
     assert read - documented == set()
+
+
+def test_the_receiver_keeps_idle_connections_longer_than_a_load_balancer() -> None:
+    settings = Settings.from_env({})
+    assert settings.receiver_keepalive_seconds == 75  # above the usual 60 s balancer idle timeout
+    assert settings.receiver_body_timeout_seconds == 30.0
+    tuned = Settings.from_env({"RECEIVER_KEEPALIVE_SECONDS": "620",
+                               "RECEIVER_BODY_TIMEOUT_SECONDS": "5"})
+    assert (tuned.receiver_keepalive_seconds, tuned.receiver_body_timeout_seconds) == (620, 5.0)
+    for name, value in [("RECEIVER_KEEPALIVE_SECONDS", "0"),
+                        ("RECEIVER_KEEPALIVE_SECONDS", "long"),
+                        ("RECEIVER_BODY_TIMEOUT_SECONDS", "0.5")]:
+        with pytest.raises(SettingsError, match=name):
+            Settings.from_env({name: value})
