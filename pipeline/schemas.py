@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import uuid
@@ -128,10 +129,27 @@ class JobRequestSchema(_Strict):
         return {key: value for key, value in data.items() if value is not None}
 
 
+def _not_unicode(value: Any) -> bool:
+    """True when a value holds a lone surrogate (JSON's `\\ud800` escape parses to one): it
+    cannot be encoded as UTF-8, so the prompt's hash and S3 metadata would fail after payment."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return True
+    except (TypeError, ValueError):
+        return False
+    return False
+
+
 def load_job_request(body: Any, default_model: str) -> dict[str, Any]:
     """Validate a job request; raise `ValidationError` with messages by field."""
     if not isinstance(body, dict):
         raise ValidationError({"_schema": ["the request body must be a JSON object"]})
+    garbled = {("_schema" if _not_unicode(key) else key): ["holds text that is not valid "
+                                                           "Unicode (a lone surrogate)"]
+               for key, value in body.items() if _not_unicode(key) or _not_unicode(value)}
+    if garbled:
+        raise ValidationError(garbled)
     owned = {name: [f"{name} is set by the pipeline; remove it from the request"]
              for name in PIPELINE_OWNED_FIELDS if name in body}
     rest = {key: value for key, value in body.items() if key not in PIPELINE_OWNED_FIELDS}
@@ -305,6 +323,15 @@ def _error_result(error: dict[str, Any]) -> ProviderResult | None:
     return ProviderResult(
         task_uuid=error["taskUUID"], status="error",
         error_code=_code(error.get("code")),
+        error_message=_printable(error.get("message"), 1000) or "the provider reported an error",
+    )
+
+
+def untied_error_result(task_uuid: str, error: dict[str, Any]) -> ProviderResult:
+    """An error entry that names no task, read as the failure of the URL's task; its code and
+    message are made safe like those of any other provider error."""
+    return ProviderResult(
+        task_uuid=task_uuid, status="error", error_code=_code(error.get("code")),
         error_message=_printable(error.get("message"), 1000) or "the provider reported an error",
     )
 

@@ -34,6 +34,7 @@ from pipeline.schemas import (
     check_outgoing_task,
     load_job_request,
     parse_provider_body,
+    untied_error_result,
 )
 from pipeline.signing import sign_callback, webhook_token
 from pipeline.storage import KeyLayout
@@ -366,10 +367,7 @@ class JobService:
             raise RequestInvalid("the body names another task than the URL",
                                  {"taskUUID": sorted(others)})
         if not results and untied:
-            first = untied[0]
-            results = [ProviderResult(task_uuid=task_uuid, status="error",
-                                      error_code=first.get("code") or "providerError",
-                                      error_message=first.get("message") or "")]
+            results = [untied_error_result(task_uuid, untied[0])]
         if not results:
             raise RequestInvalid("the webhook body holds no result", {"data": ["empty"]})
         return self.record_results(task_uuid, results)
