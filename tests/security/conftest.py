@@ -199,8 +199,10 @@ def assert_error(answer: TestResponse, status: int, code: str | None = None) -> 
 
 @pytest.fixture
 def security_settings(redis_server: str, s3_server: str, s3_bucket: str) -> Settings:
+    # A database of its own: the end-to-end suite's worker and beat, still running on database 0
+    # of the same server, must neither see these jobs nor show up in the snapshots.
     return Settings.from_env({
-        "REDIS_URL": redis_server, "S3_ENDPOINT_URL": s3_server, "S3_BUCKET": s3_bucket,
+        "REDIS_URL": f"{redis_server.rsplit('/', 1)[0]}/1", "S3_ENDPOINT_URL": s3_server, "S3_BUCKET": s3_bucket,
         "S3_PREFIX": f"security-{uuid.uuid4().hex[:8]}/", "RUNWARE_API_KEY": RUNWARE_KEY,
         "RUNWARE_API_URL": RUNWARE_URL, "WEBHOOK_SECRETS": f"{WEBHOOK_SECRET},{OLD_WEBHOOK_SECRET}",
         "API_KEYS": f"acme:{ACME_KEY},globex:{GLOBEX_KEY}", "CALLBACK_SECRET": CALLBACK_SECRET,
@@ -210,8 +212,9 @@ def security_settings(redis_server: str, s3_server: str, s3_bucket: str) -> Sett
 
 
 @pytest.fixture
-def harness(security_settings: Settings, redis_client: redis.Redis, s3_client: Any,
-            s3_bucket: str) -> Iterator[Harness]:
+def harness(security_settings: Settings, s3_client: Any, s3_bucket: str) -> Iterator[Harness]:
+    own_redis = redis.Redis.from_url(security_settings.redis_url, decode_responses=True)
+    own_redis.flushdb()
     outbound = Outbound()
     dispatcher = RecordingDispatcher()
     http = httpx.Client(transport=httpx.MockTransport(outbound.handle))
@@ -222,6 +225,7 @@ def harness(security_settings: Settings, redis_client: redis.Redis, s3_client: A
         runware=RunwareClient(http, RUNWARE_KEY, RUNWARE_URL), http=http)
     app = create_app(security_settings, service=service, inline_service=service)
     yield Harness(settings=security_settings, client=app.test_client(), service=service,
-                  store=store, redis=redis_client, s3=s3_client, bucket=s3_bucket,
+                  store=store, redis=own_redis, s3=s3_client, bucket=s3_bucket,
                   prefix=security_settings.s3_prefix, outbound=outbound, dispatcher=dispatcher)
     http.close()
+    own_redis.close()
