@@ -1,0 +1,159 @@
+"""Jobs, image slots, their states and the outcomes of each step, defined once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    PARTIALLY_SUCCEEDED = "partially_succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+
+
+class SlotState(StrEnum):
+    PENDING = "pending"
+    SUBMITTED = "submitted"
+    RECEIVED = "received"
+    STORED = "stored"
+    FAILED = "failed"
+    DISCARDED = "discarded"
+    DEAD = "dead"
+
+
+JOB_STATES = tuple(JobState)
+JOB_OPEN = frozenset({JobState.QUEUED, JobState.RUNNING})
+JOB_TERMINAL = frozenset(set(JobState) - JOB_OPEN)
+# A job ended before its images did: late results are recorded as discarded, never promoted.
+JOB_ENDED_EARLY = frozenset({JobState.CANCELLED, JobState.TIMED_OUT})
+
+SLOT_STATES = tuple(SlotState)
+SLOT_OPEN = (SlotState.PENDING, SlotState.SUBMITTED, SlotState.RECEIVED)
+SLOT_TERMINAL = frozenset(set(SlotState) - set(SLOT_OPEN))
+# A slot whose image the provider has not reported yet: only these take a result.
+AWAITING_RESULT = (SlotState.PENDING, SlotState.SUBMITTED)
+
+
+class ResultOutcome(StrEnum):
+    """What one provider result did to its slot."""
+
+    RECEIVED = "received"
+    FAILED = "failed"
+    RETRYING = "retrying"
+    DEAD = "dead"
+    DISCARDED = "discarded"
+    DUPLICATE = "duplicate"
+    STALE = "stale"
+    PROCESSING = "processing"
+
+
+class PromoteOutcome(StrEnum):
+    """What promoting a received image did."""
+
+    STORED = "stored"
+    MISSING = "missing"  # the upload is not there (yet): try again later
+    REJECTED = "rejected"
+    DISCARDED = "discarded"
+    NOOP = "noop"
+
+
+class SubmitOutcome(StrEnum):
+    DONE = "done"
+    PAUSED = "paused"
+    WAITING = "waiting"
+    SUBMITTED = "submitted"
+    EXPIRED = "expired"
+
+
+class CallbackOutcome(StrEnum):
+    SENT = "sent"
+    SKIPPED = "skipped"
+    REFUSED = "refused"  # the URL failed its check at send time
+    UNSIGNED = "refused:unsigned"
+    REJECTED = "rejected"  # the receiver answered 4xx
+
+
+@dataclass(frozen=True)
+class SlotResult:
+    """Where a provider result landed and what it did."""
+
+    job_id: str
+    slot: int
+    outcome: ResultOutcome
+
+
+@dataclass
+class Slot:
+    """One requested image: one Runware task per attempt, one final key."""
+
+    job_id: str
+    slot: int
+    state: SlotState
+    attempt: int = 1
+    task_uuid: str | None = None
+    task_attempt: int | None = None
+    previous_task_uuids: list[str] = field(default_factory=list)
+    submitted_at: float | None = None
+    received_at: float | None = None
+    stored_at: float | None = None
+    updated_at: float | None = None
+    image_uuid: str | None = None
+    image_url: str | None = None
+    seed: int | None = None
+    cost: float | None = None
+    nsfw: bool | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    final_key: str | None = None
+    width: int | None = None
+    height: int | None = None
+    size: int | None = None
+    etag: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in SLOT_TERMINAL
+
+
+@dataclass
+class Job:
+    """A request for N images of one model, owned by one tenant."""
+
+    id: str
+    tenant: str
+    state: JobState
+    model: str
+    params: dict[str, Any]
+    slot_count: int
+    output_format: str
+    created_at: float
+    updated_at: float
+    deadline_at: float
+    reason: str | None = None
+    client_task_uuid: str | None = None
+    idempotency_key: str | None = None
+    callback_url: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    manifest_key: str | None = None
+    manifest_version: int = 0
+    ended_at: float | None = None
+    slots: list[Slot] = field(default_factory=list)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in JOB_TERMINAL
+
+    @property
+    def cost(self) -> float | None:
+        """What the provider reported for this job's images; None before any report."""
+        costs = [slot.cost for slot in self.slots if slot.cost is not None]
+        return round(sum(costs), 6) if costs else None
+
+    def slot(self, number: int) -> Slot | None:
+        return next((slot for slot in self.slots if slot.slot == number), None)
