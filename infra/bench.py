@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import psutil
 
-from infra import processes
+from infra import servers, supervise
 from pipeline.http import RetryOnDisconnectTransport
 
 TERMINAL = {"succeeded", "partially_succeeded", "failed", "cancelled", "timed_out"}
@@ -28,7 +28,7 @@ def percentile(values: list[float], share: float) -> float:
 class PeakMemory(threading.Thread):
     """Samples the resident memory of process trees until stopped; keeps each tree's peak."""
 
-    def __init__(self, services: dict[str, processes.Service]) -> None:
+    def __init__(self, services: dict[str, supervise.Service]) -> None:
         super().__init__(daemon=True)
         self.services = services
         self.peaks: dict[str, int] = dict.fromkeys(services, 0)
@@ -52,30 +52,30 @@ class PeakMemory(threading.Thread):
 def run(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="imagine-bench-"))
     logs = workdir / "logs"
-    started: list[processes.Service] = []
+    started: list[supervise.Service] = []
     try:
-        redis_service = processes.start_redis(workdir / "redis", log_dir=logs)
-        s3 = processes.start_s3(workdir / "s3", log_dir=logs)
-        emulator = processes.start_emulator(
+        redis_service = servers.start_redis(workdir / "redis", log_dir=logs)
+        s3 = servers.start_s3(workdir / "s3", log_dir=logs)
+        emulator = servers.start_emulator(
             workdir / "emulator", api_key="bench-key", log_dir=logs,
             extra_args=["--set", f"latency_min_ms={args.latency_ms // 2}",
                         "--set", f"latency_max_ms={args.latency_ms * 3 // 2}",
                         "--set", "render_workers=4"])
         started += [redis_service, s3, emulator]
         assert s3.url and redis_service.url and emulator.url
-        processes.create_bucket(s3.url, "imagine-bench")
-        receiver_port = processes.free_port()
-        env = processes.pipeline_env(
+        servers.create_bucket(s3.url, "imagine-bench")
+        receiver_port = supervise.free_port()
+        env = servers.pipeline_env(
             redis_service.url, s3.url, "imagine-bench", emulator.url, "bench-key", receiver_port,
             extra={"RUNWARE_MAX_IN_FLIGHT": str(args.in_flight), "LOG_LEVEL": "WARNING"})
-        receiver = processes.start_receiver(workdir, env, receiver_port, log_dir=logs)
-        worker = processes.start_worker(workdir, env, "bench", concurrency=args.concurrency,
+        receiver = servers.start_receiver(workdir, env, receiver_port, log_dir=logs)
+        worker = servers.start_worker(workdir, env, "bench", concurrency=args.concurrency,
                                         log_dir=logs)
-        beat = processes.start_beat(workdir / "beat", env, log_dir=logs)
+        beat = servers.start_beat(workdir / "beat", env, log_dir=logs)
         started += [receiver, worker, beat]
         memory = PeakMemory({"receiver": receiver, "worker": worker, "emulator": emulator})
         memory.start()
-        api_key = processes.api_key_for(env)
+        api_key = servers.api_key_for(env)
         client = httpx.Client(base_url=f"http://127.0.0.1:{receiver_port}", timeout=30,
                               transport=RetryOnDisconnectTransport(),
                               headers={"Authorization": f"Bearer {api_key}"})
@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"bench: drain={drain:.1f}s throughput={images / drain:.2f} images/s")
         return 0 if ok == jobs else 1
     finally:
-        processes.stop_all(reversed(started))
+        supervise.stop_all(reversed(started))
 
 
 def main(argv: list[str] | None = None) -> int:

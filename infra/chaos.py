@@ -20,8 +20,8 @@ import httpx
 import psutil
 import redis
 
-from infra import processes
-from infra.processes import ProcessError, Service
+from infra import servers, supervise
+from infra.supervise import ProcessError, Service
 from pipeline.http import RetryOnDisconnectTransport
 
 TERMINAL_JOB_STATES = frozenset(
@@ -170,33 +170,33 @@ class ChaosStack:
     # --- lifecycle ---
     def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.redis = processes.start_redis(self.workdir / "redis", appendonly=True,
+        self.redis = servers.start_redis(self.workdir / "redis", appendonly=True,
                                            log_dir=self.logs)
         assert self.redis.url is not None and self.redis.port is not None
         self.redis_port = self.redis.port
-        self.s3 = processes.start_s3(self.workdir / "s3", log_dir=self.logs)
+        self.s3 = servers.start_s3(self.workdir / "s3", log_dir=self.logs)
         assert self.s3.url is not None
-        processes.create_bucket(self.s3.url, BUCKET)
-        self.emulator = processes.start_emulator(
+        servers.create_bucket(self.s3.url, BUCKET)
+        self.emulator = servers.start_emulator(
             self.workdir / "emulator", api_key=EMULATOR_KEY, log_dir=self.logs,
             extra_args=["--seed", str(self.seed)])
         assert self.emulator.url is not None
         # Fixed for the whole run: the webhook URLs Runware holds must stay valid across restarts.
-        self.receiver_port = processes.free_port()
-        self.env = processes.pipeline_env(
+        self.receiver_port = supervise.free_port()
+        self.env = servers.pipeline_env(
             self.redis.url, self.s3.url, BUCKET, self.emulator.url, EMULATOR_KEY,
             self.receiver_port, extra=PIPELINE_TUNING)
-        self.receiver = processes.start_receiver(self.workdir / "receiver", self.env,
+        self.receiver = servers.start_receiver(self.workdir / "receiver", self.env,
                                                  self.receiver_port, log_dir=self.logs)
         for name in ("w1", "w2"):
             self.start_worker(name)
-        self.beat = processes.start_beat(self.workdir / "beat", self.env, log_dir=self.logs)
+        self.beat = servers.start_beat(self.workdir / "beat", self.env, log_dir=self.logs)
 
     def start_worker(self, name: str) -> Service:
         incarnation = self.incarnations.get(name, 0) + 1
         self.incarnations[name] = incarnation
         # A log of its own per incarnation: readiness is read from the log.
-        service = processes.start_worker(self.workdir / "workers", self.env, name=name,
+        service = servers.start_worker(self.workdir / "workers", self.env, name=name,
                                          concurrency=2,
                                          log_dir=self.logs / f"{name}.{incarnation}")
         self.workers[name] = service
@@ -208,7 +208,7 @@ class ChaosStack:
         return [service for service in found if service is not None]
 
     def stop(self) -> None:
-        processes.stop_all(self.services(), timeout=8)
+        supervise.stop_all(self.services(), timeout=8)
 
     # --- handles ---
     @property
@@ -233,7 +233,7 @@ class ChaosStack:
         return f"{name}@{self.hostname}"
 
     def api_key(self) -> str:
-        return processes.api_key_for(self.env)
+        return servers.api_key_for(self.env)
 
     def check_alive(self) -> None:
         """Fail when a server died; restart a worker that exited, as its supervisor would."""
@@ -524,7 +524,7 @@ class ChaosRun:
             wait_until(lambda: not receiver.process._group_alive(), 3,
                        "the gunicorn workers to exit")
         receiver.process.stop(timeout=5)
-        self.stack.receiver = processes.start_receiver(
+        self.stack.receiver = servers.start_receiver(
             self.workdir / "receiver", self.stack.env, self.stack.receiver_port,
             log_dir=self.stack.logs)
         say(f"restarted the receiver on port {self.stack.receiver_port}")
@@ -538,7 +538,7 @@ class ChaosRun:
         code = redis_service.stop(timeout=15)
         say(f"stopped Redis with SIGTERM (exit code {code})")
         time.sleep(1.0)
-        self.stack.redis = processes.start_redis(
+        self.stack.redis = servers.start_redis(
             self.workdir / "redis", port=self.stack.redis_port, appendonly=True,
             log_dir=self.stack.logs)
         say(f"restarted Redis on port {self.stack.redis_port} from its append-only file")
@@ -635,7 +635,7 @@ class ChaosRun:
         counts = Counts(requested=requested)
         client = redis.Redis.from_url(self.stack.redis_url, decode_responses=True,
                                       socket_timeout=10)
-        s3 = processes.local_s3_client(self.s3_endpoint())
+        s3 = servers.local_s3_client(self.s3_endpoint())
         slot_of_task: dict[str, tuple[str, int]] = {}
         slots: dict[tuple[str, int], dict[str, str]] = {}
         try:
@@ -793,7 +793,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     profile = build_profile(args)
-    workdir = (args.workdir or processes.REPO_ROOT / ".run" / "chaos"
+    workdir = (args.workdir or supervise.REPO_ROOT / ".run" / "chaos"
                / f"{profile.seed}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     previous = {}

@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from infra import processes
-from infra.processes import ProcessError, Service
+from infra import servers, supervise
+from infra.supervise import ProcessError, Service
 from pipeline.http import RetryOnDisconnectTransport
 
 EXAMPLES_PATH = Path(__file__).resolve().parent / "fixtures" / "model-page-examples.json"
@@ -83,7 +83,7 @@ class StackConfig:
     out_dir: Path
     bucket: str = "imagine-pipeline"
     prefix: str = ""
-    region: str = processes.LOCAL_REGION
+    region: str = servers.LOCAL_REGION
     s3_endpoint: str | None = None  # None: start a local S3 server
     runware_api_url: str | None = None  # None: start the emulator
     runware_api_key: str | None = None
@@ -134,7 +134,7 @@ class StackConfig:
                     ports[name] = int(raw)
                 except ValueError:
                     raise StackError(f"{variable} must be a port number, got {raw!r}") from None
-                if ports[name] == processes.SHARED_REDIS_PORT:
+                if ports[name] == supervise.SHARED_REDIS_PORT:
                     raise StackError(f"{variable}: 6379 is the machine's shared Redis")
             else:
                 ports[name] = None
@@ -161,7 +161,7 @@ class StackConfig:
             out_dir=out_dir,
             bucket=environ.get("S3_BUCKET") or "imagine-pipeline",
             prefix=environ.get("S3_PREFIX", ""),
-            region=environ.get("S3_REGION") or processes.LOCAL_REGION,
+            region=environ.get("S3_REGION") or servers.LOCAL_REGION,
             s3_endpoint=s3_endpoint,
             runware_api_url=runware_url,
             runware_api_key=runware_key,
@@ -184,7 +184,7 @@ class LocalStack:
         self.urls: dict[str, str] = {}
         self.api_key = ""
         # Per stack, like the API key: Flower never runs without authentication.
-        self.flower_auth = processes.flower_basic_auth()
+        self.flower_auth = servers.flower_basic_auth()
         self._stopped = False
 
     # --- start ---------------------------------------------------------------------------------
@@ -224,7 +224,7 @@ class LocalStack:
             except BaseException:
                 # Ctrl-C while waiting: end the processes the threads are waiting on, so the
                 # threads' readiness checks fail at once and the pool can close.
-                for process in processes.running_processes():
+                for process in supervise.running_processes():
                     if process.name in starters:
                         process.stop(timeout=3)
                 raise
@@ -242,16 +242,16 @@ class LocalStack:
         ports = config.ports
         emulator_key = f"emu-{secrets.token_urlsafe(16)}"
         first: dict[str, Callable[[], Service]] = {
-            "redis": lambda: processes.start_redis(
+            "redis": lambda: servers.start_redis(
                 self.workdir / "redis", ports.get("redis"), appendonly=True, log_dir=self.log_dir
             ),
         }
         if config.local_s3:
-            first["s3"] = lambda: processes.start_s3(
+            first["s3"] = lambda: servers.start_s3(
                 self.workdir / "s3", ports.get("s3"), log_dir=self.log_dir
             )
         if config.emulated:
-            first["emulator"] = lambda: processes.start_emulator(
+            first["emulator"] = lambda: servers.start_emulator(
                 self.workdir / "emulator",
                 ports.get("emulator"),
                 api_key=emulator_key,
@@ -262,14 +262,14 @@ class LocalStack:
         s3_endpoint = base["s3"].url if config.local_s3 else config.s3_endpoint
         assert s3_endpoint is not None
         if config.local_s3:
-            processes.create_bucket(s3_endpoint, config.bucket, config.region)
+            servers.create_bucket(s3_endpoint, config.bucket, config.region)
         else:
             self._check_bucket(s3_endpoint)
-        receiver_port = ports.get("receiver") or processes.free_port()
+        receiver_port = ports.get("receiver") or supervise.free_port()
         self.api_key = secrets.token_urlsafe(24)
         emulator_url = base["emulator"].url if config.emulated else None
         assert base["redis"].url is not None
-        self.env = processes.pipeline_env(
+        self.env = servers.pipeline_env(
             base["redis"].url,
             s3_endpoint,
             config.bucket,
@@ -287,14 +287,14 @@ class LocalStack:
         )
         env = self.env
         pipeline: dict[str, Callable[[], Service]] = {
-            "receiver": lambda: processes.start_receiver(
+            "receiver": lambda: servers.start_receiver(
                 self.workdir, env, receiver_port, log_dir=self.log_dir
             ),
-            "worker-w1": lambda: processes.start_worker(
+            "worker-w1": lambda: servers.start_worker(
                 self.workdir, env, "w1", log_dir=self.log_dir
             ),
-            "beat": lambda: processes.start_beat(self.workdir / "beat", env, log_dir=self.log_dir),
-            "flower": lambda: processes.start_flower(
+            "beat": lambda: servers.start_beat(self.workdir / "beat", env, log_dir=self.log_dir),
+            "flower": lambda: servers.start_flower(
                 self.workdir, env, ports.get("flower"), basic_auth=self.flower_auth,
                 log_dir=self.log_dir,
             ),
@@ -511,7 +511,7 @@ def _wait_for_jobs(
 
 def _s3_client(stack: LocalStack) -> Any:
     if stack.config.local_s3:
-        return processes.local_s3_client(stack.urls["S3_ENDPOINT_URL"], stack.config.region)
+        return servers.local_s3_client(stack.urls["S3_ENDPOINT_URL"], stack.config.region)
     import boto3  # boto3 is slow to import; only downloads need it
 
     return boto3.client(

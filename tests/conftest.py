@@ -11,9 +11,9 @@ import httpx
 import pytest
 import redis
 
-from infra import processes
+from infra import servers, supervise
 
-LOCAL_KEY = processes.LOCAL_AWS_KEY
+LOCAL_KEY = servers.LOCAL_AWS_KEY
 EMULATOR_API_KEY = "emulator-test-key"
 TEST_BUCKET = "imagine-test"
 
@@ -38,15 +38,15 @@ def tmp_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def redis_service(tmp_workdir: Path) -> Iterator[processes.Service]:
+def redis_service(tmp_workdir: Path) -> Iterator[supervise.Service]:
     """A Redis server of its own (never the shared one on 6379)."""
-    service = processes.start_redis(tmp_workdir / "redis", log_dir=tmp_workdir / "logs")
+    service = servers.start_redis(tmp_workdir / "redis", log_dir=tmp_workdir / "logs")
     yield service
     service.stop()
 
 
 @pytest.fixture(scope="session")
-def redis_server(redis_service: processes.Service) -> str:
+def redis_server(redis_service: supervise.Service) -> str:
     """The URL of the session's Redis server."""
     assert redis_service.url is not None
     return redis_service.url
@@ -68,17 +68,17 @@ def s3_bucket() -> str:
 
 
 @pytest.fixture(scope="session")
-def s3_service(tmp_workdir: Path, s3_bucket: str) -> Iterator[processes.Service]:
+def s3_service(tmp_workdir: Path, s3_bucket: str) -> Iterator[supervise.Service]:
     """moto's S3 server with the test bucket."""
-    service = processes.start_s3(tmp_workdir / "s3", log_dir=tmp_workdir / "logs")
+    service = servers.start_s3(tmp_workdir / "s3", log_dir=tmp_workdir / "logs")
     assert service.url is not None
-    processes.create_bucket(service.url, s3_bucket)
+    servers.create_bucket(service.url, s3_bucket)
     yield service
     service.stop()
 
 
 @pytest.fixture(scope="session")
-def s3_server(s3_service: processes.Service) -> str:
+def s3_server(s3_service: supervise.Service) -> str:
     """The endpoint URL of the session's S3 server (the test bucket exists)."""
     assert s3_service.url is not None
     return s3_service.url
@@ -87,7 +87,7 @@ def s3_server(s3_service: processes.Service) -> str:
 @pytest.fixture(scope="session")
 def s3_client(s3_server: str) -> Any:
     """A boto3 S3 client of the session's S3 server."""
-    return processes.local_s3_client(s3_server)
+    return servers.local_s3_client(s3_server)
 
 
 @pytest.fixture(scope="session")
@@ -97,9 +97,9 @@ def emulator_api_key() -> str:
 
 
 @pytest.fixture(scope="session")
-def emulator_service(tmp_workdir: Path, emulator_api_key: str) -> Iterator[processes.Service]:
+def emulator_service(tmp_workdir: Path, emulator_api_key: str) -> Iterator[supervise.Service]:
     """The Runware emulator, started once for the session."""
-    service = processes.start_emulator(
+    service = servers.start_emulator(
         tmp_workdir / "emulator", api_key=emulator_api_key, log_dir=tmp_workdir / "logs"
     )
     yield service
@@ -107,7 +107,7 @@ def emulator_service(tmp_workdir: Path, emulator_api_key: str) -> Iterator[proce
 
 
 @pytest.fixture
-def emulator(emulator_service: processes.Service) -> str:
+def emulator(emulator_service: supervise.Service) -> str:
     """The emulator's base URL (API under /v1); state, ledger and switches reset for each test."""
     assert emulator_service.url is not None
     response = httpx.post(

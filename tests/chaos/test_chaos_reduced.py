@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from infra import processes
+from infra import servers, supervise
 
 pytestmark = pytest.mark.chaos
 
@@ -26,7 +26,7 @@ def test_reduced_chaos_run_loses_nothing_and_charges_once(tmp_path: Path) -> Non
     result = subprocess.run(
         [sys.executable, "-m", "infra.chaos", "--reduced", "--images", "60", "--seed", "7",
          "--workdir", str(tmp_path / "chaos"), "--timeout", "300"],
-        cwd=processes.REPO_ROOT, env=processes.scrubbed_environ(), capture_output=True,
+        cwd=supervise.REPO_ROOT, env=servers.scrubbed_environ(), capture_output=True,
         text=True, timeout=400, check=False,
     )
     output = result.stdout + result.stderr

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from infra import processes
+from infra import servers, supervise
 
 CALLBACK_SECRET = "callback-secret-for-the-e2e-suite"
 TERMINAL = {"succeeded", "partially_succeeded", "failed", "cancelled", "timed_out"}
@@ -26,7 +26,7 @@ class Pipeline:
     emulator_url: str
     api_key: str
     bucket: str
-    services: list[processes.Service]
+    services: list[supervise.Service]
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.receiver_url, timeout=15,
@@ -59,28 +59,28 @@ class Pipeline:
 
 @pytest.fixture(scope="session")
 def pipeline(tmp_workdir: Path, redis_server: str, s3_server: str, s3_bucket: str,
-             emulator_service: processes.Service, emulator_api_key: str) -> Iterator[Pipeline]:
+             emulator_service: supervise.Service, emulator_api_key: str) -> Iterator[Pipeline]:
     assert emulator_service.url is not None
-    receiver_port = processes.free_port()
-    env = processes.pipeline_env(
+    receiver_port = supervise.free_port()
+    env = servers.pipeline_env(
         redis_server, s3_server, s3_bucket, emulator_service.url, emulator_api_key,
         receiver_port, reconcile_interval_seconds=1, reconcile_grace_seconds=3,
         extra={"UPLOAD_WAIT_SECONDS": "2", "FINALIZE_RETRY_SECONDS": "1",
                "CIRCUIT_PROBE_SECONDS": "2", "CALLBACK_SECRET": CALLBACK_SECRET},
     )
     logs = tmp_workdir / "logs"
-    started: list[processes.Service] = []
+    started: list[supervise.Service] = []
     try:
-        started.append(processes.start_receiver(tmp_workdir / "receiver", env, receiver_port,
+        started.append(servers.start_receiver(tmp_workdir / "receiver", env, receiver_port,
                                                 log_dir=logs))
-        started.append(processes.start_worker(tmp_workdir / "worker", env, name="e2e",
+        started.append(servers.start_worker(tmp_workdir / "worker", env, name="e2e",
                                               concurrency=2, log_dir=logs))
-        started.append(processes.start_beat(tmp_workdir / "beat", env, log_dir=logs))
+        started.append(servers.start_beat(tmp_workdir / "beat", env, log_dir=logs))
         yield Pipeline(env=env, receiver_url=f"http://127.0.0.1:{receiver_port}",
                        emulator_url=emulator_service.url,
-                       api_key=processes.api_key_for(env), bucket=s3_bucket, services=started)
+                       api_key=servers.api_key_for(env), bucket=s3_bucket, services=started)
     finally:
-        processes.stop_all(reversed(started))
+        supervise.stop_all(reversed(started))
 
 
 @pytest.fixture

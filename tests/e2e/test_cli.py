@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from infra import processes
+from infra import supervise
 from tests.e2e.conftest import Pipeline
 
 pytestmark = pytest.mark.e2e
@@ -22,7 +22,7 @@ def test_submit_wait_status_and_jobs(stack: Pipeline, tmp_path: Path) -> None:
 
     def imagine(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], env=stack.env,
-                              cwd=processes.REPO_ROOT, capture_output=True, text=True,
+                              cwd=supervise.REPO_ROOT, capture_output=True, text=True,
                               timeout=120, check=False)
 
     submitted = imagine("submit", str(request), "--tenant", "ops", "--wait")

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from infra import processes
+from infra import supervise
 from tests.e2e.conftest import Pipeline
 from tests.e2e.test_pipeline import check_stored_job, job_keys
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.e2e
 
 def imagine(stack: Pipeline, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], env=stack.env,
-                          cwd=processes.REPO_ROOT, capture_output=True, text=True, timeout=60,
+                          cwd=supervise.REPO_ROOT, capture_output=True, text=True, timeout=60,
                           check=False)
 
 

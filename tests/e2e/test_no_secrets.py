@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from infra import processes
+from infra import servers, supervise
 from pipeline.signing import webhook_token
 from tests.e2e.conftest import Pipeline
 
@@ -30,13 +30,13 @@ SIGNATURE = re.compile(r"X-Amz-Signature=[0-9a-fA-F]{64}")
 class Flower:
     url: str
     auth: tuple[str, str]
-    service: processes.Service
+    service: supervise.Service
 
 
 @pytest.fixture(scope="module")
 def flower(pipeline: Pipeline, tmp_workdir: Path) -> Iterator[Flower]:
-    basic_auth = processes.flower_basic_auth()
-    service = processes.start_flower(tmp_workdir / "flower", pipeline.env,
+    basic_auth = servers.flower_basic_auth()
+    service = servers.start_flower(tmp_workdir / "flower", pipeline.env,
                                      basic_auth=basic_auth, log_dir=tmp_workdir / "logs")
     assert service.url is not None
     user, _, password = basic_auth.partition(":")
@@ -102,9 +102,9 @@ def _configured_secrets(env: dict[str, str], flower_password: str,
 
 
 def _inspect(env: dict[str, str], command: str, node: str) -> str:
-    argv = [processes.venv_bin("celery"), "-A", "workers.worker", "inspect", command, "-j",
+    argv = [supervise.venv_bin("celery"), "-A", "workers.worker", "inspect", command, "-j",
             "-d", node, "--timeout", "5"]  # fmt: skip
-    result = subprocess.run(argv, env=env, cwd=processes.REPO_ROOT, capture_output=True,
+    result = subprocess.run(argv, env=env, cwd=supervise.REPO_ROOT, capture_output=True,
                             text=True, timeout=60, check=False)  # fmt: skip
     assert result.returncode == 0, result.stderr
     return result.stdout + result.stderr

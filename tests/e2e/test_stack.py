@@ -13,13 +13,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from infra import processes
+from infra import servers, supervise
 
 pytestmark = pytest.mark.e2e
 
 
 def _stack_env() -> dict[str, str]:
-    env = processes.scrubbed_environ()
+    env = servers.scrubbed_environ()
     for key in ("S3_ENDPOINT_URL", "PUBLIC_BASE_URL", *[k for k in env if k.startswith("STACK_")]):
         env.pop(key, None)
     return env
@@ -63,7 +63,7 @@ def test_demo_saves_every_example_image(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "infra.stack", "--demo",
          "--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "out")],
-        cwd=processes.REPO_ROOT, env=_stack_env(), capture_output=True, text=True, timeout=240,
+        cwd=supervise.REPO_ROOT, env=_stack_env(), capture_output=True, text=True, timeout=240,
         check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -81,7 +81,7 @@ def test_sigterm_stops_every_process_of_the_stack(tmp_path: Path) -> None:
     stack = subprocess.Popen(
         [sys.executable, "-m", "infra.stack", "--no-examples",
          "--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "out")],
-        cwd=processes.REPO_ROOT, env=_stack_env(), stdout=log, stderr=subprocess.STDOUT,
+        cwd=supervise.REPO_ROOT, env=_stack_env(), stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120

@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
-from infra import processes
+from infra import servers, supervise
 
 S3RVER_PACKAGE = "@20minutes/s3rver"
 S3RVER_VERSION = "5.0.0"
-S3RVER_CACHE = processes.REPO_ROOT / ".cache" / "s3rver"
+S3RVER_CACHE = supervise.REPO_ROOT / ".cache" / "s3rver"
 # s3rver's one built-in account; it knows no other keys.
 S3RVER_KEY = "S3RVER"
 S3RVER_REGION = "us-east-1"
@@ -81,22 +81,22 @@ def s3rver_client(endpoint: str) -> Any:
 
 
 @pytest.fixture(scope="session")
-def s3rver_service(tmp_workdir: Path) -> Iterator[processes.Service]:
+def s3rver_service(tmp_workdir: Path) -> Iterator[supervise.Service]:
     """s3rver on a free port with its data in a temporary directory."""
     package = install_s3rver()
     data = tmp_workdir / "s3rver"
     data.mkdir(parents=True, exist_ok=True)
-    env = processes.scrubbed_environ()
+    env = servers.scrubbed_environ()
     for _ in range(3):
-        port = processes.free_port()
-        process = processes.ManagedProcess(
+        port = supervise.free_port()
+        process = supervise.ManagedProcess(
             "s3rver", ["node", "-e", _LAUNCH, str(package), "127.0.0.1", str(port), str(data)],
             log_dir=tmp_workdir / "logs", env=env, cwd=data,
         ).start()
         try:
-            processes.wait_for_http(f"http://127.0.0.1:{port}/", 30, expect_status=None,
+            supervise.wait_for_http(f"http://127.0.0.1:{port}/", 30, expect_status=None,
                                     process=process)
-        except processes.ProcessError:
+        except supervise.ProcessError:
             process.stop(timeout=5)
             if "EADDRINUSE" in process.tail(20):
                 continue  # another process took the port between the probe and the bind
@@ -104,12 +104,12 @@ def s3rver_service(tmp_workdir: Path) -> Iterator[processes.Service]:
         break
     else:
         pytest.fail("s3rver found no free port in 3 attempts", pytrace=False)
-    yield processes.Service(process, f"http://127.0.0.1:{port}", port)
+    yield supervise.Service(process, f"http://127.0.0.1:{port}", port)
     process.stop()
 
 
 @pytest.fixture
-def s3rver_bucket(s3rver_service: processes.Service) -> tuple[str, str]:
+def s3rver_bucket(s3rver_service: supervise.Service) -> tuple[str, str]:
     """(endpoint, bucket): a new empty bucket on s3rver for each test."""
     assert s3rver_service.url is not None
     bucket = f"presign-{uuid.uuid4().hex[:12]}"

