@@ -1,9 +1,12 @@
-"""S3 object storage behind the `ObjectStorage` interface, and the bucket's key layout."""
+"""Object storage behind the `ObjectStorage` interface (S3, and in memory), and the key layout."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import hashlib
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 import boto3
 from botocore.config import Config
@@ -13,6 +16,9 @@ from pipeline.catalog import FORMAT_EXTENSIONS
 from pipeline.config import Settings
 from pipeline.errors import StorageError
 from pipeline.interfaces import ObjectHead
+
+if TYPE_CHECKING:  # the stubs are a dev dependency; boto3 builds the client at run time
+    from mypy_boto3_s3 import S3Client
 
 MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
 TRANSIENT_CODES = {"500", "502", "503", "504", "SlowDown", "InternalError", "RequestTimeout",
@@ -42,18 +48,20 @@ def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
+def _coded_error(action: str, key: str, code: str) -> StorageError:
+    return StorageError(f"S3 {action} of {key} failed: {code}", transient=code in TRANSIENT_CODES)
+
+
 def _storage_error(action: str, key: str, exc: Exception) -> StorageError:
     if isinstance(exc, ClientError):
-        code = _error_code(exc)
-        return StorageError(f"S3 {action} of {key} failed: {code}",
-                            transient=code in TRANSIENT_CODES)
+        return _coded_error(action, key, _error_code(exc))
     return StorageError(f"S3 {action} of {key} failed: {type(exc).__name__}", transient=True)
 
 
 class S3ObjectStorage:
     """Object storage on S3 or any S3-compatible server."""
 
-    def __init__(self, client: Any, bucket: str) -> None:
+    def __init__(self, client: S3Client, bucket: str) -> None:
         self._s3 = client
         self.bucket = bucket
 
@@ -163,3 +171,97 @@ class S3ObjectStorage:
             self._s3.head_bucket(Bucket=self.bucket)
         except (ClientError, BotoCoreError) as exc:
             raise _storage_error("head_bucket", self.bucket, exc) from None
+
+
+@dataclass(frozen=True)
+class _MemoryObject:
+    data: bytes
+    etag: str
+    content_type: str | None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+class MemoryObjectStorage:
+    """Object storage in one process's memory that answers like S3 (ETags, conditions, ranges)."""
+
+    def __init__(self, bucket: str = "memory", *,
+                 endpoint: str = "http://memory-storage.invalid") -> None:
+        self.bucket = bucket
+        self.endpoint = endpoint
+        self._objects: dict[str, _MemoryObject] = {}
+        self._lock = threading.Lock()
+
+    def presign_put(self, key: str, expires_in: int) -> str:
+        # Nothing listens at this URL: it names the key and expiry so a test can act as uploader.
+        return f"{self.endpoint}/{self.bucket}/{quote(key)}?X-Amz-Expires={expires_in}"
+
+    def _get(self, action: str, key: str) -> _MemoryObject:
+        with self._lock:
+            found = self._objects.get(key)
+        if found is None:
+            raise _coded_error(action, key, "NoSuchKey")
+        return found
+
+    def _set(self, key: str, data: bytes, content_type: str | None,
+             metadata: dict[str, str]) -> ObjectHead:
+        # Single-part uploads: S3's ETag is the quoted MD5 of the bytes; metadata names come
+        # back lower-cased, since they travel as HTTP headers.
+        digest = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        stored = _MemoryObject(data=bytes(data), etag=f'"{digest}"', content_type=content_type,
+                               metadata={name.lower(): value for name, value in metadata.items()})
+        with self._lock:
+            self._objects[key] = stored
+        return self._head(key, stored)
+
+    @staticmethod
+    def _head(key: str, stored: _MemoryObject) -> ObjectHead:
+        return ObjectHead(key=key, size=len(stored.data), etag=stored.etag,
+                          content_type=stored.content_type, metadata=dict(stored.metadata))
+
+    def head(self, key: str) -> ObjectHead | None:
+        with self._lock:
+            found = self._objects.get(key)
+        return None if found is None else self._head(key, found)
+
+    def read(self, key: str, max_bytes: int) -> bytes:
+        data = self._get("read", key).data
+        if len(data) > max_bytes:
+            raise StorageError(f"{key} is larger than {max_bytes} bytes", transient=False)
+        return data
+
+    def read_prefix(self, key: str, length: int) -> bytes:
+        data = self._get("read", key).data
+        if not data:
+            # A range starting at byte 0 of an empty object is unsatisfiable: S3 answers 416.
+            raise _coded_error("read", key, "InvalidRange")
+        return data[:length]
+
+    def read_suffix(self, key: str, length: int) -> bytes:
+        # A suffix longer than the object is the whole object (an empty one included).
+        return self._get("read", key).data[-length:]
+
+    def copy(self, source: str, destination: str, *, if_match: str, content_type: str,
+             metadata: dict[str, str]) -> ObjectHead:
+        found = self._get("copy", source)
+        if if_match.strip() != "*" and if_match.strip().strip('"') != found.etag.strip('"'):
+            raise _coded_error("copy", source, "PreconditionFailed")
+        return self._set(destination, found.data, content_type, metadata)
+
+    def put(self, key: str, data: bytes, *, content_type: str,
+            metadata: dict[str, str] | None = None) -> ObjectHead:
+        written = self._set(key, data, content_type, metadata or {})
+        # What S3ObjectStorage.put returns: the metadata as sent, not as S3 will report it.
+        return ObjectHead(key=key, size=written.size, etag=written.etag,
+                          content_type=content_type, metadata=metadata or {})
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._objects.pop(key, None)
+
+    def list_keys(self, prefix: str) -> list[str]:
+        # S3 lists in UTF-8 byte order, which is the code point order `sorted` gives.
+        with self._lock:
+            return sorted(key for key in self._objects if key.startswith(prefix))
+
+    def check(self) -> None:
+        return None

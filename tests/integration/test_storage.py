@@ -1,4 +1,5 @@
-"""S3ObjectStorage against moto's S3 server: presigned PUTs, heads, conditional copies, keys."""
+"""What only S3ObjectStorage does, against moto's S3 server: presigned PUTs, settings, paging,
+the bucket check. The cases every storage shares are in test_storage_conformance.py."""
 
 from __future__ import annotations
 
@@ -105,112 +106,6 @@ def test_a_storage_from_a_plain_client_sees_the_same_objects(
     assert head is not None
     assert (head.size, head.etag, head.content_type) == (
         written.size, written.etag, "image/png")
-
-
-def test_head_reports_size_etag_and_missing_keys(storage: S3ObjectStorage, prefix: str) -> None:
-    image = png_bytes()
-    written = storage.put(f"{prefix}x.png", image, content_type="image/png",
-                          metadata={"job": "j1"})
-
-    head = storage.head(f"{prefix}x.png")
-
-    assert head is not None
-    assert head.key == f"{prefix}x.png"
-    assert head.size == len(image) == written.size
-    assert head.etag == written.etag
-    assert head.etag.startswith('"') and head.etag.endswith('"')
-    assert head.metadata == {"job": "j1"}
-    assert storage.head(f"{prefix}missing.png") is None
-
-
-def test_read_prefix_returns_the_first_bytes(storage: S3ObjectStorage, prefix: str) -> None:
-    image = png_bytes()
-    storage.put(f"{prefix}x.png", image, content_type="image/png")
-
-    assert storage.read_prefix(f"{prefix}x.png", 8) == PNG_MAGIC
-    assert storage.read_prefix(f"{prefix}x.png", 64) == image[:64]
-    assert storage.read_prefix(f"{prefix}x.png", len(image) + 100) == image
-    assert storage.read(f"{prefix}x.png", max_bytes=len(image)) == image
-    with pytest.raises(StorageError):
-        storage.read(f"{prefix}x.png", max_bytes=len(image) - 1)
-    with pytest.raises(StorageError):
-        storage.read_prefix(f"{prefix}missing.png", 8)
-
-
-def test_copy_with_the_right_etag_sets_type_and_metadata(
-        storage: S3ObjectStorage, http: httpx.Client, s3_client: Any, s3_bucket: str,
-        prefix: str) -> None:
-    image = png_bytes()
-    staging = f"{prefix}staging/job/task"
-    final = f"{prefix}jobs/job/00.png"
-    url = storage.presign_put(staging, expires_in=600)
-    assert http.put(url, content=image).status_code == 200
-    staged = storage.head(staging)
-    assert staged is not None
-
-    copied = storage.copy(staging, final, if_match=staged.etag, content_type="image/png",
-                          metadata={"job-id": "job", "slot": "0"})
-
-    assert copied.key == final
-    assert copied.size == len(image)
-    assert copied.content_type == "image/png"
-    assert copied.metadata == {"job-id": "job", "slot": "0"}
-    data, answer = get_object(s3_client, s3_bucket, final)
-    assert data == image
-    assert answer["ContentType"] == "image/png"
-    assert answer["Metadata"] == {"job-id": "job", "slot": "0"}
-
-
-# moto 5.2.5 implements x-amz-copy-source-if-none-match but ignores x-amz-copy-source-if-match,
-# so the local S3 server copies whatever the ETag; real S3 answers 412 PreconditionFailed.
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
-                   reason="moto's S3 server ignores CopySourceIfMatch")
-def test_copy_with_a_wrong_etag_raises_and_writes_nothing(
-        storage: S3ObjectStorage, prefix: str) -> None:
-    staging = f"{prefix}staging/job/task"
-    final = f"{prefix}jobs/job/00.png"
-    storage.put(staging, png_bytes(), content_type="application/octet-stream")
-
-    with pytest.raises(StorageError) as raised:
-        storage.copy(staging, final, if_match='"0123456789abcdef0123456789abcdef"',
-                     content_type="image/png", metadata={})
-
-    # The staged object changed under us: worth another look, so it is a transient error.
-    assert raised.value.transient
-    assert "PreconditionFailed" in raised.value.message or "412" in raised.value.message
-    assert storage.head(final) is None
-
-
-def test_copy_of_a_missing_source_raises(storage: S3ObjectStorage, prefix: str) -> None:
-    with pytest.raises(StorageError):
-        storage.copy(f"{prefix}nothing", f"{prefix}dest", if_match='"abc"',
-                     content_type="image/png", metadata={})
-    assert storage.head(f"{prefix}dest") is None
-
-
-def test_put_list_and_delete(storage: S3ObjectStorage, s3_client: Any, s3_bucket: str,
-                             prefix: str) -> None:
-    manifest = b'{"version": 1}'
-    head = storage.put(f"{prefix}jobs/j/manifest.json", manifest,
-                       content_type="application/json", metadata={"version": "1"})
-    storage.put(f"{prefix}jobs/j/00.png", png_bytes(), content_type="image/png")
-    storage.put(f"{prefix}jobs/k/00.png", png_bytes(), content_type="image/png")
-
-    assert head.size == len(manifest)
-    data, answer = get_object(s3_client, s3_bucket, f"{prefix}jobs/j/manifest.json")
-    assert data == manifest
-    assert answer["ContentType"] == "application/json"
-    assert answer["Metadata"] == {"version": "1"}
-    assert sorted(storage.list_keys(f"{prefix}jobs/j/")) == [
-        f"{prefix}jobs/j/00.png", f"{prefix}jobs/j/manifest.json"]
-    assert len(storage.list_keys(prefix)) == 3
-
-    storage.delete(f"{prefix}jobs/j/00.png")
-    storage.delete(f"{prefix}jobs/j/never-written")  # deleting nothing is not an error
-
-    assert storage.list_keys(f"{prefix}jobs/j/") == [f"{prefix}jobs/j/manifest.json"]
-    assert storage.head(f"{prefix}jobs/j/00.png") is None
-    assert storage.list_keys(f"{prefix}nothing/") == []
 
 
 def test_list_keys_pages_past_a_thousand_objects(
