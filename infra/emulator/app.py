@@ -107,11 +107,8 @@ def submit() -> Response:
     """The provider's single endpoint: an array of tasks, errors per task."""
     eng = engine()
     eng.count("requests")
-    try:
-        body = json.loads(request.get_data() or b"null")
-    except ValueError:
-        body = None
-    if not isinstance(body, list) or not body:
+    body = _request_tasks()
+    if body is None:
         error = TaskError("invalidRequestBody",
                           "The request body must be a non-empty JSON array of tasks.")
         return _envelope(400, [error.item(None, None)])
@@ -153,6 +150,15 @@ def submit() -> Response:
     response = jsonify(payload)
     response.status_code = status
     return response
+
+
+def _request_tasks() -> list[Any] | None:
+    """The request body when it is a non-empty JSON array, else None."""
+    try:
+        body = json.loads(request.get_data() or b"null")
+    except ValueError:
+        return None
+    return body if isinstance(body, list) and body else None
 
 
 def _run_task(task: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

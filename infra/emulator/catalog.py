@@ -170,12 +170,44 @@ def _bool(task: dict[str, Any], name: str, parameter: str | None = None) -> bool
 def validate_inference(task: dict[str, Any], model: str,
                        reject_unknown: bool = True) -> InferenceRequest:
     """Check one imageInference task against the model page; raise the first violation."""
+    task_uuid = _task_uuid(task)
+    _check_model(task, model, reject_unknown)
+    prompt = _prompt(task)
+    references = _reference_images(task, reject_unknown)
+    width, height, preset = _dimensions(task, model, references)
+
+    number_results = _int_in(task, "numberResults", *NUMBER_RESULTS)
+    output_quality = _int_in(task, "outputQuality", *OUTPUT_QUALITY)
+    output_type = _choice(task, "outputType", OUTPUT_TYPES, "URL")
+    output_format = _choice(task, "outputFormat", OUTPUT_FORMATS, "JPG", fold_case=True)
+    delivery = _choice(task, "deliveryMethod", DELIVERY_METHODS, "sync")
+    ttl = _int_in(task, "ttl", MIN_TTL, None)
+    webhook_url = _url(task, "webhookURL")
+    upload_endpoint = _url(task, "uploadEndpoint")
+    include_cost = _bool(task, "includeCost")
+    check_content = _safety(task, reject_unknown)
+    return InferenceRequest(
+        task_uuid=task_uuid, model=model, prompt=prompt, width=width, height=height,
+        preset=preset, reference_images=references, output_type=output_type,
+        output_format=output_format,
+        output_quality=DEFAULT_QUALITY if output_quality is None else output_quality,
+        delivery_method=delivery, webhook_url=webhook_url, upload_endpoint=upload_endpoint,
+        include_cost=include_cost, number_results=number_results or 1, ttl=ttl,
+        check_content=check_content,
+    )
+
+
+def _task_uuid(task: dict[str, Any]) -> str:
     task_uuid = task.get("taskUUID")
     if task_uuid is None:
         raise TaskError("missingParameter", "Missing required parameter 'taskUUID'.", "taskUUID")
     if not is_uuid(task_uuid):
         raise TaskError("invalidTaskUUID", "Invalid value for 'taskUUID': must be a UUID.",
                         "taskUUID")
+    return str(task_uuid)
+
+
+def _check_model(task: dict[str, Any], model: str, reject_unknown: bool) -> None:
     if task.get("model") is None:
         raise TaskError("missingParameter", "Missing required parameter 'model'.", "model")
     if task["model"] != model:
@@ -185,6 +217,9 @@ def validate_inference(task: dict[str, Any], model: str,
             if name not in INFERENCE_FIELDS:
                 raise TaskError("unknownParameter",
                                 f"Unknown parameter '{name}' for model {model}.", name)
+
+
+def _prompt(task: dict[str, Any]) -> str:
     prompt = task.get("positivePrompt")
     if prompt is None:
         raise TaskError("missingParameter", "Missing required parameter 'positivePrompt'.",
@@ -193,8 +228,12 @@ def validate_inference(task: dict[str, Any], model: str,
         raise TaskError("invalidPositivePrompt",
                         "Invalid value for 'positivePrompt': must be at least 1 character.",
                         "positivePrompt", min=1)
+    return prompt
 
-    references = _reference_images(task, reject_unknown)
+
+def _dimensions(task: dict[str, Any], model: str,
+                references: tuple[str, ...]) -> tuple[int | None, int | None, str]:
+    """`width`, `height` and the resolution preset, checked against each other."""
     width = _int_in(task, "width", 1, None)
     height = _int_in(task, "height", 1, None)
     resolution = task.get("resolution")
@@ -218,26 +257,7 @@ def validate_inference(task: dict[str, Any], model: str,
         raise TaskError("missingParameter",
                         "Provide 'inputs.referenceImages', 'width' and 'height', or 'resolution'.",
                         "resolution")
-
-    number_results = _int_in(task, "numberResults", *NUMBER_RESULTS)
-    output_quality = _int_in(task, "outputQuality", *OUTPUT_QUALITY)
-    output_type = _choice(task, "outputType", OUTPUT_TYPES, "URL")
-    output_format = _choice(task, "outputFormat", OUTPUT_FORMATS, "JPG", fold_case=True)
-    delivery = _choice(task, "deliveryMethod", DELIVERY_METHODS, "sync")
-    ttl = _int_in(task, "ttl", MIN_TTL, None)
-    webhook_url = _url(task, "webhookURL")
-    upload_endpoint = _url(task, "uploadEndpoint")
-    include_cost = _bool(task, "includeCost")
-    check_content = _safety(task, reject_unknown)
-    return InferenceRequest(
-        task_uuid=task_uuid, model=model, prompt=prompt, width=width, height=height,
-        preset=preset, reference_images=references, output_type=output_type,
-        output_format=output_format,
-        output_quality=DEFAULT_QUALITY if output_quality is None else output_quality,
-        delivery_method=delivery, webhook_url=webhook_url, upload_endpoint=upload_endpoint,
-        include_cost=include_cost, number_results=number_results or 1, ttl=ttl,
-        check_content=check_content,
-    )
+    return width, height, preset
 
 
 def _reference_images(task: dict[str, Any], reject_unknown: bool) -> tuple[str, ...]:

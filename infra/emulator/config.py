@@ -165,12 +165,23 @@ class EmulatorConfig:
 
     def check(self) -> None:
         """Refuse values outside each switch's range."""
+        self._check_choices()
+        self._check_counts()
+        low, high = self.latency_min_ms, self.latency_max_ms
+        if low is not None and high is not None and not 0 <= low <= high:
+            raise ConfigError("latency_min_ms must be between 0 and latency_max_ms")
+        if not self.submit_error_statuses:
+            raise ConfigError("submit_error_statuses must not be empty")
+
+    def _check_choices(self) -> None:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {list(allowed)}")
         for name in RATES:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be between 0 and 1")
+
+    def _check_counts(self) -> None:
         positive = ("put_attempts", "webhook_attempts", "render_workers", "delivery_workers")
         for name in positive:
             if getattr(self, name) < 1:
@@ -180,11 +191,6 @@ class EmulatorConfig:
                      "reorder_hold_ms", "image_ttl_s", "max_hosted_images"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
-        low, high = self.latency_min_ms, self.latency_max_ms
-        if low is not None and high is not None and not 0 <= low <= high:
-            raise ConfigError("latency_min_ms must be between 0 and latency_max_ms")
-        if not self.submit_error_statuses:
-            raise ConfigError("submit_error_statuses must not be empty")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> EmulatorConfig:

@@ -202,7 +202,8 @@ def security_settings(redis_server: str, s3_server: str, s3_bucket: str) -> Sett
     # A database of its own: the end-to-end suite's worker and beat, still running on database 0
     # of the same server, must neither see these jobs nor show up in the snapshots.
     return Settings.from_env({
-        "REDIS_URL": f"{redis_server.rsplit('/', 1)[0]}/1", "S3_ENDPOINT_URL": s3_server, "S3_BUCKET": s3_bucket,
+        "REDIS_URL": f"{redis_server.rsplit('/', 1)[0]}/1",
+        "S3_ENDPOINT_URL": s3_server, "S3_BUCKET": s3_bucket,
         "S3_PREFIX": f"security-{uuid.uuid4().hex[:8]}/", "RUNWARE_API_KEY": RUNWARE_KEY,
         "RUNWARE_API_URL": RUNWARE_URL, "WEBHOOK_SECRETS": f"{WEBHOOK_SECRET},{OLD_WEBHOOK_SECRET}",
         "API_KEYS": f"acme:{ACME_KEY},globex:{GLOBEX_KEY}", "CALLBACK_SECRET": CALLBACK_SECRET,
