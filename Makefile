@@ -27,8 +27,8 @@ test: $(STAMP) ## Run every test suite (unit, integration, e2e, reduced chaos)
 test-fast: $(STAMP) ## Run the unit tests only
 	$(BIN)/pytest -m unit
 
-lint: $(STAMP) ## ruff and mypy (strict on pipeline/)
-	$(BIN)/ruff check . && $(BIN)/mypy
+lint: $(STAMP) ## ruff format --check, ruff check and mypy strict
+	$(BIN)/ruff format --check . && $(BIN)/ruff check . && $(BIN)/mypy
 
 bench: $(STAMP) ## Throughput of the pipeline on the local stack
 	$(BIN)/python -m infra.bench
