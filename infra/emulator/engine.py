@@ -1,11 +1,10 @@
-"""Task state, the render pool, hosted images and deliveries (PUT and webhooks) with faults."""
+"""The emulator's scheduler: task state, latency timers, the render pool and hosted images."""
 
 from __future__ import annotations
 
 import base64
 import heapq
 import itertools
-import json
 import logging
 import threading
 import time
@@ -21,6 +20,7 @@ import httpx
 from infra.emulator import catalog, render
 from infra.emulator.catalog import InferenceRequest, TaskError
 from infra.emulator.config import EmulatorConfig
+from infra.emulator.delivery import Deliveries
 from infra.emulator.faults import Faults
 from infra.emulator.ledger import Ledger
 
@@ -32,10 +32,25 @@ ITEM_ERRORS = {
     "providerContentPolicyViolation": "The provider refused the request under its content policy.",
 }
 STAT_NAMES = (
-    "requests", "tasks_accepted", "tasks_rejected", "submit_faults", "polls", "uploads",
-    "images_rendered", "items_failed", "webhooks_sent", "webhooks_delivered", "webhooks_failed",
-    "webhooks_exhausted", "webhooks_dropped", "webhooks_duplicated", "webhooks_reordered",
-    "webhooks_delayed", "puts_ok", "puts_failed", "puts_skipped",
+    "requests",
+    "tasks_accepted",
+    "tasks_rejected",
+    "submit_faults",
+    "polls",
+    "uploads",
+    "images_rendered",
+    "items_failed",
+    "webhooks_sent",
+    "webhooks_delivered",
+    "webhooks_failed",
+    "webhooks_exhausted",
+    "webhooks_dropped",
+    "webhooks_duplicated",
+    "webhooks_reordered",
+    "webhooks_delayed",
+    "puts_ok",
+    "puts_failed",
+    "puts_skipped",
 )
 
 
@@ -65,11 +80,19 @@ class Slot:
         """JSON shape in GET /_emulator/tasks/<taskUUID>."""
         item = None
         if self.item is not None:
-            item = {k: v for k, v in self.item.items()
-                    if k not in ("imageBase64Data", "imageDataURI")}
-        return {"index": self.index, "status": self.status, "progress": self.progress_now(),
-                "item": item, "error": self.error, "put": self.put,
-                "webhooks": list(self.webhooks), "webhookOutcome": self.webhook_outcome}
+            item = {
+                k: v for k, v in self.item.items() if k not in ("imageBase64Data", "imageDataURI")
+            }
+        return {
+            "index": self.index,
+            "status": self.status,
+            "progress": self.progress_now(),
+            "item": item,
+            "error": self.error,
+            "put": self.put,
+            "webhooks": list(self.webhooks),
+            "webhookOutcome": self.webhook_outcome,
+        }
 
 
 @dataclass
@@ -92,12 +115,20 @@ class Task:
     def summary(self) -> dict[str, Any]:
         """JSON shape in GET /_emulator/tasks."""
         req = self.request
-        return {"taskUUID": req.task_uuid, "createdAt": self.created_at,
-                "deliveryMethod": req.delivery_method, "numberResults": req.number_results,
-                "outputFormat": req.output_format, "outputType": req.output_type,
-                "size": list(self.size) if self.size else None, "unitCost": self.unit_cost,
-                "webhookURL": req.webhook_url, "uploadEndpoint": req.upload_endpoint,
-                "done": self.done, "statuses": [s.status for s in self.slots]}
+        return {
+            "taskUUID": req.task_uuid,
+            "createdAt": self.created_at,
+            "deliveryMethod": req.delivery_method,
+            "numberResults": req.number_results,
+            "outputFormat": req.output_format,
+            "outputType": req.output_type,
+            "size": list(self.size) if self.size else None,
+            "unitCost": self.unit_cost,
+            "webhookURL": req.webhook_url,
+            "uploadEndpoint": req.upload_endpoint,
+            "done": self.done,
+            "statuses": [s.status for s in self.slots],
+        }
 
 
 @dataclass
@@ -107,14 +138,6 @@ class HostedImage:
     data: bytes
     output_format: str
     expires_at: float
-
-
-@dataclass
-class HeldWebhook:
-    """A webhook held back to arrive after the next one."""
-
-    send: Callable[[], None]
-    released: bool = False
 
 
 class Engine:
@@ -131,7 +154,6 @@ class Engine:
         self._tasks: dict[str, Task] = {}
         self._used_uuids: set[str] = set()
         self._images: OrderedDict[str, HostedImage] = OrderedDict()
-        self._held: list[HeldWebhook] = []
         self._stats = dict.fromkeys(STAT_NAMES, 0)
         self._pending = 0
         self._generation = 0
@@ -142,6 +164,7 @@ class Engine:
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._timer_ids = itertools.count()
         self._timer_thread: threading.Thread | None = None
+        self.deliveries = Deliveries(self)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -169,16 +192,36 @@ class Engine:
             self._tasks.clear()
             self._used_uuids.clear()
             self._images.clear()
-            for held in self._held:
-                if not held.released:
-                    held.released = True
-                    self._pending -= 1
-            self._held.clear()
+            self._pending -= self.deliveries.drop_held()
             self._changed.notify_all()
             self._stats = dict.fromkeys(STAT_NAMES, 0)
         self.ledger.clear()
         self.faults.clear()
         self.faults.reseed()
+
+    @property
+    def lock(self) -> threading.RLock:
+        """The lock over every piece of task state (reentrant)."""
+        return self._lock
+
+    @property
+    def stopping(self) -> threading.Event:
+        """Set once the engine closes: waits end early."""
+        return self._stop
+
+    @property
+    def client(self) -> httpx.Client:
+        """The HTTP client of every outbound request."""
+        return self._client
+
+    def add_pending(self) -> None:
+        """Count one more job not finished yet (settle() ends it)."""
+        with self._changed:
+            self._pending += 1
+
+    def spawn_delivery(self, job: Callable[..., None], *args: Any) -> None:
+        """Run job(*args) on the delivery pool, pending until it returns."""
+        self._spawn(self._delivery_pool, job, *args)
 
     def count(self, name: str, amount: int = 1) -> None:
         """Add to one of the stats counters."""
@@ -188,8 +231,13 @@ class Engine:
     def stats(self) -> dict[str, Any]:
         """JSON of GET /_emulator/stats."""
         with self._lock:
-            return {**self._stats, "pending": self._pending, "tasks": len(self._tasks),
-                    "hosted_images": len(self._images), "held_webhooks": len(self._held)}
+            return {
+                **self._stats,
+                "pending": self._pending,
+                "tasks": len(self._tasks),
+                "hosted_images": len(self._images),
+                "held_webhooks": len(self.deliveries.held),
+            }
 
     @property
     def pending(self) -> int:
@@ -214,10 +262,11 @@ class Engine:
         try:
             pool.submit(self._run, job, *args)
         except RuntimeError:  # the pool shut down: the emulator is closing
-            self._settle()
+            self.settle()
 
-    def _spawn_later(self, delay: float, pool: ThreadPoolExecutor, job: Callable[..., None],
-                     *args: Any) -> None:
+    def _spawn_later(
+        self, delay: float, pool: ThreadPoolExecutor, job: Callable[..., None], *args: Any
+    ) -> None:
         """Like _spawn, after `delay` seconds (pending from now on)."""
         if delay <= 0:
             self._spawn(pool, job, *args)
@@ -227,14 +276,15 @@ class Engine:
             try:
                 pool.submit(self._run, job, *args)
             except RuntimeError:  # closing: nothing will run it
-                self._settle()
+                self.settle()
 
         with self._changed:
             self._pending += 1
             heapq.heappush(self._timers, (time.monotonic() + delay, next(self._timer_ids), submit))
             if self._timer_thread is None:
-                self._timer_thread = threading.Thread(target=self._tick, name="emulator-timer",
-                                                      daemon=True)
+                self._timer_thread = threading.Thread(
+                    target=self._tick, name="emulator-timer", daemon=True
+                )
                 self._timer_thread.start()
             self._changed.notify_all()
 
@@ -252,9 +302,9 @@ class Engine:
         try:
             job(*args)
         finally:
-            self._settle()
+            self.settle()
 
-    def _settle(self) -> None:
+    def settle(self) -> None:
         with self._changed:
             self._pending -= 1
             self._changed.notify_all()
@@ -271,11 +321,19 @@ class Engine:
 
     def start(self, request: InferenceRequest, public_url: str) -> Task:
         """Register an accepted task and schedule its renders."""
-        unit_cost = catalog.unit_cost(len(request.reference_images), self.config.price_per_image,
-                                      self.config.price_per_input_image)
+        unit_cost = catalog.unit_cost(
+            len(request.reference_images),
+            self.config.price_per_image,
+            self.config.price_per_input_image,
+        )
         with self._lock:
-            task = Task(request, public_url, unit_cost, self._generation,
-                        slots=[Slot(i) for i in range(request.number_results)])
+            task = Task(
+                request,
+                public_url,
+                unit_cost,
+                self._generation,
+                slots=[Slot(i) for i in range(request.number_results)],
+            )
             self._tasks[request.task_uuid] = task
             self._stats["tasks_accepted"] += 1
         for slot in task.slots:
@@ -311,7 +369,7 @@ class Engine:
         with self._lock:
             return {**task.summary(), "slots": [s.to_dict() for s in task.slots]}
 
-    def _current(self, task: Task) -> bool:
+    def current(self, task: Task) -> bool:
         with self._lock:
             return task.generation == self._generation and not self._stop.is_set()
 
@@ -322,7 +380,7 @@ class Engine:
         return cfg.latency_ms / 1000
 
     def _render_slot(self, task: Task, slot: Slot) -> None:
-        if not self._current(task):
+        if not self.current(task):
             return
         try:
             self._render(task, slot)
@@ -341,17 +399,22 @@ class Engine:
             return
         width, height = self._task_size(task)
         seed = self.faults.randint(1, 2**31 - 1)
-        data = render.render_image(req.prompt, seed, slot.index, width, height,
-                                   req.output_format, req.output_quality)
-        if not self._current(task):
+        data = render.render_image(
+            req.prompt, seed, slot.index, width, height, req.output_format, req.output_quality
+        )
+        if not self.current(task):
             return
         image_uuid = str(uuid.uuid4())
-        item: dict[str, Any] = {"taskType": "imageInference", "taskUUID": req.task_uuid,
-                                "imageUUID": image_uuid}
+        item: dict[str, Any] = {
+            "taskType": "imageInference",
+            "taskUUID": req.task_uuid,
+            "imageUUID": image_uuid,
+        }
         if req.output_type == "URL":
             ttl = req.ttl if req.ttl is not None else self.config.image_ttl_s
-            item["imageURL"] = self.host_image(image_uuid, data, req.output_format, ttl,
-                                               task.public_url)
+            item["imageURL"] = self.host_image(
+                image_uuid, data, req.output_format, ttl, task.public_url
+            )
         elif req.output_type == "base64Data":
             item["imageBase64Data"] = base64.b64encode(data).decode()
         else:
@@ -366,34 +429,43 @@ class Engine:
         self.count("images_rendered")
         wants_put = req.upload_endpoint is not None and self.config.put_order != "never"
         if self.config.deliveries and (wants_put or req.webhook_url):
-            self._spawn(self._delivery_pool, self._deliver_success, task, slot, item, data)
+            self.spawn_delivery(self.deliveries.deliver_success, task, slot, item, data)
             return
         reason = "deliveries off" if not self.config.deliveries else "not requested"
         if req.upload_endpoint is not None:
             self.count("puts_skipped")
             slot.put = {"outcome": "skipped", "reason": reason if wants_put else "put_order never"}
         slot.webhook_outcome = "none" if req.webhook_url is None else "skipped"
-        self._finish(slot, "success", item=item)
+        self.finish(slot, "success", item=item)
 
     def _fail_slot(self, task: Task, slot: Slot, code: str, message: str | None) -> None:
         req = task.request
         error = {"code": code, "message": message or ITEM_ERRORS.get(code, "Generation failed.")}
-        if not self._current(task):
+        if not self.current(task):
             return
         if self.config.charge_errored_items:
             self.ledger.charge(req.task_uuid, None, slot.index, task.unit_cost, "error")
         self.count("items_failed")
-        self._finish(slot, "error", error=error)
+        self.finish(slot, "error", error=error)
         if req.webhook_url is None:
             slot.webhook_outcome = "none"
         elif not self.config.deliveries:
             slot.webhook_outcome = "skipped"
         else:
-            self._spawn(self._delivery_pool, self._send_webhook, task, slot,
-                        self._error_body(req.task_uuid, error))
+            self.spawn_delivery(
+                self.deliveries.send_webhook,
+                task,
+                slot,
+                self.deliveries.error_body(req.task_uuid, error),
+            )
 
-    def _finish(self, slot: Slot, status: str, item: dict[str, Any] | None = None,
-                error: dict[str, str] | None = None) -> None:
+    def finish(
+        self,
+        slot: Slot,
+        status: str,
+        item: dict[str, Any] | None = None,
+        error: dict[str, str] | None = None,
+    ) -> None:
         with self._changed:
             slot.status, slot.item, slot.error, slot.progress = status, item, error, 100
             self._changed.notify_all()
@@ -436,8 +508,9 @@ class Engine:
 
     # --- hosted images and uploads ---------------------------------------------------------
 
-    def host_image(self, image_uuid: str, data: bytes, output_format: str, ttl: int,
-                   public_url: str) -> str:
+    def host_image(
+        self, image_uuid: str, data: bytes, output_format: str, ttl: int, public_url: str
+    ) -> str:
         """Keep bytes for `ttl` seconds; the URL they are served at."""
         with self._lock:
             self._images[image_uuid] = HostedImage(data, output_format, time.time() + ttl)
@@ -457,21 +530,26 @@ class Engine:
     def upload(self, value: Any, public_url: str) -> tuple[str, str]:
         """Store an imageUpload (data URI, base64 or URL); its imageUUID and imageURL."""
         if not isinstance(value, str) or not value:
-            raise TaskError("invalidImage", "Invalid value for 'image': must be a data URI, "
-                            "base64 string or URL.", "image")
+            raise TaskError(
+                "invalidImage",
+                "Invalid value for 'image': must be a data URI, base64 string or URL.",
+                "image",
+            )
         if value.startswith(("http://", "https://")):
             try:
                 response = self._client.get(value, timeout=10.0)
             except httpx.HTTPError as exc:
-                raise TaskError("invalidImage", f"Could not fetch 'image': {exc}.",
-                                "image") from exc
+                raise TaskError(
+                    "invalidImage", f"Could not fetch 'image': {exc}.", "image"
+                ) from exc
             data: bytes | None = response.content if response.status_code == 200 else None
         else:
             data = render.decode_image_string(value)
         stored = None if data is None else render.normalise_upload(data)
         if stored is None:
-            raise TaskError("invalidImage", "Invalid value for 'image': not a readable image.",
-                            "image")
+            raise TaskError(
+                "invalidImage", "Invalid value for 'image': not a readable image.", "image"
+            )
         image_uuid = str(uuid.uuid4())
         url = self.host_image(image_uuid, stored[0], stored[1], UPLOAD_TTL_S, public_url)
         self.count("uploads")
@@ -487,18 +565,36 @@ class Engine:
         with self._lock:
             for slot in task.slots:
                 if slot.status == "processing":
-                    data.append({"taskType": "imageInference", "taskUUID": uuid_,
-                                 "status": "processing", "progress": slot.progress_now()})
+                    data.append(
+                        {
+                            "taskType": "imageInference",
+                            "taskUUID": uuid_,
+                            "status": "processing",
+                            "progress": slot.progress_now(),
+                        }
+                    )
                 elif slot.status == "success" and slot.item is not None:
                     data.append({**slot.item, "status": "success"})
                 elif slot.error is not None:
                     if self.config.poll_error_placement == "item":
-                        data.append({"taskType": "imageInference", "taskUUID": uuid_,
-                                     "status": "error", "error": dict(slot.error)})
+                        data.append(
+                            {
+                                "taskType": "imageInference",
+                                "taskUUID": uuid_,
+                                "status": "error",
+                                "error": dict(slot.error),
+                            }
+                        )
                     else:
-                        errors.append({**slot.error, "taskType": "imageInference",
-                                       "taskUUID": uuid_, "status": "error",
-                                       "documentation": catalog.ERRORS_DOCS_URL})
+                        errors.append(
+                            {
+                                **slot.error,
+                                "taskType": "imageInference",
+                                "taskUUID": uuid_,
+                                "status": "error",
+                                "documentation": catalog.ERRORS_DOCS_URL,
+                            }
+                        )
         return data, errors
 
     def sync_view(self, task: Task) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -514,191 +610,14 @@ class Engine:
                 error = slot.error or {
                     "code": "timeoutProvider",
                     "message": "The sync request timed out; the task keeps running, poll it "
-                               "with getResponse."}
-                errors.append({**error, "taskType": "imageInference", "taskUUID": uuid_,
-                               "documentation": catalog.ERRORS_DOCS_URL})
+                    "with getResponse.",
+                }
+                errors.append(
+                    {
+                        **error,
+                        "taskType": "imageInference",
+                        "taskUUID": uuid_,
+                        "documentation": catalog.ERRORS_DOCS_URL,
+                    }
+                )
         return data, errors
-
-    def _error_body(self, task_uuid: str, error: dict[str, str]) -> dict[str, Any]:
-        if self.config.error_placement == "item":
-            item = {"taskType": "imageInference", "taskUUID": task_uuid, "status": "error",
-                    "error": dict(error)}
-            return item if self.config.envelope == "flat" else {"data": [item]}
-        return {"errors": [{**error, "taskUUID": task_uuid, "taskType": "imageInference",
-                            "status": "error"}]}
-
-    def _success_body(self, item: dict[str, Any]) -> dict[str, Any]:
-        body = dict(item)
-        if self.config.webhook_status_field:
-            body["status"] = "success"
-        return body if self.config.envelope == "flat" else {"data": [body]}
-
-    # --- deliveries ------------------------------------------------------------------------
-
-    def _deliver_success(self, task: Task, slot: Slot, item: dict[str, Any],
-                         data: bytes) -> None:
-        req = task.request
-        order = self.config.put_order
-        if req.upload_endpoint is not None and order == "never":
-            self.count("puts_skipped")
-            slot.put = {"outcome": "skipped", "reason": "put_order never"}
-        if req.upload_endpoint is not None and order == "before":
-            self._put(task, slot, data)
-        self._finish(slot, "success", item=item)
-        if req.webhook_url is None:
-            slot.webhook_outcome = "none"
-        else:
-            self._send_webhook(task, slot, self._success_body(item))
-        if req.upload_endpoint is not None and order == "after" and self._current(task):
-            self._put(task, slot, data)
-
-    def _put(self, task: Task, slot: Slot, data: bytes) -> None:
-        req = task.request
-        assert req.upload_endpoint is not None
-        fault = self.faults.take("upload_fail", req.task_uuid)
-        if fault is None and self.faults.chance(self.config.upload_fail_rate):
-            fault = {"mode": None}
-        record: dict[str, Any] = {"outcome": "pending", "status": None, "error": None,
-                                  "bytes": len(data), "attempts": 0, "at": time.time()}
-        slot.put = record
-        if fault is not None:
-            mode = fault.get("mode") or self.config.upload_fail_mode
-            self.count("puts_failed")
-            if mode == "skip":
-                record.update(outcome="fault_skipped", bytes=0)
-                return
-            data = data[: len(data) // 2]
-            record.update(bytes=len(data))
-        headers = {"Content-Type": render.CONTENT_TYPES[req.output_format]}
-        for attempt in range(1, self.config.put_attempts + 1):
-            record["attempts"] = attempt
-            try:
-                response = self._client.put(req.upload_endpoint, content=data, headers=headers,
-                                            timeout=self.config.put_timeout_s)
-            except httpx.HTTPError as exc:
-                record.update(status=None, error=f"{type(exc).__name__}: {exc}")
-                continue
-            record.update(status=response.status_code, error=None)
-            if response.is_success:
-                break
-        ok = record["status"] is not None and 200 <= record["status"] < 300
-        if fault is not None:
-            record["outcome"] = "fault_truncated"
-        else:
-            record["outcome"] = "ok" if ok else "failed"
-            self.count("puts_ok" if ok else "puts_failed")
-
-    def _send_webhook(self, task: Task, slot: Slot, body: dict[str, Any]) -> None:
-        uuid_ = task.request.task_uuid
-        if self.faults.take("drop_webhook", uuid_) is not None or self.faults.chance(
-                self.config.drop_webhook_rate):
-            slot.webhook_outcome = "dropped"
-            self.count("webhooks_dropped")
-            return
-        delay_fault = self.faults.take("delay_webhook", uuid_)
-        if delay_fault is not None:
-            delay_ms = float(delay_fault.get("delay_ms") or 0)
-        elif self.config.delay_webhook_ms:
-            delay_ms = self.faults.uniform(0, self.config.delay_webhook_ms)
-        else:
-            delay_ms = 0.0
-        if delay_ms:
-            self.count("webhooks_delayed")
-            if self._stop.wait(delay_ms / 1000):
-                return
-        duplicate = self.faults.take("duplicate_webhook", uuid_) is not None or self.faults.chance(
-            self.config.duplicate_webhook_rate)
-        reorder = self.faults.take("reorder_webhook", uuid_) is not None or self.faults.chance(
-            self.config.reorder_webhook_rate)
-
-        def send() -> None:
-            if not self._current(task):
-                return
-            self._post_with_retries(task, slot, body, duplicate=False)
-            if duplicate and self._current(task):
-                self.count("webhooks_duplicated")
-                self._post_with_retries(task, slot, body, duplicate=True)
-
-        if reorder:
-            self._hold(send)
-            return
-        if not self._current(task):
-            return
-        self._post_with_retries(task, slot, body, duplicate=False, release_held=True)
-        if duplicate and self._current(task):
-            self.count("webhooks_duplicated")
-            self._post_with_retries(task, slot, body, duplicate=True)
-
-    def _hold(self, send: Callable[[], None]) -> None:
-        held = HeldWebhook(send)
-        with self._changed:
-            self._held.append(held)
-            self._pending += 1
-            self._stats["webhooks_reordered"] += 1
-        self._spawn(self._delivery_pool, self._release_after_hold, held)
-
-    def _release_after_hold(self, held: HeldWebhook) -> None:
-        self._stop.wait(self.config.reorder_hold_ms / 1000)
-        if self._claim(held):
-            self._send_held(held)
-
-    def _claim(self, held: HeldWebhook) -> bool:
-        with self._lock:
-            if held.released:
-                return False
-            held.released = True
-            if held in self._held:
-                self._held.remove(held)
-            return True
-
-    def _send_held(self, held: HeldWebhook) -> None:
-        try:
-            if not self._stop.is_set():
-                held.send()
-        finally:
-            self._settle()
-
-    def _release_held(self) -> None:
-        with self._lock:
-            waiting = list(self._held)
-        for held in waiting:
-            if self._claim(held):
-                self._spawn(self._delivery_pool, self._send_held, held)
-
-    def _post_with_retries(self, task: Task, slot: Slot, body: dict[str, Any],
-                           duplicate: bool, release_held: bool = False) -> None:
-        url = task.request.webhook_url
-        assert url is not None
-        payload = json.dumps(body).encode()
-        cfg = self.config
-        for attempt in range(1, cfg.webhook_attempts + 1):
-            if attempt > 1:
-                delay_ms = min(cfg.webhook_backoff_ms * 2 ** (attempt - 2),
-                               cfg.webhook_backoff_cap_ms)
-                delay_ms += self.faults.uniform(0, cfg.webhook_jitter_ms)
-                if self._stop.wait(delay_ms / 1000) or not self._current(task):
-                    return
-            record: dict[str, Any] = {"attempt": attempt, "duplicate": duplicate,
-                                      "at": time.time(), "status": None, "error": None}
-            try:
-                response = self._client.post(
-                    url, content=payload, headers={"Content-Type": "application/json"},
-                    timeout=cfg.webhook_timeout_s)
-                record["status"] = response.status_code
-                ok = response.is_success
-            except httpx.HTTPError as exc:
-                record["error"] = f"{type(exc).__name__}: {exc}"
-                ok = False
-            with self._lock:
-                slot.webhooks.append(record)
-                self._stats["webhooks_sent"] += 1
-                self._stats["webhooks_delivered" if ok else "webhooks_failed"] += 1
-            if release_held and attempt == 1:
-                self._release_held()
-            if ok:
-                if not duplicate:
-                    slot.webhook_outcome = "delivered"
-                return
-        if not duplicate:
-            slot.webhook_outcome = "exhausted"
-        self.count("webhooks_exhausted")
