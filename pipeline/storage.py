@@ -21,8 +21,18 @@ if TYPE_CHECKING:  # the stubs are a dev dependency; boto3 builds the client at 
     from mypy_boto3_s3 import S3Client
 
 MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
-TRANSIENT_CODES = {"500", "502", "503", "504", "SlowDown", "InternalError", "RequestTimeout",
-                   "ServiceUnavailable", "PreconditionFailed", "412"}
+TRANSIENT_CODES = {
+    "500",
+    "502",
+    "503",
+    "504",
+    "SlowDown",
+    "InternalError",
+    "RequestTimeout",
+    "ServiceUnavailable",
+    "PreconditionFailed",
+    "412",
+}
 
 
 @dataclass(frozen=True)
@@ -66,8 +76,9 @@ class S3ObjectStorage:
         self.bucket = bucket
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, timeout: float = 30.0,
-                      attempts: int = 3) -> S3ObjectStorage:
+    def from_settings(
+        cls, settings: Settings, *, timeout: float = 30.0, attempts: int = 3
+    ) -> S3ObjectStorage:
         config = Config(
             signature_version="s3v4",
             connect_timeout=min(timeout, 5.0),
@@ -75,14 +86,19 @@ class S3ObjectStorage:
             retries={"max_attempts": attempts, "mode": "standard"},
             s3={"addressing_style": "path" if settings.s3_endpoint_url else "auto"},
         )
-        client = boto3.client("s3", endpoint_url=settings.s3_endpoint_url,
-                              region_name=settings.s3_region, config=config)
+        client = boto3.client(
+            "s3",
+            endpoint_url=settings.s3_endpoint_url,
+            region_name=settings.s3_region,
+            config=config,
+        )
         return cls(client, settings.s3_bucket)
 
     def presign_put(self, key: str, expires_in: int) -> str:
         # No ContentType in the signature: the header Runware's PUT carries is not documented.
         url: str = self._s3.generate_presigned_url(
-            "put_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_in)
+            "put_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_in
+        )
         return url
 
     def head(self, key: str) -> ObjectHead | None:
@@ -94,9 +110,13 @@ class S3ObjectStorage:
             raise _storage_error("head", key, exc) from None
         except BotoCoreError as exc:
             raise _storage_error("head", key, exc) from None
-        return ObjectHead(key=key, size=int(answer["ContentLength"]), etag=answer["ETag"],
-                          content_type=answer.get("ContentType"),
-                          metadata=dict(answer.get("Metadata") or {}))
+        return ObjectHead(
+            key=key,
+            size=int(answer["ContentLength"]),
+            etag=answer["ETag"],
+            content_type=answer.get("ContentType"),
+            metadata=dict(answer.get("Metadata") or {}),
+        )
 
     def read(self, key: str, max_bytes: int) -> bytes:
         try:
@@ -124,14 +144,24 @@ class S3ObjectStorage:
             raise _storage_error("read", key, exc) from None
         return data
 
-    def copy(self, source: str, destination: str, *, if_match: str, content_type: str,
-             metadata: dict[str, str]) -> ObjectHead:
+    def copy(
+        self,
+        source: str,
+        destination: str,
+        *,
+        if_match: str,
+        content_type: str,
+        metadata: dict[str, str],
+    ) -> ObjectHead:
         try:
             self._s3.copy_object(
-                Bucket=self.bucket, Key=destination,
+                Bucket=self.bucket,
+                Key=destination,
                 CopySource={"Bucket": self.bucket, "Key": source},
-                CopySourceIfMatch=if_match, MetadataDirective="REPLACE",
-                ContentType=content_type, Metadata=metadata,
+                CopySourceIfMatch=if_match,
+                MetadataDirective="REPLACE",
+                ContentType=content_type,
+                Metadata=metadata,
             )
         except (ClientError, BotoCoreError) as exc:
             raise _storage_error("copy", source, exc) from None
@@ -140,15 +170,26 @@ class S3ObjectStorage:
             raise StorageError(f"S3 copy to {destination} left no object", transient=True)
         return head
 
-    def put(self, key: str, data: bytes, *, content_type: str,
-            metadata: dict[str, str] | None = None) -> ObjectHead:
+    def put(
+        self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None
+    ) -> ObjectHead:
         try:
-            answer = self._s3.put_object(Bucket=self.bucket, Key=key, Body=data,
-                                         ContentType=content_type, Metadata=metadata or {})
+            answer = self._s3.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type,
+                Metadata=metadata or {},
+            )
         except (ClientError, BotoCoreError) as exc:
             raise _storage_error("put", key, exc) from None
-        return ObjectHead(key=key, size=len(data), etag=answer["ETag"], content_type=content_type,
-                          metadata=metadata or {})
+        return ObjectHead(
+            key=key,
+            size=len(data),
+            etag=answer["ETag"],
+            content_type=content_type,
+            metadata=metadata or {},
+        )
 
     def delete(self, key: str) -> None:
         try:
@@ -184,8 +225,9 @@ class _MemoryObject:
 class MemoryObjectStorage:
     """Object storage in one process's memory that answers like S3 (ETags, conditions, ranges)."""
 
-    def __init__(self, bucket: str = "memory", *,
-                 endpoint: str = "http://memory-storage.invalid") -> None:
+    def __init__(
+        self, bucket: str = "memory", *, endpoint: str = "http://memory-storage.invalid"
+    ) -> None:
         self.bucket = bucket
         self.endpoint = endpoint
         self._objects: dict[str, _MemoryObject] = {}
@@ -202,21 +244,31 @@ class MemoryObjectStorage:
             raise _coded_error(action, key, "NoSuchKey")
         return found
 
-    def _set(self, key: str, data: bytes, content_type: str | None,
-             metadata: dict[str, str]) -> ObjectHead:
+    def _set(
+        self, key: str, data: bytes, content_type: str | None, metadata: dict[str, str]
+    ) -> ObjectHead:
         # Single-part uploads: S3's ETag is the quoted MD5 of the bytes; metadata names come
         # back lower-cased, since they travel as HTTP headers.
         digest = hashlib.md5(data, usedforsecurity=False).hexdigest()
-        stored = _MemoryObject(data=bytes(data), etag=f'"{digest}"', content_type=content_type,
-                               metadata={name.lower(): value for name, value in metadata.items()})
+        stored = _MemoryObject(
+            data=bytes(data),
+            etag=f'"{digest}"',
+            content_type=content_type,
+            metadata={name.lower(): value for name, value in metadata.items()},
+        )
         with self._lock:
             self._objects[key] = stored
         return self._head(key, stored)
 
     @staticmethod
     def _head(key: str, stored: _MemoryObject) -> ObjectHead:
-        return ObjectHead(key=key, size=len(stored.data), etag=stored.etag,
-                          content_type=stored.content_type, metadata=dict(stored.metadata))
+        return ObjectHead(
+            key=key,
+            size=len(stored.data),
+            etag=stored.etag,
+            content_type=stored.content_type,
+            metadata=dict(stored.metadata),
+        )
 
     def head(self, key: str) -> ObjectHead | None:
         with self._lock:
@@ -240,19 +292,32 @@ class MemoryObjectStorage:
         # A suffix longer than the object is the whole object (an empty one included).
         return self._get("read", key).data[-length:]
 
-    def copy(self, source: str, destination: str, *, if_match: str, content_type: str,
-             metadata: dict[str, str]) -> ObjectHead:
+    def copy(
+        self,
+        source: str,
+        destination: str,
+        *,
+        if_match: str,
+        content_type: str,
+        metadata: dict[str, str],
+    ) -> ObjectHead:
         found = self._get("copy", source)
         if if_match.strip() != "*" and if_match.strip().strip('"') != found.etag.strip('"'):
             raise _coded_error("copy", source, "PreconditionFailed")
         return self._set(destination, found.data, content_type, metadata)
 
-    def put(self, key: str, data: bytes, *, content_type: str,
-            metadata: dict[str, str] | None = None) -> ObjectHead:
+    def put(
+        self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None
+    ) -> ObjectHead:
         written = self._set(key, data, content_type, metadata or {})
         # What S3ObjectStorage.put returns: the metadata as sent, not as S3 will report it.
-        return ObjectHead(key=key, size=written.size, etag=written.etag,
-                          content_type=content_type, metadata=metadata or {})
+        return ObjectHead(
+            key=key,
+            size=written.size,
+            etag=written.etag,
+            content_type=content_type,
+            metadata=metadata or {},
+        )
 
     def delete(self, key: str) -> None:
         with self._lock:

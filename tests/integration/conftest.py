@@ -4,22 +4,41 @@ moto's server does not check signatures, and neither does s3rver 3.7.1, the last
 original package (its SigV4 path accepts any signature of a known access key). The
 @20minutes/s3rver fork is the same server with SigV4 verification implemented: method, path,
 query and signed headers are all checked, so it can tell a URL's scope.
+
+Also the harness of the use-case tests: `JobService` over the session's Redis server, an in-memory
+bucket and a Runware that answers over `httpx.MockTransport`, built in one fixture.
 """
 
 from __future__ import annotations
 
 import fcntl
+import importlib
+import io
 import json
 import shutil
 import subprocess
+import time
+import types
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
+import httpx
 import pytest
+import redis
+from PIL import Image
 
 from infra import servers, supervise
+from pipeline.config import Settings
+from pipeline.runware import RunwareClient
+from pipeline.storage import KeyLayout, MemoryObjectStorage
+from pipeline.store import RedisJobStore
+
+if TYPE_CHECKING:
+    from pipeline.services import JobService
 
 S3RVER_PACKAGE = "@20minutes/s3rver"
 S3RVER_VERSION = "5.0.0"
@@ -115,3 +134,300 @@ def s3rver_bucket(s3rver_service: supervise.Service) -> tuple[str, str]:
     bucket = f"presign-{uuid.uuid4().hex[:12]}"
     s3rver_client(s3rver_service.url).create_bucket(Bucket=bucket)
     return s3rver_service.url, bucket
+
+
+# ------------------------------------------------------------------ the use cases, held directly
+# JobService over a real Redis server, an in-memory bucket and the Runware client on
+# httpx.MockTransport: every request the use cases send is answered here and recorded.
+
+USE_CASE_RUNWARE_URL = "https://api.runware.test/v1"
+USE_CASE_RUNWARE_KEY = "use-case-runware-key"
+USE_CASE_WEBHOOK_SECRET = "use-case-webhook-secret-0001"
+# A literal public address: the imageURL check passes without a DNS answer, and still runs.
+USE_CASE_IMAGE_HOST = "93.184.216.34"
+USE_CASE_BUCKET = "imagine-memory"
+USE_CASE_PREFIX = "use-cases/"
+PROCESSING = "processing"
+
+
+def jpeg_bytes(width: int = 1024, height: int = 1024) -> bytes:
+    """A real JPEG of the requested size, as the provider would upload it."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (30, 90, 160)).save(buffer, "JPEG", quality=80)
+    return buffer.getvalue()
+
+
+def image_item(task_uuid: str, **fields: Any) -> dict[str, Any]:
+    """One finished image as Runware reports it (webhook, acknowledgement or getResponse)."""
+    return {
+        "taskType": "imageInference",
+        "taskUUID": task_uuid,
+        "imageUUID": str(uuid.uuid4()),
+        "imageURL": f"https://{USE_CASE_IMAGE_HOST}/image/{task_uuid}.jpg",
+        "seed": 7,
+        "cost": 0.07,
+        **fields,
+    }
+
+
+def error_item(task_uuid: str, code: str, message: str = "the provider failed") -> dict[str, Any]:
+    return {"taskType": "imageInference", "taskUUID": task_uuid, "code": code, "message": message}
+
+
+@dataclass
+class FakeRunware:
+    """Runware's REST API as its wire contract says, plus its image host, over MockTransport.
+
+    Each imageInference task gets its own async acknowledgement, unless the next entry of
+    `refusals` is an error (an entry of None accepts);
+    `getResponse` answers from `responses` (else `processing`); `outage` answers the next POSTs
+    with these statuses, as an overloaded provider does."""
+
+    store: RedisJobStore | None = None
+    posts: list[list[dict[str, Any]]] = field(default_factory=list)
+    stored_before_post: dict[str, bool] = field(default_factory=dict)
+    refusals: list[dict[str, Any] | None] = field(default_factory=list)
+    responses: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    outage: list[int] = field(default_factory=list)
+    hosted: dict[str, bytes] = field(default_factory=dict)
+    fetches: list[httpx.Request] = field(default_factory=list)
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        if str(request.url) == USE_CASE_RUNWARE_URL:
+            return self._api(request)
+        if request.url.host == USE_CASE_IMAGE_HOST and request.method == "GET":
+            self.fetches.append(request)
+            data = self.hosted.get(request.url.path)
+            return httpx.Response(200, content=data) if data else httpx.Response(404)
+        return httpx.Response(404)
+
+    def _api(self, request: httpx.Request) -> httpx.Response:
+        if request.headers.get("authorization") != f"Bearer {USE_CASE_RUNWARE_KEY}":
+            return httpx.Response(
+                401, json={"errors": [{"code": "invalidApiKey", "message": "Invalid API key"}]}
+            )
+        tasks: list[dict[str, Any]] = json.loads(request.content)
+        self.posts.append(tasks)
+        if self.outage:
+            return httpx.Response(
+                self.outage.pop(0),
+                json={
+                    "errors": [{"code": "serverError", "message": "temporary capacity constraint"}]
+                },
+            )
+        data: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = []
+        for task in tasks:
+            task_uuid = task["taskUUID"]
+            if task["taskType"] == "getResponse":
+                data.extend(
+                    self.responses.get(
+                        task_uuid,
+                        [
+                            {
+                                "taskType": "imageInference",
+                                "taskUUID": task_uuid,
+                                "status": PROCESSING,
+                            }
+                        ],
+                    )
+                )
+                continue
+            if self.store is not None:
+                self.stored_before_post[task_uuid] = self.store.find_task(task_uuid) is not None
+            refusal = self.refusals.pop(0) if self.refusals else None
+            if refusal is not None:
+                errors.append({"taskType": "imageInference", "taskUUID": task_uuid, **refusal})
+            else:
+                data.append({"taskType": "imageInference", "taskUUID": task_uuid})
+        status = 400 if errors and not data else 200
+        return httpx.Response(
+            status, json={"data": data, "errors": errors} if errors else {"data": data}
+        )
+
+    def inference_posts(self) -> list[list[dict[str, Any]]]:
+        """The POSTs that submitted images (not polls)."""
+        return [
+            tasks
+            for tasks in self.posts
+            if any(task["taskType"] == "imageInference" for task in tasks)
+        ]
+
+    def polls(self) -> list[str]:
+        """The taskUUIDs polled with getResponse, in order."""
+        return [
+            task["taskUUID"]
+            for tasks in self.posts
+            for task in tasks
+            if task["taskType"] == "getResponse"
+        ]
+
+    def submitted(self) -> dict[str, dict[str, Any]]:
+        """Every imageInference task sent, by taskUUID."""
+        return {task["taskUUID"]: task for tasks in self.inference_posts() for task in tasks}
+
+    def host(self, url: str, data: bytes) -> None:
+        """Serve `data` at an imageURL of the image host."""
+        self.hosted[httpx.URL(url).path] = data
+
+
+@dataclass
+class RecordingDispatcher:
+    """Records each nudge instead of sending it to a worker."""
+
+    sent: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+
+    def submit_job(self, job_id: str, countdown: float = 0) -> None:
+        self.sent.append(("submit", (job_id,)))
+
+    def finalize_slot(self, job_id: str, slot: int, countdown: float = 0) -> None:
+        self.sent.append(("finalize", (job_id, slot)))
+
+    def notify_job(self, job_id: str) -> None:
+        self.sent.append(("notify", (job_id,)))
+
+    def queue_lengths(self) -> dict[str, int]:
+        return {}
+
+
+# The modules whose `time` the use cases read the clock through.
+CLOCK_MODULES = ("pipeline.services", "pipeline.clock")
+
+
+@dataclass
+class Clock:
+    """The time the use cases read, moved forward instead of slept through."""
+
+    monkeypatch: pytest.MonkeyPatch
+    offset: float = 0.0
+
+    def __post_init__(self) -> None:
+        real = time.time
+        shifted = types.SimpleNamespace(time=lambda: real() + self.offset)
+        for module in CLOCK_MODULES:
+            try:
+                target = importlib.import_module(module)
+            except ImportError:
+                continue
+            if hasattr(target, "time"):
+                self.monkeypatch.setattr(target, "time", shifted)
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+@dataclass
+class UseCases:
+    """The use cases and everything they touch, with shortcuts to jobs in known states."""
+
+    settings: Settings
+    service: JobService
+    store: RedisJobStore
+    storage: MemoryObjectStorage
+    runware: FakeRunware
+    dispatcher: RecordingDispatcher
+    clock: Clock
+
+    def create(self, **request: Any) -> str:
+        body = {"positivePrompt": "a lighthouse at dawn", "width": 1024, "height": 1024, **request}
+        job, created = self.service.create_job(body, "acme")
+        assert created
+        return job.id
+
+    def submitted(self, **request: Any) -> tuple[str, list[str]]:
+        """A job whose images Runware accepted: (job id, taskUUID of each slot)."""
+        job_id = self.create(**request)
+        assert self.service.submit_job(job_id) == "submitted"
+        return job_id, self.task_uuids(job_id)
+
+    def task_uuids(self, job_id: str) -> list[str]:
+        job = self.store.get_job(job_id)
+        assert job is not None
+        return [slot.task_uuid or "" for slot in job.slots]
+
+    def upload(self, task_uuid: str, data: bytes) -> str:
+        """PUT `data` to the task's uploadEndpoint, as Runware does; returns the key written."""
+        url = httpx.URL(self.runware.submitted()[task_uuid]["uploadEndpoint"])
+        bucket, _, key = unquote(url.path).lstrip("/").partition("/")
+        assert bucket == self.storage.bucket
+        self.storage.put(key, data, content_type="binary/octet-stream")
+        return key
+
+    def webhook(self, task_uuid: str, body: dict[str, Any]) -> list[str]:
+        """Deliver a webhook body; returns what each result did."""
+        return [str(outcome.outcome) for outcome in self.service.accept_webhook(task_uuid, body)]
+
+    def leases_in_use(self) -> int:
+        """Images in flight at Runware under the harness's API key."""
+        return self.store.leases_in_use(USE_CASE_RUNWARE_KEY)
+
+    def dead_letters(self) -> list[tuple[str, int, str]]:
+        """The dead-letter list as an operator reads it: (job id, slot, error code)."""
+        letters = self.store.dead_letters()
+        return [(entry["jobId"], entry["slot"], entry["code"]) for entry in letters]
+
+    def manifest(self, job_id: str) -> dict[str, Any]:
+        key = KeyLayout(self.settings.s3_prefix).manifest(job_id)
+        raw = self.storage.read(key, max_bytes=1 << 20)
+        manifest: dict[str, Any] = json.loads(raw)
+        return manifest
+
+
+@pytest.fixture
+def use_case_settings(request: pytest.FixtureRequest, redis_server: str) -> Settings:
+    """The harness's settings; a test changes some with
+    `@pytest.mark.parametrize("use_case_settings", [{"NAME": "value"}], indirect=True)`."""
+    overrides: dict[str, str] = getattr(request, "param", {})
+    # A database of its own: the end-to-end suite's worker and beat keep running on database 0
+    # of the same server, and the security suite uses database 1.
+    return Settings.from_env(
+        {
+            "REDIS_URL": f"{redis_server.rsplit('/', 1)[0]}/2",
+            "S3_BUCKET": USE_CASE_BUCKET,
+            "S3_PREFIX": USE_CASE_PREFIX,
+            "RUNWARE_API_KEY": USE_CASE_RUNWARE_KEY,
+            "RUNWARE_API_URL": USE_CASE_RUNWARE_URL,
+            "WEBHOOK_SECRETS": USE_CASE_WEBHOOK_SECRET,
+            "RUNWARE_IMAGE_HOSTS": USE_CASE_IMAGE_HOST,
+            "ALLOW_PRIVATE_URLS": "false",
+            "SLOT_MAX_ATTEMPTS": "3",
+            "RECONCILE_GRACE_SECONDS": "60",
+            "LOG_FORMAT": "text",
+            **overrides,
+        }
+    )
+
+
+@pytest.fixture
+def use_cases(use_case_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[UseCases]:
+    """The one place the service is built for these tests; its database emptied first."""
+    # Imported here: the rest of the integration suite does not need the use cases to import.
+    from pipeline.services import JobService
+
+    settings = use_case_settings
+    own_redis = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    own_redis.flushdb()
+    own_redis.close()
+    store = RedisJobStore.from_settings(settings)
+    storage = MemoryObjectStorage(settings.s3_bucket)
+    runware = FakeRunware(store=store)
+    dispatcher = RecordingDispatcher()
+    http = httpx.Client(transport=httpx.MockTransport(runware.handle))
+    service = JobService(
+        settings=settings,
+        store=store,
+        storage=storage,
+        dispatcher=dispatcher,
+        runware=RunwareClient(http, USE_CASE_RUNWARE_KEY, USE_CASE_RUNWARE_URL),
+        http=http,
+    )
+    yield UseCases(
+        settings=settings,
+        service=service,
+        store=store,
+        storage=storage,
+        runware=runware,
+        dispatcher=dispatcher,
+        clock=Clock(monkeypatch),
+    )
+    http.close()

@@ -68,8 +68,13 @@ def get_object(s3_client: Any, bucket: str, key: str) -> tuple[bytes, dict[str, 
 
 @pytest.mark.parametrize("content_type", ["image/png", None])
 def test_a_presigned_put_lands_the_object_with_or_without_a_content_type(
-        storage: S3ObjectStorage, http: httpx.Client, s3_client: Any, s3_bucket: str,
-        prefix: str, content_type: str | None) -> None:
+    storage: S3ObjectStorage,
+    http: httpx.Client,
+    s3_client: Any,
+    s3_bucket: str,
+    prefix: str,
+    content_type: str | None,
+) -> None:
     key = f"{prefix}staging/job/task"
     image = png_bytes()
     url = storage.presign_put(key, expires_in=600)
@@ -95,7 +100,8 @@ def test_a_presigned_put_lands_the_object_with_or_without_a_content_type(
 
 
 def test_a_storage_from_a_plain_client_sees_the_same_objects(
-        s3_server: str, s3_bucket: str, storage: S3ObjectStorage, prefix: str) -> None:
+    s3_server: str, s3_bucket: str, storage: S3ObjectStorage, prefix: str
+) -> None:
     with closing(servers.local_s3_client(s3_server)) as client:
         plain = S3ObjectStorage(client, s3_bucket)
         written = plain.put(f"{prefix}a.png", png_bytes(), content_type="image/png")
@@ -104,12 +110,12 @@ def test_a_storage_from_a_plain_client_sees_the_same_objects(
     head = storage.head(f"{prefix}a.png")
 
     assert head is not None
-    assert (head.size, head.etag, head.content_type) == (
-        written.size, written.etag, "image/png")
+    assert (head.size, head.etag, head.content_type) == (written.size, written.etag, "image/png")
 
 
 def test_list_keys_pages_past_a_thousand_objects(
-        storage: S3ObjectStorage, s3_client: Any, s3_bucket: str, prefix: str) -> None:
+    storage: S3ObjectStorage, s3_client: Any, s3_bucket: str, prefix: str
+) -> None:
     keys = [f"{prefix}many/{n:05d}" for n in range(1005)]
     for key in keys:
         s3_client.put_object(Bucket=s3_bucket, Key=key, Body=b"x")
@@ -118,7 +124,8 @@ def test_list_keys_pages_past_a_thousand_objects(
 
 
 def test_key_layout_round_trips_through_the_bucket(
-        s3_server: str, s3_bucket: str, prefix: str) -> None:
+    s3_server: str, s3_bucket: str, prefix: str
+) -> None:
     env = {"S3_ENDPOINT_URL": s3_server, "S3_BUCKET": s3_bucket, "S3_PREFIX": prefix}
     layout = KeyLayout(Settings.from_env(env).s3_prefix)
     job_id, task_uuid = str(uuid.uuid4()), str(uuid.uuid4())
@@ -139,9 +146,13 @@ def test_key_layout_round_trips_through_the_bucket(
         for key, data in written.items():
             storage.put(key, data, content_type="application/octet-stream")
 
-        assert sorted(storage.list_keys(layout.job_prefix(job_id))) == sorted([
-            layout.final(job_id, 0, "JPG"), layout.final(job_id, 1, "JPG"),
-            layout.manifest(job_id)])
+        assert sorted(storage.list_keys(layout.job_prefix(job_id))) == sorted(
+            [
+                layout.final(job_id, 0, "JPG"),
+                layout.final(job_id, 1, "JPG"),
+                layout.manifest(job_id),
+            ]
+        )
         for key, data in written.items():
             assert storage.read(key, max_bytes=100) == data
 

@@ -22,8 +22,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 WRONG_ETAG = '"0123456789abcdef0123456789abcdef"'
 # moto 5.2.5 implements x-amz-copy-source-if-none-match but ignores x-amz-copy-source-if-match,
 # so the local S3 server copies whatever the ETag; real S3 answers 412 PreconditionFailed.
-MOTO_IGNORES_IF_MATCH = pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
-                                          reason="moto's S3 server ignores CopySourceIfMatch")
+MOTO_IGNORES_IF_MATCH = pytest.mark.xfail(
+    strict=True, raises=pytest.fail.Exception, reason="moto's S3 server ignores CopySourceIfMatch"
+)
 STORAGES = ["memory", "s3"]
 
 
@@ -42,7 +43,8 @@ def storage(request: pytest.FixtureRequest) -> Iterator[ObjectStorage]:
     s3_server: str = request.getfixturevalue("s3_server")
     s3_bucket: str = request.getfixturevalue("s3_bucket")
     s3 = S3ObjectStorage.from_settings(
-        Settings.from_env({"S3_ENDPOINT_URL": s3_server, "S3_BUCKET": s3_bucket}), timeout=10)
+        Settings.from_env({"S3_ENDPOINT_URL": s3_server, "S3_BUCKET": s3_bucket}), timeout=10
+    )
     yield s3
     s3._s3.close()
 
@@ -53,11 +55,11 @@ def prefix() -> str:
     return f"conformance-{uuid.uuid4().hex}/"
 
 
-def copy_error(storage: ObjectStorage, source: str, destination: str,
-               if_match: str) -> StorageError:
+def copy_error(
+    storage: ObjectStorage, source: str, destination: str, if_match: str
+) -> StorageError:
     with pytest.raises(StorageError) as raised:
-        storage.copy(source, destination, if_match=if_match, content_type="image/png",
-                     metadata={})
+        storage.copy(source, destination, if_match=if_match, content_type="image/png", metadata={})
     return raised.value
 
 
@@ -65,11 +67,16 @@ def test_head_of_a_missing_key_is_none(storage: ObjectStorage, prefix: str) -> N
     assert storage.head(f"{prefix}missing.png") is None
 
 
-def test_put_then_head_reports_size_etag_type_and_metadata(storage: ObjectStorage,
-                                                           prefix: str) -> None:
+def test_put_then_head_reports_size_etag_type_and_metadata(
+    storage: ObjectStorage, prefix: str
+) -> None:
     image = png_bytes()
-    written = storage.put(f"{prefix}x.png", image, content_type="image/png",
-                          metadata={"imagine-job-id": "j1", "user-team": "maps"})
+    written = storage.put(
+        f"{prefix}x.png",
+        image,
+        content_type="image/png",
+        metadata={"imagine-job-id": "j1", "user-team": "maps"},
+    )
 
     head = storage.head(f"{prefix}x.png")
 
@@ -84,8 +91,12 @@ def test_put_then_head_reports_size_etag_type_and_metadata(storage: ObjectStorag
 
 
 def test_metadata_names_come_back_lower_cased(storage: ObjectStorage, prefix: str) -> None:
-    storage.put(f"{prefix}x.bin", b"x", content_type="application/octet-stream",
-                metadata={"Imagine-Slot": "3"})
+    storage.put(
+        f"{prefix}x.bin",
+        b"x",
+        content_type="application/octet-stream",
+        metadata={"Imagine-Slot": "3"},
+    )
 
     head = storage.head(f"{prefix}x.bin")
 
@@ -93,8 +104,9 @@ def test_metadata_names_come_back_lower_cased(storage: ObjectStorage, prefix: st
 
 
 def test_a_second_put_replaces_the_object(storage: ObjectStorage, prefix: str) -> None:
-    first = storage.put(f"{prefix}m.json", b'{"v": 1}', content_type="application/json",
-                        metadata={"version": "1"})
+    first = storage.put(
+        f"{prefix}m.json", b'{"v": 1}', content_type="application/json", metadata={"version": "1"}
+    )
     second = storage.put(f"{prefix}m.json", b'{"v": 22}', content_type="application/json")
 
     head = storage.head(f"{prefix}m.json")
@@ -114,8 +126,9 @@ def test_read_is_capped_by_max_bytes(storage: ObjectStorage, prefix: str) -> Non
     assert not raised.value.transient
 
 
-def test_read_prefix_returns_the_first_bytes_or_what_exists(storage: ObjectStorage,
-                                                            prefix: str) -> None:
+def test_read_prefix_returns_the_first_bytes_or_what_exists(
+    storage: ObjectStorage, prefix: str
+) -> None:
     image = png_bytes()
     storage.put(f"{prefix}x.png", image, content_type="image/png")
 
@@ -124,8 +137,9 @@ def test_read_prefix_returns_the_first_bytes_or_what_exists(storage: ObjectStora
     assert storage.read_prefix(f"{prefix}x.png", len(image) + 100) == image
 
 
-def test_read_suffix_returns_the_last_bytes_or_the_whole_object(storage: ObjectStorage,
-                                                                prefix: str) -> None:
+def test_read_suffix_returns_the_last_bytes_or_the_whole_object(
+    storage: ObjectStorage, prefix: str
+) -> None:
     image = png_bytes()
     storage.put(f"{prefix}x.png", image, content_type="image/png")
 
@@ -145,15 +159,25 @@ def test_ranges_of_an_empty_object(storage: ObjectStorage, prefix: str) -> None:
     assert storage.read(f"{prefix}empty", max_bytes=10) == b""
 
 
-def test_copy_with_the_right_etag_writes_new_type_and_metadata(storage: ObjectStorage,
-                                                               prefix: str) -> None:
+def test_copy_with_the_right_etag_writes_new_type_and_metadata(
+    storage: ObjectStorage, prefix: str
+) -> None:
     image = png_bytes()
     staging, final = f"{prefix}staging/job/task", f"{prefix}jobs/job/00.png"
-    staged = storage.put(staging, image, content_type="application/octet-stream",
-                         metadata={"uploaded-by": "provider"})
+    staged = storage.put(
+        staging,
+        image,
+        content_type="application/octet-stream",
+        metadata={"uploaded-by": "provider"},
+    )
 
-    copied = storage.copy(staging, final, if_match=staged.etag, content_type="image/png",
-                          metadata={"imagine-job-id": "job", "imagine-slot": "0"})
+    copied = storage.copy(
+        staging,
+        final,
+        if_match=staged.etag,
+        content_type="image/png",
+        metadata={"imagine-job-id": "job", "imagine-slot": "0"},
+    )
 
     assert (copied.key, copied.size, copied.etag) == (final, len(image), staged.etag)
     assert copied.content_type == "image/png"
@@ -161,21 +185,32 @@ def test_copy_with_the_right_etag_writes_new_type_and_metadata(storage: ObjectSt
     head = storage.head(final)
     assert head is not None
     assert (head.size, head.etag, head.content_type, head.metadata) == (
-        len(image), staged.etag, "image/png", {"imagine-job-id": "job", "imagine-slot": "0"})
+        len(image),
+        staged.etag,
+        "image/png",
+        {"imagine-job-id": "job", "imagine-slot": "0"},
+    )
     assert storage.read(final, max_bytes=len(image)) == image
     # The source is left as it was: removing it is the caller's step.
     source = storage.head(staging)
     assert source is not None
     assert (source.content_type, source.metadata) == (
-        "application/octet-stream", {"uploaded-by": "provider"})
+        "application/octet-stream",
+        {"uploaded-by": "provider"},
+    )
 
 
-@pytest.mark.parametrize("storage", [
-    pytest.param("memory"),
-    pytest.param("s3", marks=MOTO_IGNORES_IF_MATCH),
-], indirect=True)
-def test_copy_with_a_wrong_etag_raises_and_writes_nothing(storage: ObjectStorage,
-                                                          prefix: str) -> None:
+@pytest.mark.parametrize(
+    "storage",
+    [
+        pytest.param("memory"),
+        pytest.param("s3", marks=MOTO_IGNORES_IF_MATCH),
+    ],
+    indirect=True,
+)
+def test_copy_with_a_wrong_etag_raises_and_writes_nothing(
+    storage: ObjectStorage, prefix: str
+) -> None:
     staging, final = f"{prefix}staging/job/task", f"{prefix}jobs/job/00.png"
     storage.put(staging, png_bytes(), content_type="application/octet-stream")
 
@@ -187,8 +222,9 @@ def test_copy_with_a_wrong_etag_raises_and_writes_nothing(storage: ObjectStorage
     assert storage.head(final) is None
 
 
-def test_copy_of_a_missing_source_raises_and_writes_nothing(storage: ObjectStorage,
-                                                            prefix: str) -> None:
+def test_copy_of_a_missing_source_raises_and_writes_nothing(
+    storage: ObjectStorage, prefix: str
+) -> None:
     error = copy_error(storage, f"{prefix}nothing", f"{prefix}dest", '"abc"')
 
     assert "NoSuchKey" in error.message and not error.transient
@@ -196,8 +232,9 @@ def test_copy_of_a_missing_source_raises_and_writes_nothing(storage: ObjectStora
 
 
 @pytest.mark.parametrize("operation", ["read", "read_prefix", "read_suffix"])
-def test_reading_a_missing_key_raises_the_domain_error(storage: ObjectStorage, prefix: str,
-                                                       operation: str) -> None:
+def test_reading_a_missing_key_raises_the_domain_error(
+    storage: ObjectStorage, prefix: str, operation: str
+) -> None:
     calls: dict[str, Any] = {
         "read": lambda key: storage.read(key, max_bytes=100),
         "read_prefix": lambda key: storage.read_prefix(key, 8),
@@ -226,9 +263,14 @@ def test_list_keys_by_prefix(storage: ObjectStorage, prefix: str) -> None:
         storage.put(f"{prefix}{key}", manifest, content_type="application/json")
 
     assert sorted(storage.list_keys(f"{prefix}jobs/j/")) == [
-        f"{prefix}jobs/j/00.png", f"{prefix}jobs/j/manifest.json"]
+        f"{prefix}jobs/j/00.png",
+        f"{prefix}jobs/j/manifest.json",
+    ]
     assert sorted(storage.list_keys(f"{prefix}jobs/j")) == [
-        f"{prefix}jobs/j/00.png", f"{prefix}jobs/j/manifest.json", f"{prefix}jobs/j2/00.png"]
+        f"{prefix}jobs/j/00.png",
+        f"{prefix}jobs/j/manifest.json",
+        f"{prefix}jobs/j2/00.png",
+    ]
     assert len(storage.list_keys(prefix)) == 4
     assert storage.list_keys(f"{prefix}nothing/") == []
 

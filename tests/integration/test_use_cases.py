@@ -1,0 +1,662 @@
+"""Each use case held directly: real Redis, an in-memory bucket, Runware on MockTransport."""
+
+from __future__ import annotations
+
+import hashlib
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from pipeline.errors import ProviderError
+from pipeline.signing import webhook_token
+from tests.integration.conftest import (
+    USE_CASE_IMAGE_HOST,
+    USE_CASE_PREFIX,
+    USE_CASE_WEBHOOK_SECRET,
+    UseCases,
+    error_item,
+    image_item,
+    jpeg_bytes,
+)
+
+pytestmark = pytest.mark.integration
+
+PROMPT = "a lighthouse at dawn"
+GRACE = 60  # RECONCILE_GRACE_SECONDS of the harness
+
+
+def slot_states(uc: UseCases, job_id: str) -> list[str]:
+    job = uc.store.get_job(job_id)
+    assert job is not None
+    return [str(slot.state) for slot in job.slots]
+
+
+def job_state(uc: UseCases, job_id: str) -> str:
+    job = uc.store.get_job(job_id)
+    assert job is not None
+    return str(job.state)
+
+
+# ------------------------------------------------------------------ submit
+
+
+def test_submit_persists_every_taskuuid_then_posts_every_slot_in_one_request(
+    use_cases: UseCases,
+) -> None:
+    uc = use_cases
+    job_id = uc.create(numberResults=3, metadata={"team": "maps"})
+
+    assert uc.service.submit_job(job_id) == "submitted"
+
+    [post] = uc.runware.posts
+    task_uuids = uc.task_uuids(job_id)
+    assert [task["taskUUID"] for task in post] == task_uuids
+    assert len(set(task_uuids)) == 3
+    # Runware never saw a taskUUID the store did not hold already: nothing is paid for twice.
+    assert uc.runware.stored_before_post == dict.fromkeys(task_uuids, True)
+    for task in post:
+        task_uuid = task["taskUUID"]
+        assert task["taskType"] == "imageInference" and task["numberResults"] == 1
+        assert (task["positivePrompt"], task["width"], task["height"]) == (PROMPT, 1024, 1024)
+        assert task["deliveryMethod"] == "async" and task["includeCost"] is True
+        webhook = urlsplit(task["webhookURL"])
+        assert webhook.path == f"/webhooks/runware/{task_uuid}"
+        assert parse_qs(webhook.query)["token"] == [
+            webhook_token(USE_CASE_WEBHOOK_SECRET, task_uuid)
+        ]
+        assert (
+            f"/{uc.storage.bucket}/{USE_CASE_PREFIX}staging/{job_id}/{task_uuid}"
+            in task["uploadEndpoint"]
+        )
+    assert job_state(uc, job_id) == "running"
+    assert slot_states(uc, job_id) == ["submitted"] * 3
+    assert uc.leases_in_use() == 3
+
+
+def test_a_submit_retried_after_an_outage_reuses_its_taskuuids(use_cases: UseCases) -> None:
+    uc = use_cases
+    job_id = uc.create(numberResults=2)
+    uc.runware.outage = [503]
+
+    with pytest.raises(ProviderError) as raised:
+        uc.service.submit_job(job_id)
+    assert raised.value.kind == ProviderError.TRANSIENT
+    minted = uc.task_uuids(job_id)
+    assert slot_states(uc, job_id) == ["pending", "pending"]
+
+    assert uc.service.submit_job(job_id) == "submitted"
+
+    first, second = uc.runware.inference_posts()
+    assert [task["taskUUID"] for task in first] == [task["taskUUID"] for task in second] == minted
+    assert slot_states(uc, job_id) == ["submitted", "submitted"]
+    assert uc.leases_in_use() == 2
+
+
+def test_a_task_runware_refuses_at_submit_fails_its_slot_only(use_cases: UseCases) -> None:
+    uc = use_cases
+    job_id = uc.create(numberResults=2)
+    uc.runware.refusals = [
+        None,
+        {"code": "unknownParameter", "message": "bad field", "parameter": "x"},
+    ]
+
+    assert uc.service.submit_job(job_id) == "submitted"
+
+    [post] = uc.runware.inference_posts()
+    assert len(post) == 2
+    assert slot_states(uc, job_id) == ["submitted", "failed"]
+    refused = uc.store.get_slot(job_id, 1)
+    assert refused is not None and refused.error_code == "unknownParameter"
+    assert uc.leases_in_use() == 1
+    assert job_state(uc, job_id) == "running"
+
+
+@pytest.mark.parametrize("use_case_settings", [{"RUNWARE_MAX_IN_FLIGHT": "2"}], indirect=True)
+def test_submit_within_the_in_flight_budget_and_the_rest_when_a_lease_comes_back(
+    use_cases: UseCases,
+) -> None:
+    uc = use_cases
+    job_id = uc.create(numberResults=3)
+
+    assert uc.service.submit_job(job_id) == "submitted"
+
+    [first_post] = uc.runware.inference_posts()
+    assert len(first_post) == 2
+    assert slot_states(uc, job_id) == ["submitted", "submitted", "pending"]
+    assert uc.leases_in_use() == 2
+    nudged = len(uc.dispatcher.sent)
+
+    done = first_post[0]["taskUUID"]
+    uc.webhook(done, {"data": [image_item(done)]})
+
+    assert uc.dispatcher.sent[nudged:] == [("submit", (job_id,))], "the waiting job is woken"
+    assert uc.service.submit_job(job_id) == "submitted"
+    _, second_post = uc.runware.inference_posts()
+    assert [task["taskUUID"] for task in second_post] == [uc.task_uuids(job_id)[2]]
+    assert slot_states(uc, job_id) == ["received", "submitted", "submitted"]
+    assert uc.leases_in_use() == 2
+
+
+# ------------------------------------------------------------------ record
+
+
+def test_a_webhook_success_records_the_image_as_received(use_cases: UseCases) -> None:
+    uc = use_cases
+    job_id, [task_uuid] = uc.submitted()
+    item = image_item(task_uuid, seed=1234, cost=0.07)
+
+    assert uc.webhook(task_uuid, {"data": [item]}) == ["received"]
+
+    slot = uc.store.get_slot(job_id, 0)
+    assert slot is not None and slot.state == "received"
+    assert (slot.image_uuid, slot.image_url, slot.seed, slot.cost) == (
+        item["imageUUID"],
+        item["imageURL"],
+        1234,
+        0.07,
+    )
+    assert uc.leases_in_use() == 0
+    # The same webhook again changes nothing.
+    assert uc.webhook(task_uuid, {"data": [item]}) == ["duplicate"]
+    assert job_state(uc, job_id) == "running"
+
+
+def test_a_transient_item_error_earns_a_new_attempt_with_a_new_taskuuid(
+    use_cases: UseCases,
+) -> None:
+    uc = use_cases
+    job_id, [first] = uc.submitted()
+    nudged = len(uc.dispatcher.sent)
+
+    assert uc.webhook(first, {"errors": [error_item(first, "timeoutProvider")]}) == ["retrying"]
+
+    slot = uc.store.get_slot(job_id, 0)
+    assert slot is not None
+    assert (slot.state, slot.attempt, slot.error_code) == ("pending", 2, "timeoutProvider")
+    assert uc.dispatcher.sent[nudged:] == [("submit", (job_id,))]
+    assert uc.leases_in_use() == 0
+    assert uc.service.submit_job(job_id) == "submitted"
+    [second] = uc.task_uuids(job_id)
+    assert second != first
+    assert list(uc.runware.submitted()) == [first, second]
+    # A late success of the retired attempt is not this slot's image any more.
+    assert uc.webhook(first, {"data": [image_item(first)]}) == ["stale"]
+    assert uc.webhook(second, {"data": [image_item(second)]}) == ["received"]
+
+
+def test_a_permanent_item_error_fails_the_slot_and_ends_the_job(use_cases: UseCases) -> None:
+    uc = use_cases
+    job_id, [task_uuid] = uc.submitted()
+    body = {"errors": [error_item(task_uuid, "providerContentPolicyViolation", "refused")]}
+
+    assert uc.webhook(task_uuid, body) == ["failed"]
+
+    slot = uc.store.get_slot(job_id, 0)
+    assert slot is not None and (slot.state, slot.error_code) == (
+        "failed",
+        "providerContentPolicyViolation",
+    )
+    assert job_state(uc, job_id) == "failed"
+    assert uc.manifest(job_id)["slots"][0]["error"] == {
+        "code": "providerContentPolicyViolation",
+        "message": "refused",
+    }
+    assert list(uc.runware.submitted()) == [task_uuid], "a refused image is not tried again"
+
+
+def test_a_slot_past_its_attempts_is_dead_and_dead_lettered(use_cases: UseCases) -> None:
+    uc = use_cases
+    job_id = uc.create()
+    outcomes = []
+    for _ in range(uc.settings.slot_max_attempts):
+        assert uc.service.submit_job(job_id) == "submitted"
+        [task_uuid] = uc.task_uuids(job_id)
+        outcomes += uc.webhook(task_uuid, {"errors": [error_item(task_uuid, "timeoutProvider")]})
+
+    assert outcomes == ["retrying", "retrying", "dead"]
+    assert len(uc.runware.submitted()) == 3
+    slot = uc.store.get_slot(job_id, 0)
+    assert slot is not None and (slot.state, slot.attempt) == ("dead", 3)
+    assert uc.dead_letters() == [(job_id, 0, "timeoutProvider")]
+    assert job_state(uc, job_id) == "failed"
+    assert uc.manifest(job_id)["slots"][0]["state"] == "dead"
+    assert uc.leases_in_use() == 0
+    assert uc.service.submit_job(job_id) == "done"
+    assert len(uc.runware.submitted()) == 3, "a dead slot is not submitted again"
+
+
+# ------------------------------------------------------------------ promote
+
+
+def test_promote_turns_the_staged_jpeg_into_the_final_object_with_metadata(
+    use_cases: UseCases,
+) -> None:
+    uc = use_cases
+    job_id, [task_uuid] = uc.submitted(metadata={"team": "maps"})
+    image = jpeg_bytes()
+    staging = uc.upload(task_uuid, image)
+    item = image_item(task_uuid, seed=42)
+    uc.webhook(task_uuid, {"data": [item]})
+
+    assert uc.service.promote_slot(job_id, 0) == "stored"
+
+    final = f"{USE_CASE_PREFIX}jobs/{job_id}/00.jpg"
+    head = uc.storage.head(final)
+    assert head is not None and head.content_type == "image/jpeg"
+    assert uc.storage.read(final, max_bytes=len(image)) == image
+    assert head.metadata == {
+        "imagine-job-id": job_id,
+        "imagine-slot": "0",
+        "imagine-tenant": "acme",
+        "imagine-model": "xai:grok-imagine@image-pro",
+        "imagine-task-uuid": task_uuid,
+        "imagine-image-uuid": item["imageUUID"],
+        "imagine-seed": "42",
+        "imagine-prompt-sha256": hashlib.sha256(PROMPT.encode()).hexdigest(),
+        "imagine-width": "1024",
+        "imagine-height": "1024",
+        "user-team": "maps",
+    }
+    assert uc.storage.head(staging) is None, "the staging object is removed"
+    slot = uc.store.get_slot(job_id, 0)
+    assert slot is not None
+    assert (slot.state, slot.final_key, slot.etag, slot.size) == (
+        "stored",
+        final,
+        head.etag,
+        len(image),
+    )
+    assert job_state(uc, job_id) == "succeeded"
+    assert uc.service.promote_slot(job_id, 0) == "noop"
+
+
+def test_promote_without_an_upload_reports_it_missing_and_stores_nothing(
+    use_cases: UseCases,
+) -> None:
+    uc = use_cases
+    job_id, [task_uuid] = uc.submitted()
+    uc.webhook(task_uuid, {"data": [image_item(task_uuid)]})
+
+    assert uc.service.promote_slot(job_id, 0) == "missing"
+
+    assert slot_states(uc, job_id) == ["received"]
+    assert uc.storage.list_keys(f"{USE_CASE_PREFIX}jobs/{job_id}/") == []
+    assert uc.runware.fetches == [], "without leave to fetch, imageURL is not fetched"
+
+
+def test_promote_fetches_the_hosted_copy_when_the_upload_never_landed(use_cases: UseCases) -> None:
+    uc = use_cases
+    job_id, [task_uuid] = uc.submitted()
+    item = image_item(task_uuid)
+    hosted = jpeg_bytes()
+    uc.runware.host(item["imageURL"], hosted)
+    uc.webhook(task_uuid, {"data": [item]})
+
+    assert uc.service.promote_slot(job_id, 0, allow_fetch=True) == "stored"
+
+    [fetch] = uc.runware.fetches
+    assert fetch.url.host == USE_CASE_IMAGE_HOST and fetch.url.path == f"/image/{task_uuid}.jpg"
+    final = f"{USE_CASE_PREFIX}jobs/{job_id}/00.jpg"
+    assert uc.storage.read(final, max_bytes=len(hosted)) == hosted
+    head = uc.storage.head(final)
+    assert head is not None and head.content_type == "image/jpeg"
+    assert head.metadata["imagine-task-uuid"] == task_uuid
+    assert job_state(uc, job_id) == "succeeded"
+
+
+def test_promote_rejects_an_image_of_the_wrong_size(use_cases: UseCases) -> None:
+    uc = use_cases
+    job_id, [task_uuid] = uc.submitted()
+    uc.upload(task_uuid, jpeg_bytes(512, 512))
+    uc.webhook(task_uuid, {"data": [image_item(task_uuid, imageURL=None)]})
+
+    assert uc.service.promote_slot(job_id, 0) == "rejected"
+
+    slot = uc.store.get_slot(job_id, 0)
+    assert slot is not None and (slot.state, slot.error_code) == ("failed", "image_rejected")
+    assert uc.storage.list_keys(f"{USE_CASE_PREFIX}jobs/{job_id}/") == [
+        f"{USE_CASE_PREFIX}jobs/{job_id}/manifest.json"
+    ]
+    assert job_state(uc, job_id) == "failed"
+
+
+# ------------------------------------------------------------------ finish
+
+
+def test_the_manifest_is_written_last_with_each_slots_outcome(use_cases: UseCases) -> None:
+    uc = use_cases
+    job_id, (stored_task, failed_task) = uc.submitted(numberResults=2, metadata={"team": "maps"})
+    uc.upload(stored_task, jpeg_bytes())
+    uc.webhook(stored_task, {"data": [image_item(stored_task, seed=5, cost=0.07)]})
+    assert uc.service.promote_slot(job_id, 0) == "stored"
+    job_prefix = f"{USE_CASE_PREFIX}jobs/{job_id}/"
+
+    # One slot still open: no manifest yet, and finishing is refused.
+    assert uc.storage.list_keys(job_prefix) == [f"{job_prefix}00.jpg"]
+    assert uc.service.finish_job(job_id) is False
+    assert job_state(uc, job_id) == "running"
+
+    uc.webhook(
+        failed_task,
+        {"errors": [error_item(failed_task, "providerContentPolicyViolation", "refused")]},
+    )
+
+    assert sorted(uc.storage.list_keys(job_prefix)) == [
+        f"{job_prefix}00.jpg",
+        f"{job_prefix}manifest.json",
+    ]
+    job = uc.store.get_job(job_id)
+    assert job is not None
+    assert (job.state, job.manifest_key, job.manifest_version) == (
+        "partially_succeeded",
+        f"{job_prefix}manifest.json",
+        1,
+    )
+    manifest = uc.manifest(job_id)
+    assert (manifest["manifestVersion"], manifest["jobId"], manifest["state"]) == (
+        1,
+        job_id,
+        "partially_succeeded",
+    )
+    assert manifest["request"]["positivePrompt"] == PROMPT
+    assert manifest["metadata"] == {"team": "maps"}
+    assert manifest["cost"] == 0.07
+    stored, failed = manifest["slots"]
+    assert (stored["state"], stored["finalKey"], stored["seed"], stored["error"]) == (
+        "stored",
+        f"{job_prefix}00.jpg",
+        5,
+        None,
+    )
+    assert (failed["state"], failed["finalKey"], failed["error"]) == (
+        "failed",
+        None,
+        {"code": "providerContentPolicyViolation", "message": "refused"},
+    )
+    head = uc.storage.head(f"{job_prefix}manifest.json")
+    assert head is not None and head.content_type == "application/json"
+    assert head.metadata["imagine-state"] == "partially_succeeded"
+    # Finishing again rewrites nothing.
+    assert uc.service.finish_job(job_id) is False
+
+
+# ------------------------------------------------------------------ expire
+
+
+def test_at_the_deadline_unfinished_slots_fail_and_the_job_partially_succeeds(
+    use_cases: UseCases,
+) -> None:
+    uc = use_cases
+    job_id, (done, _silent) = uc.submitted(numberResults=2, deadlineSeconds=60)
+    uc.upload(done, jpeg_bytes())
+    uc.webhook(done, {"data": [image_item(done)]})
+    assert uc.service.promote_slot(job_id, 0) == "stored"
+
+    uc.clock.advance(61)
+    uc.service.expire_job(job_id)
+
+    slot = uc.store.get_slot(job_id, 1)
+    assert slot is not None and (slot.state, slot.error_code) == ("failed", "deadline")
+    assert job_state(uc, job_id) == "partially_succeeded"
+    assert [s["state"] for s in uc.manifest(job_id)["slots"]] == ["stored", "failed"]
+    assert uc.leases_in_use() == 0
+
+
+def test_at_the_deadline_a_job_with_nothing_stored_times_out(use_cases: UseCases) -> None:
+    uc = use_cases
+    job_id, _ = uc.submitted(numberResults=2, deadlineSeconds=60)
+
+    uc.clock.advance(61)
+    uc.service.expire_job(job_id)
+
+    assert job_state(uc, job_id) == "timed_out"
+    manifest = uc.manifest(job_id)
+    assert manifest["state"] == "timed_out"
+    assert [s["error"]["code"] for s in manifest["slots"]] == ["deadline", "deadline"]
+
+
+def test_at_the_deadline_a_received_image_is_still_stored(use_cases: UseCases) -> None:
+    uc = use_cases
+    job_id, [task_uuid] = uc.submitted(deadlineSeconds=60)
+    uc.upload(task_uuid, jpeg_bytes())
+    uc.webhook(task_uuid, {"data": [image_item(task_uuid)]})
+
+    uc.clock.advance(61)
+    uc.service.expire_job(job_id)
+
+    assert slot_states(uc, job_id) == ["stored"]
+    assert job_state(uc, job_id) == "succeeded"
+    assert uc.storage.head(f"{USE_CASE_PREFIX}jobs/{job_id}/00.jpg") is not None
+
+
+# ------------------------------------------------------------------ cancel
+
+
+def test_cancel_ends_the_job_and_a_late_result_is_recorded_as_discarded(
+    use_cases: UseCases,
+) -> None:
+    uc = use_cases
+    job_id, [task_uuid] = uc.submitted()
+
+    cancelled = uc.service.cancel_job(job_id, "acme")
+
+    assert cancelled.state == "cancelled"
+    assert uc.manifest(job_id)["state"] == "cancelled"
+    assert uc.manifest(job_id)["slots"][0]["error"]["code"] == "cancelled"
+    assert uc.leases_in_use() == 0
+
+    uc.upload(task_uuid, jpeg_bytes())
+    assert uc.webhook(task_uuid, {"data": [image_item(task_uuid, cost=0.07)]}) == ["discarded"]
+
+    slot = uc.store.get_slot(job_id, 0)
+    assert slot is not None and (slot.state, slot.cost) == ("discarded", 0.07)
+    assert uc.service.promote_slot(job_id, 0, allow_fetch=True) == "noop"
+    assert uc.storage.head(f"{USE_CASE_PREFIX}jobs/{job_id}/00.jpg") is None
+    assert job_state(uc, job_id) == "cancelled"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="a result recorded as discarded after the job ended leaves the manifest "
+    "as it was: its cost and the slot's outcome leave out what Runware charged",
+)
+@pytest.mark.parametrize("ending", ["cancel", "deadline"])
+def test_the_manifest_of_a_job_ended_early_counts_a_late_charged_image(
+    use_cases: UseCases, ending: str
+) -> None:
+    uc = use_cases
+    job_id, [task_uuid] = uc.submitted(deadlineSeconds=60)
+    if ending == "cancel":
+        uc.service.cancel_job(job_id, "acme")
+    else:
+        uc.clock.advance(61)
+        uc.service.expire_job(job_id)
+    assert uc.manifest(job_id)["cost"] == 0
+
+    assert uc.webhook(task_uuid, {"data": [image_item(task_uuid, cost=0.07)]}) == ["discarded"]
+
+    assert uc.service.job_view(uc.service.get_job(job_id))["cost"] == 0.07
+    manifest = uc.manifest(job_id)
+    assert (manifest["cost"], manifest["slots"][0]["state"]) == (0.07, "discarded")
+
+
+# ------------------------------------------------------------------ reconcile
+
+
+def test_reconcile_polls_a_silent_slot_past_the_grace_and_records_its_result(
+    use_cases: UseCases,
+) -> None:
+    uc = use_cases
+    job_id, [task_uuid] = uc.submitted()
+    item = image_item(task_uuid, status="success", seed=99)
+    uc.runware.responses[task_uuid] = [item]
+
+    uc.service.reconcile()
+    assert uc.runware.polls() == [], "a slot inside its grace period is not polled"
+
+    uc.clock.advance(GRACE + 1)
+    uc.service.reconcile()
+
+    assert uc.runware.polls() == [task_uuid]
+    slot = uc.store.get_slot(job_id, 0)
+    assert slot is not None
+    assert (slot.state, slot.image_uuid, slot.seed) == ("received", item["imageUUID"], 99)
+    assert ("finalize", (job_id, 0)) in uc.dispatcher.sent
+
+
+def test_reconcile_records_a_polled_failure_like_a_webhook_one(use_cases: UseCases) -> None:
+    uc = use_cases
+    job_id, [first] = uc.submitted()
+    uc.runware.responses[first] = [
+        {
+            "taskType": "imageInference",
+            "taskUUID": first,
+            "status": "error",
+            "error": {"code": "timeoutProvider", "message": "took too long"},
+        }
+    ]
+
+    uc.clock.advance(GRACE + 1)
+    uc.service.reconcile()
+
+    slot = uc.store.get_slot(job_id, 0)
+    assert slot is not None
+    assert (slot.state, slot.attempt, slot.error_code) == ("pending", 2, "timeoutProvider")
+    assert uc.service.submit_job(job_id) == "submitted"
+    assert uc.task_uuids(job_id) != [first]
+
+
+def test_reconcile_hands_a_received_image_left_unstored_to_a_worker(use_cases: UseCases) -> None:
+    uc = use_cases
+    job_id, [task_uuid] = uc.submitted()
+    uc.webhook(task_uuid, {"data": [image_item(task_uuid)]})
+    nudged = len(uc.dispatcher.sent)
+
+    uc.clock.advance(GRACE + 1)
+    uc.service.reconcile()
+
+    assert uc.dispatcher.sent[nudged:] == [("finalize", (job_id, 0))]
+    assert uc.runware.polls() == [], "a received image is not polled again"
+
+
+def test_reconcile_leaves_a_slot_still_processing_as_it_was(use_cases: UseCases) -> None:
+    uc = use_cases
+    job_id, [task_uuid] = uc.submitted()
+
+    uc.clock.advance(GRACE + 1)
+    uc.service.reconcile()
+
+    assert uc.runware.polls() == [task_uuid]
+    assert slot_states(uc, job_id) == ["submitted"]
+    assert job_state(uc, job_id) == "running"
+
+
+def test_reconcile_redrives_a_job_stuck_in_queued(use_cases: UseCases) -> None:
+    uc = use_cases
+    job_id = uc.create()  # its submit message is lost: nothing consumes the nudge
+    nudges = [("submit", (job_id,))]
+    assert uc.dispatcher.sent == nudges
+
+    uc.service.reconcile()
+    assert uc.dispatcher.sent == nudges, "a fresh job is left to its message"
+
+    uc.clock.advance(GRACE + 1)
+    uc.service.reconcile()
+
+    assert uc.dispatcher.sent == [*nudges, ("submit", (job_id,))]
+    assert uc.service.submit_job(job_id) == "submitted"
+    assert job_state(uc, job_id) == "running"
+
+
+def test_reconcile_ends_a_job_whose_slots_all_ended(use_cases: UseCases) -> None:
+    uc = use_cases
+    job_id, [task_uuid] = uc.submitted()
+    # The process that failed the last slot died before it could end the job.
+    assert uc.store.transition_slot(
+        job_id,
+        0,
+        ["submitted"],
+        "failed",
+        task_uuid=task_uuid,
+        error_code="providerContentPolicyViolation",
+        error_message="refused",
+    )
+    assert job_state(uc, job_id) == "running"
+
+    uc.clock.advance(GRACE + 1)
+    uc.service.reconcile()
+
+    assert job_state(uc, job_id) == "failed"
+    assert uc.manifest(job_id)["slots"][0]["error"]["code"] == "providerContentPolicyViolation"
+
+
+def test_reconcile_ends_a_job_at_its_deadline(use_cases: UseCases) -> None:
+    uc = use_cases
+    job_id, _ = uc.submitted(deadlineSeconds=60)
+
+    uc.clock.advance(61)
+    uc.service.reconcile()
+
+    assert job_state(uc, job_id) == "timed_out"
+    assert uc.manifest(job_id)["state"] == "timed_out"
+
+
+# ------------------------------------------------------------------ operators
+
+
+def test_an_operator_retry_reopens_a_failed_slot_and_rewrites_the_manifest(
+    use_cases: UseCases,
+) -> None:
+    uc = use_cases
+    job_id, [first] = uc.submitted()
+    uc.webhook(first, {"errors": [error_item(first, "providerContentPolicyViolation")]})
+    assert (job_state(uc, job_id), uc.manifest(job_id)["manifestVersion"]) == ("failed", 1)
+    nudged = len(uc.dispatcher.sent)
+
+    reopened = uc.service.retry_job(job_id)
+
+    assert reopened.state == "running"
+    slot = uc.store.get_slot(job_id, 0)
+    assert slot is not None and (slot.state, slot.attempt) == ("pending", 2)
+    assert uc.dispatcher.sent[nudged:] == [("submit", (job_id,))]
+    assert uc.service.submit_job(job_id) == "submitted"
+    [second] = uc.task_uuids(job_id)
+    assert second != first and list(uc.runware.submitted()) == [first, second]
+    uc.upload(second, jpeg_bytes())
+    uc.webhook(second, {"data": [image_item(second)]})
+    assert uc.service.promote_slot(job_id, 0) == "stored"
+
+    job = uc.store.get_job(job_id)
+    assert job is not None and (job.state, job.manifest_version) == ("succeeded", 2)
+    manifest = uc.manifest(job_id)
+    assert (manifest["manifestVersion"], manifest["state"]) == (2, "succeeded")
+    assert manifest["slots"][0]["attempt"] == 2
+    assert manifest["slots"][0]["taskUUID"] == second
+    head = uc.storage.head(f"{USE_CASE_PREFIX}jobs/{job_id}/manifest.json")
+    assert head is not None and head.metadata["imagine-manifest-version"] == "2"
+
+
+def test_replaying_the_dead_letters_reopens_each_dead_slot(use_cases: UseCases) -> None:
+    uc = use_cases
+    job_id = uc.create()
+    for _ in range(uc.settings.slot_max_attempts):
+        uc.service.submit_job(job_id)
+        [task_uuid] = uc.task_uuids(job_id)
+        uc.webhook(task_uuid, {"errors": [error_item(task_uuid, "timeoutProvider")]})
+    assert slot_states(uc, job_id) == ["dead"] and len(uc.dead_letters()) == 1
+    nudged = len(uc.dispatcher.sent)
+
+    assert uc.service.replay_dead_letters() == [job_id]
+
+    assert uc.dead_letters() == []
+    assert uc.dispatcher.sent[nudged:] == [("submit", (job_id,))]
+    assert job_state(uc, job_id) == "running"
+    slot = uc.store.get_slot(job_id, 0)
+    assert slot is not None and (slot.state, slot.attempt) == ("pending", 4)
+    assert uc.service.submit_job(job_id) == "submitted"
+    [fourth] = uc.task_uuids(job_id)
+    assert len(uc.runware.submitted()) == 4 and fourth == list(uc.runware.submitted())[-1]
+    assert uc.webhook(fourth, {"data": [image_item(fourth)]}) == ["received"]
+    # Nothing left to replay.
+    assert uc.service.replay_dead_letters() == []
