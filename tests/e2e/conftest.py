@@ -1,7 +1,9 @@
-"""Fixtures of the end-to-end suite: the receiver, a Celery worker and beat as real processes."""
+"""End-to-end fixtures and helpers: receiver, worker and beat started by the local stack's code."""
 
 from __future__ import annotations
 
+import io
+import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -10,11 +12,14 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 
-from infra import servers, supervise
+from infra import supervise
+from infra.stack import LocalStack, StackConfig
+from pipeline.models import JOB_TERMINAL
 
 CALLBACK_SECRET = "callback-secret-for-the-e2e-suite"
-TERMINAL = {"succeeded", "partially_succeeded", "failed", "cancelled", "timed_out"}
+PIL_FORMAT = {"JPG": "JPEG", "PNG": "PNG", "WEBP": "WEBP"}
 
 
 @dataclass
@@ -45,7 +50,7 @@ class Pipeline:
 
     def wait(self, job_id: str, timeout: float = 90.0,
              until: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
-        done = until or (lambda job: job["state"] in TERMINAL)
+        done = until or (lambda job: job["state"] in JOB_TERMINAL)
         deadline = time.monotonic() + timeout
         with self.client() as client:
             while True:
@@ -60,30 +65,66 @@ class Pipeline:
 @pytest.fixture(scope="session")
 def pipeline(tmp_workdir: Path, redis_server: str, s3_server: str, s3_bucket: str,
              emulator_service: supervise.Service, emulator_api_key: str) -> Iterator[Pipeline]:
-    assert emulator_service.url is not None
-    receiver_port = supervise.free_port()
-    env = servers.pipeline_env(
-        redis_server, s3_server, s3_bucket, emulator_service.url, emulator_api_key,
-        receiver_port, reconcile_interval_seconds=1, reconcile_grace_seconds=3,
-        extra={"UPLOAD_WAIT_SECONDS": "2", "FINALIZE_RETRY_SECONDS": "1",
-               "CIRCUIT_PROBE_SECONDS": "2", "CALLBACK_SECRET": CALLBACK_SECRET},
-    )
-    logs = tmp_workdir / "logs"
-    started: list[supervise.Service] = []
+    """Receiver, worker e2e@<host> and beat against the session's Redis, S3 and emulator."""
+    config = StackConfig(
+        workdir=tmp_workdir / "pipeline", log_dir=tmp_workdir / "logs", bucket=s3_bucket,
+        redis_url=redis_server, s3_endpoint=s3_server, emulator_url=emulator_service.url,
+        emulator_key=emulator_api_key, workers=("e2e",), concurrency=2, flower=False,
+        reconcile_interval_seconds=1, reconcile_grace_seconds=3,
+        extra_env={"UPLOAD_WAIT_SECONDS": "2", "FINALIZE_RETRY_SECONDS": "1",
+                   "CIRCUIT_PROBE_SECONDS": "2", "CALLBACK_SECRET": CALLBACK_SECRET},
+    )  # fmt: skip
+    stack = LocalStack(config)
     try:
-        started.append(servers.start_receiver(tmp_workdir / "receiver", env, receiver_port,
-                                                log_dir=logs))
-        started.append(servers.start_worker(tmp_workdir / "worker", env, name="e2e",
-                                              concurrency=2, log_dir=logs))
-        started.append(servers.start_beat(tmp_workdir / "beat", env, log_dir=logs))
-        yield Pipeline(env=env, receiver_url=f"http://127.0.0.1:{receiver_port}",
-                       emulator_url=emulator_service.url,
-                       api_key=servers.api_key_for(env), bucket=s3_bucket, services=started)
+        stack.start()
+        yield Pipeline(env=stack.env, receiver_url=stack.urls["RECEIVER_URL"],
+                       emulator_url=stack.urls["EMULATOR_URL"], api_key=stack.api_key,
+                       bucket=s3_bucket, services=list(stack.services.values()))  # fmt: skip
     finally:
-        supervise.stop_all(reversed(started))
+        stack.stop()
 
 
 @pytest.fixture
 def stack(pipeline: Pipeline, emulator: str) -> Pipeline:
     """The pipeline with the emulator reset to its defaults for this test."""
     return pipeline
+
+
+def job_keys(s3_client: Any, bucket: str, job_id: str) -> list[str]:
+    """Every key under the job's final prefix, sorted."""
+    answer = s3_client.list_objects_v2(Bucket=bucket, Prefix=f"jobs/{job_id}/")
+    return sorted(item["Key"] for item in answer.get("Contents", []))
+
+
+def staging_keys(s3_client: Any, bucket: str, job_id: str) -> list[str]:
+    """Every key under the job's staging prefix."""
+    answer = s3_client.list_objects_v2(Bucket=bucket, Prefix=f"staging/{job_id}/")
+    return [item["Key"] for item in answer.get("Contents", [])]
+
+
+def check_stored_job(s3_client: Any, stack: Pipeline, job: dict[str, Any], width: int,
+                     height: int, fmt: str) -> dict[str, Any]:
+    """Every slot has exactly one verified final object and the manifest lists them all."""
+    assert job["state"] == "succeeded", job
+    ext = {"JPG": "jpg", "PNG": "png", "WEBP": "webp"}[fmt]
+    expected = [f"jobs/{job['id']}/{n:02d}.{ext}" for n in range(job["numberResults"])]
+    assert [slot["finalKey"] for slot in job["slots"]] == expected
+    assert job_keys(s3_client, stack.bucket, job["id"]) == sorted(
+        [*expected, f"jobs/{job['id']}/manifest.json"])
+    assert staging_keys(s3_client, stack.bucket, job["id"]) == []
+    for slot in job["slots"]:
+        obj = s3_client.get_object(Bucket=stack.bucket, Key=slot["finalKey"])
+        image = Image.open(io.BytesIO(obj["Body"].read()))
+        assert image.format == PIL_FORMAT[fmt]
+        assert image.size == (width, height)
+        assert obj["ContentType"] == Image.MIME[PIL_FORMAT[fmt]]
+        assert obj["Metadata"]["imagine-job-id"] == job["id"]
+        assert obj["Metadata"]["imagine-slot"] == str(slot["slot"])
+        assert obj["Metadata"]["imagine-task-uuid"] == slot["taskUUID"]
+        assert len(obj["Metadata"]["imagine-prompt-sha256"]) == 64
+    manifest = json.loads(s3_client.get_object(
+        Bucket=stack.bucket, Key=job["manifestKey"])["Body"].read())
+    assert manifest["state"] == "succeeded"
+    assert [slot["finalKey"] for slot in manifest["slots"]] == expected
+    assert all(slot["state"] == "stored" for slot in manifest["slots"])
+    return manifest

@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from tests.e2e.conftest import Pipeline
-from tests.e2e.test_pipeline import check_stored_job
+from tests.e2e.conftest import Pipeline, check_stored_job
 
 pytestmark = pytest.mark.e2e
 

@@ -11,8 +11,7 @@ import httpx
 import pytest
 
 from infra import supervise
-from tests.e2e.conftest import Pipeline
-from tests.e2e.test_pipeline import check_stored_job, job_keys
+from tests.e2e.conftest import Pipeline, check_stored_job, job_keys
 
 pytestmark = pytest.mark.e2e
 

@@ -2,61 +2,20 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from PIL import Image
 
-from tests.e2e.conftest import Pipeline
+from tests.e2e.conftest import Pipeline, check_stored_job, job_keys
 
 pytestmark = pytest.mark.e2e
 
 EXAMPLES = json.loads(
     (Path(__file__).resolve().parents[2] / "infra" / "fixtures" / "model-page-examples.json")
     .read_text())
-PIL_FORMAT = {"JPG": "JPEG", "PNG": "PNG", "WEBP": "WEBP"}
-
-
-def job_keys(s3_client: Any, bucket: str, job_id: str) -> list[str]:
-    answer = s3_client.list_objects_v2(Bucket=bucket, Prefix=f"jobs/{job_id}/")
-    return sorted(item["Key"] for item in answer.get("Contents", []))
-
-
-def staging_keys(s3_client: Any, bucket: str, job_id: str) -> list[str]:
-    answer = s3_client.list_objects_v2(Bucket=bucket, Prefix=f"staging/{job_id}/")
-    return [item["Key"] for item in answer.get("Contents", [])]
-
-
-def check_stored_job(s3_client: Any, stack: Pipeline, job: dict[str, Any], width: int,
-                     height: int, fmt: str) -> dict[str, Any]:
-    """Every slot has exactly one verified final object and the manifest lists them all."""
-    assert job["state"] == "succeeded", job
-    ext = {"JPG": "jpg", "PNG": "png", "WEBP": "webp"}[fmt]
-    expected = [f"jobs/{job['id']}/{n:02d}.{ext}" for n in range(job["numberResults"])]
-    assert [slot["finalKey"] for slot in job["slots"]] == expected
-    assert job_keys(s3_client, stack.bucket, job["id"]) == sorted(
-        [*expected, f"jobs/{job['id']}/manifest.json"])
-    assert staging_keys(s3_client, stack.bucket, job["id"]) == []
-    for slot in job["slots"]:
-        obj = s3_client.get_object(Bucket=stack.bucket, Key=slot["finalKey"])
-        image = Image.open(io.BytesIO(obj["Body"].read()))
-        assert image.format == PIL_FORMAT[fmt]
-        assert image.size == (width, height)
-        assert obj["ContentType"] == Image.MIME[PIL_FORMAT[fmt]]
-        assert obj["Metadata"]["imagine-job-id"] == job["id"]
-        assert obj["Metadata"]["imagine-slot"] == str(slot["slot"])
-        assert obj["Metadata"]["imagine-task-uuid"] == slot["taskUUID"]
-        assert len(obj["Metadata"]["imagine-prompt-sha256"]) == 64
-    manifest = json.loads(s3_client.get_object(
-        Bucket=stack.bucket, Key=job["manifestKey"])["Body"].read())
-    assert manifest["state"] == "succeeded"
-    assert [slot["finalKey"] for slot in manifest["slots"]] == expected
-    assert all(slot["state"] == "stored" for slot in manifest["slots"])
-    return manifest
 
 
 def test_model_page_examples_land_in_s3(stack: Pipeline, s3_client: Any) -> None:

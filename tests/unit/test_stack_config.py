@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from infra import servers, stack
+from infra import demo, servers, stack
 from infra.stack import LocalStack, StackConfig, StackError
 
 pytestmark = pytest.mark.unit
@@ -16,7 +16,7 @@ REAL_RUNWARE = {"RUNWARE_API_URL": "https://api.runware.ai/v1", "RUNWARE_API_KEY
 
 
 def _config(environ: dict[str, str], tmp_path: Path) -> StackConfig:
-    return StackConfig.from_environ(environ, tmp_path / "run", tmp_path / "out")
+    return StackConfig.from_environ(environ, tmp_path / "run")
 
 
 @pytest.mark.parametrize(
@@ -82,7 +82,7 @@ def test_real_runware_with_reachable_receiver_and_s3_is_accepted(tmp_path: Path)
         "AWS_ACCESS_KEY_ID": "AKIA-own",
         "AWS_SECRET_ACCESS_KEY": "own-secret",
     }
-    assert config.passthrough == {"RUNWARE_MAX_IN_FLIGHT": "2"}
+    assert config.extra_env == {"RUNWARE_MAX_IN_FLIGHT": "2"}
 
 
 def test_ports_come_from_stack_variables_and_never_6379(tmp_path: Path) -> None:
@@ -183,7 +183,7 @@ def test_stack_env_file_round_trips_through_the_shell(tmp_path: Path) -> None:
 
 
 def test_examples_are_the_model_page_requests() -> None:
-    requests = stack.load_examples()
+    requests = demo.load_examples()
     assert len(requests) == 3
     assert all(request["taskType"] == "imageInference" for request in requests)
     assert all(request["model"] == "xai:grok-imagine@image-pro" for request in requests)
