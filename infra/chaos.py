@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -20,18 +20,16 @@ import httpx
 import psutil
 import redis
 
-from infra import servers, supervise
+from infra import supervise
+from infra.chaos_account import NAMESPACE, PERMANENT_ITEM_CODE, ChaosAccount, Counts
+from infra.stack import LocalStack, StackConfig
 from infra.supervise import ProcessError, Service
 from pipeline.http import RetryOnDisconnectTransport
+from pipeline.models import JOB_TERMINAL
 
-TERMINAL_JOB_STATES = frozenset(
-    {"succeeded", "partially_succeeded", "failed", "cancelled", "timed_out"}
-)
-NAMESPACE = "imagine"
 BUCKET = "imagine-chaos"
 EMULATOR_KEY = "chaos-runware-key"
 IMAGES_PER_JOB = 4
-PERMANENT_ITEM_CODE = "providerContentPolicyViolation"
 # The fault mix of a full run, as shares of the events they apply to.
 FAULT_RATES: dict[str, Any] = {
     "drop_webhook_rate": 0.20,
@@ -55,10 +53,9 @@ FAULT_COUNTS: list[dict[str, Any]] = [
     {"kind": "item_error", "count": 1, "code": PERMANENT_ITEM_CODE},
     {"kind": "item_error", "count": 1, "code": "timeoutProvider"},
 ]
-# Settings of the pipeline processes: a fast reconciler so the run drains in minutes.
+# Settings of the pipeline processes: a fast reconciler (1 s, 5 s grace: see ChaosStack) and
+# short waits, so the run drains in minutes.
 PIPELINE_TUNING = {
-    "RECONCILE_INTERVAL_SECONDS": "1",
-    "RECONCILE_GRACE_SECONDS": "5",
     "UPLOAD_WAIT_SECONDS": "2",
     "FINALIZE_RETRY_SECONDS": "1",
     "CIRCUIT_PROBE_SECONDS": "2",
@@ -88,8 +85,9 @@ def last_error(log: str) -> str:
     return "no error logged"
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str,
-               interval: float = 0.25) -> None:
+def wait_until(
+    check: Callable[[], bool], timeout: float, what: str, interval: float = 0.25
+) -> None:
     """Poll check until it holds; raise ChaosFailure at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
@@ -120,135 +118,73 @@ class Profile:
         return max(1, -(-self.images // IMAGES_PER_JOB))
 
 
-@dataclass
-class Counts:
-    """The outcome the last line reports."""
-
-    requested: int = 0
-    stored: int = 0
-    failed: int = 0
-    lost: int = 0
-    duplicates: int = 0
-    charged: int = 0
-    charged_twice: int = 0
-    drain_s: float = 0.0
-    permanent_injected: int = 0
-    problems: list[str] = field(default_factory=list)
-
-    def line(self) -> str:
-        return (f"chaos: requested={self.requested} stored={self.stored} failed={self.failed} "
-                f"lost={self.lost} duplicates={self.duplicates} charged={self.charged} "
-                f"charged_twice={self.charged_twice} drain_s={self.drain_s:.1f}")
-
-    @property
-    def ok(self) -> bool:
-        return (not self.problems and self.lost == 0 and self.duplicates == 0
-                and self.charged_twice == 0 and self.failed <= self.permanent_injected
-                and self.stored + self.failed == self.requested)
-
-
-class ChaosStack:
-    """Every process of the pipeline on free ports, with the handles to kill and restart them."""
+class ChaosStack(LocalStack):
+    """The local stack with two workers, and what a supervisor does when one exits."""
 
     def __init__(self, workdir: Path, seed: int) -> None:
-        self.workdir = workdir
-        self.logs = workdir / "logs"
-        self.seed = seed
+        config = StackConfig(
+            workdir=workdir,
+            bucket=BUCKET,
+            emulator_key=EMULATOR_KEY,
+            emulator_args=("--seed", str(seed)),
+            redis_aof=True,
+            workers=("w1", "w2"),
+            concurrency=2,
+            flower=False,
+            reconcile_interval_seconds=1,
+            reconcile_grace_seconds=5,
+            extra_env=PIPELINE_TUNING,
+        )
+        super().__init__(config, say=say)
         self.hostname = socket.gethostname()
-        self.redis: Service | None = None
-        self.s3: Service | None = None
-        self.emulator: Service | None = None
-        self.receiver: Service | None = None
-        self.beat: Service | None = None
-        self.workers: dict[str, Service] = {}
         self.incarnations: dict[str, int] = {}
-        self.env: dict[str, str] = {}
-        self.receiver_port = 0
-        self.redis_port = 0
         self.crashes: list[str] = []
 
-    # --- lifecycle ---
-    def start(self) -> None:
-        self.logs.mkdir(parents=True, exist_ok=True)
-        self.redis = servers.start_redis(self.workdir / "redis", appendonly=True,
-                                           log_dir=self.logs)
-        assert self.redis.url is not None and self.redis.port is not None
-        self.redis_port = self.redis.port
-        self.s3 = servers.start_s3(self.workdir / "s3", log_dir=self.logs)
-        assert self.s3.url is not None
-        servers.create_bucket(self.s3.url, BUCKET)
-        self.emulator = servers.start_emulator(
-            self.workdir / "emulator", api_key=EMULATOR_KEY, log_dir=self.logs,
-            extra_args=["--seed", str(self.seed)])
-        assert self.emulator.url is not None
-        # Fixed for the whole run: the webhook URLs Runware holds must stay valid across restarts.
-        self.receiver_port = supervise.free_port()
-        self.env = servers.pipeline_env(
-            self.redis.url, self.s3.url, BUCKET, self.emulator.url, EMULATOR_KEY,
-            self.receiver_port, extra=PIPELINE_TUNING)
-        self.receiver = servers.start_receiver(self.workdir / "receiver", self.env,
-                                                 self.receiver_port, log_dir=self.logs)
-        for name in ("w1", "w2"):
-            self.start_worker(name)
-        self.beat = servers.start_beat(self.workdir / "beat", self.env, log_dir=self.logs)
-
-    def start_worker(self, name: str) -> Service:
+    def start_worker(self, name: str, log_dir: Path | None = None) -> Service:
+        """Start worker name again, with a log of its own per incarnation (readiness reads it)."""
         incarnation = self.incarnations.get(name, 0) + 1
         self.incarnations[name] = incarnation
-        # A log of its own per incarnation: readiness is read from the log.
-        service = servers.start_worker(self.workdir / "workers", self.env, name=name,
-                                         concurrency=2,
-                                         log_dir=self.logs / f"{name}.{incarnation}")
-        self.workers[name] = service
-        return service
+        return super().start_worker(name, log_dir=self.log_dir / f"{name}.{incarnation}")
 
-    def services(self) -> list[Service]:
-        found = [self.beat, *self.workers.values(), self.receiver, self.emulator, self.s3,
-                 self.redis]
-        return [service for service in found if service is not None]
-
-    def stop(self) -> None:
-        supervise.stop_all(self.services(), timeout=8)
-
-    # --- handles ---
     @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis_port}/0"
+        return self.urls["REDIS_URL"]
 
     @property
     def receiver_url(self) -> str:
-        return f"http://127.0.0.1:{self.receiver_port}"
+        return self.urls["RECEIVER_URL"]
 
     @property
     def emulator_url(self) -> str:
-        assert self.emulator is not None and self.emulator.url is not None
-        return self.emulator.url
-
-    @property
-    def s3_url(self) -> str:
-        assert self.s3 is not None and self.s3.url is not None
-        return self.s3.url
+        return self.urls["EMULATOR_URL"]
 
     def nodename(self, name: str) -> str:
         return f"{name}@{self.hostname}"
 
-    def api_key(self) -> str:
-        return servers.api_key_for(self.env)
-
     def check_alive(self) -> None:
         """Fail when a server died; restart a worker that exited, as its supervisor would."""
-        for name, worker in list(self.workers.items()):
+        for name, worker in self.workers.items():
             if not worker.process.alive:
-                self.crashes.append(f"{self.nodename(name)} exited on its own with code "
-                                    f"{worker.process.returncode}: "
-                                    f"{last_error(worker.process.log_text())}")
+                self.crashes.append(
+                    f"{self.nodename(name)} exited on its own with code "
+                    f"{worker.process.returncode}: {last_error(worker.process.log_text())}"
+                )
                 say(f"supervisor: {self.crashes[-1]}; starting it again")
                 worker.process.stop(timeout=5)
                 self.start_worker(name)
-        for service in self.services():
+        for service in self.services.values():
             if not service.process.alive:
-                raise ChaosFailure(f"{service.name} exited with code "
-                                   f"{service.process.returncode}\n{service.process.tail()}")
+                raise ChaosFailure(
+                    f"{service.name} exited with code "
+                    f"{service.process.returncode}\n{service.process.tail()}"
+                )
+
+
+def _pid(service: Service) -> int:
+    """The pid of a running service's leader."""
+    if service.process.pid is None:
+        raise ChaosFailure(f"{service.name} was never started")
+    return service.process.pid
 
 
 class Inspector:
@@ -318,8 +254,11 @@ class Submitter(threading.Thread):
     def body(self, index: int, images: int) -> dict[str, Any]:
         return {
             "positivePrompt": f"chaos run {self.profile.seed}: a lighthouse, study {index}",
-            "resolution": "1K", "outputFormat": "JPG", "numberResults": images,
-            "deadlineSeconds": 1800, "metadata": {"run": f"chaos-{self.profile.seed}"},
+            "resolution": "1K",
+            "outputFormat": "JPG",
+            "numberResults": images,
+            "deadlineSeconds": 1800,
+            "metadata": {"run": f"chaos-{self.profile.seed}"},
             "idempotencyKey": f"chaos-{self.profile.seed}-{index}",
         }
 
@@ -333,10 +272,14 @@ class Submitter(threading.Thread):
         jobs = self.profile.jobs
         gap = self.profile.submit_seconds / max(1, jobs)
         started = time.monotonic()
-        headers = {"Authorization": f"Bearer {self.stack.api_key()}"}
+        headers = {"Authorization": f"Bearer {self.stack.api_key}"}
         remaining = self.profile.images
-        with httpx.Client(base_url=self.stack.receiver_url, timeout=10, headers=headers,
-                          transport=RetryOnDisconnectTransport()) as client:
+        with httpx.Client(
+            base_url=self.stack.receiver_url,
+            timeout=10,
+            headers=headers,
+            transport=RetryOnDisconnectTransport(),
+        ) as client:
             for index in range(jobs):
                 images = min(IMAGES_PER_JOB, remaining)
                 remaining -= images
@@ -357,8 +300,9 @@ class Submitter(threading.Thread):
                 if response.status_code in (200, 202):
                     return str(response.json()["id"])
                 if response.status_code < 500 and response.status_code != 429:
-                    raise ChaosFailure(f"the jobs API refused a job: {response.status_code} "
-                                       f"{response.text[:500]}")
+                    raise ChaosFailure(
+                        f"the jobs API refused a job: {response.status_code} {response.text[:500]}"
+                    )
             except httpx.HTTPError:
                 pass
             self.retries += 1
@@ -385,29 +329,50 @@ class ChaosRun:
         self.timeout = timeout
         self.stack = ChaosStack(workdir, profile.seed)
         self.stop_event = threading.Event()
-        self.inspector: Inspector | None = None
-        self.submitter: Submitter | None = None
+        self._inspector: Inspector | None = None
+        self._submitter: Submitter | None = None
         self.deadline = 0.0
+
+    @property
+    def inspector(self) -> Inspector:
+        if self._inspector is None:
+            raise ChaosFailure("the run has not started")
+        return self._inspector
+
+    @property
+    def submitter(self) -> Submitter:
+        if self._submitter is None:
+            raise ChaosFailure("the run has not started")
+        return self._submitter
 
     # --- emulator controls ---
     def emulator_call(self, method: str, path: str, body: Any = None) -> Any:
-        response = httpx.request(method, f"{self.stack.emulator_url}{path}", json=body,
-                                 timeout=30)
+        response = httpx.request(method, f"{self.stack.emulator_url}{path}", json=body, timeout=30)
         response.raise_for_status()
         return response.json()
 
     def arm_faults(self) -> None:
-        config: dict[str, Any] = {"seed": self.profile.seed, "latency_min_ms": 200,
-                                  "latency_max_ms": 1200}
+        config: dict[str, Any] = {
+            "seed": self.profile.seed,
+            "latency_min_ms": 200,
+            "latency_max_ms": 1200,
+        }
         if self.profile.exact_faults:
             self.emulator_call("PATCH", "/_emulator/config", config)
             for entry in FAULT_COUNTS:
                 self.emulator_call("POST", "/_emulator/faults/queue", entry)
-            say("faults armed: " + ", ".join(
-                f"{entry['count']}x {entry['kind']}"
-                + (f"({entry.get('status') or entry.get('code')})"
-                   if entry.get("status") or entry.get("code") else "")
-                for entry in FAULT_COUNTS))
+            say(
+                "faults armed: "
+                + ", ".join(
+                    f"{entry['count']}x {entry['kind']}"
+                    + (
+                        f"({entry.get('status') or entry.get('code')})"
+                        if entry.get("status") or entry.get("code")
+                        else ""
+                    )
+                    for entry in FAULT_COUNTS
+                )
+            )
         else:
             config.update(FAULT_RATES)
             self.emulator_call("PATCH", "/_emulator/config", config)
@@ -418,38 +383,39 @@ class ChaosRun:
         return self.deadline - time.monotonic()
 
     def wait_submitted(self, share: float) -> None:
-        assert self.submitter is not None
         target = max(1, int(self.profile.jobs * share))
-        wait_until(lambda: self._submitter_ok() and self.submitter is not None
-                   and self.submitter.submitted() >= target,
-                   max(5.0, self.remaining()), f"{target} jobs submitted")
+        wait_until(
+            lambda: self._submitter_ok() and self.submitter.submitted() >= target,
+            max(5.0, self.remaining()),
+            f"{target} jobs submitted",
+        )
 
     def _submitter_ok(self) -> bool:
-        assert self.submitter is not None
         if self.submitter.error is not None:
             raise ChaosFailure(f"submitting failed: {self.submitter.error}")
         return True
 
     # --- faults ---
     def totals(self) -> dict[str, int | None]:
-        assert self.inspector is not None
-        return {name: self.inspector.total(self.stack.nodename(name))
-                for name in self.stack.workers}
+        return {
+            name: self.inspector.total(self.stack.nodename(name)) for name in self.stack.workers
+        }
 
     def expect_consuming(self, before: dict[str, int | None], what: str) -> None:
         """Every worker runs tasks again: its task total grows past what it was before."""
-        assert self.inspector is not None
         started = time.monotonic()
         incarnations = dict(self.stack.incarnations)
         for name in sorted(self.stack.workers):
             node = self.stack.nodename(name)
 
             def grew(name: str = name, node: str = node) -> bool:
-                assert self.inspector is not None
                 self.stack.check_alive()
                 # A worker started again since counts its tasks from zero.
-                floor = (before.get(name) or 0
-                         if self.stack.incarnations[name] == incarnations[name] else 0)
+                floor = (
+                    before.get(name) or 0
+                    if self.stack.incarnations[name] == incarnations[name]
+                    else 0
+                )
                 total = self.inspector.total(node)
                 if total is not None and total > floor:
                     return True
@@ -463,16 +429,13 @@ class ChaosRun:
             except ChaosFailure as exc:
                 active = self.inspector._call("active", node)
                 raise ChaosFailure(f"{exc}; it runs {active}") from None
-        say(f"after {what}: every worker consumes again "
-            f"({time.monotonic() - started:.1f}s)")
+        say(f"after {what}: every worker consumes again ({time.monotonic() - started:.1f}s)")
 
     def kill_child(self, name: str) -> None:
         """SIGKILL one pool process of a worker, one that runs a task when one can be found."""
-        assert self.inspector is not None
         worker = self.stack.workers[name]
         node = self.stack.nodename(name)
-        main_pid = worker.process.pid
-        assert main_pid is not None
+        main_pid = _pid(worker)
         before = self.totals()
         children = {child.pid for child in psutil.Process(main_pid).children()}
         victim: int | None = None
@@ -487,18 +450,22 @@ class ChaosRun:
         if victim is None:
             victim = sorted(children)[0]
         os.kill(victim, signal.SIGKILL)
-        say(f"killed pool process {victim} of {node} with SIGKILL "
-            f"({'mid-task' if busy else 'idle'})")
-        wait_until(lambda: len(psutil.Process(main_pid).children()) >= 2, 30,
-                   f"{node} to replace its pool process")
+        say(
+            f"killed pool process {victim} of {node} with SIGKILL "
+            f"({'mid-task' if busy else 'idle'})"
+        )
+        wait_until(
+            lambda: len(psutil.Process(main_pid).children()) >= 2,
+            30,
+            f"{node} to replace its pool process",
+        )
         self.expect_consuming(before, f"the pool kill on {name}")
 
     def kill_main(self, name: str) -> None:
         """SIGKILL a worker's main process, then its orphans, then start it again."""
         worker = self.stack.workers[name]
         process = worker.process
-        assert process.pid is not None
-        pid = process.pid
+        pid = _pid(worker)
         process.kill(signal.SIGKILL, group=False)
         say(f"killed main process {pid} of {self.stack.nodename(name)} with SIGKILL")
         wait_until(lambda: not process.alive, 15, f"{name} main process to exit")
@@ -513,34 +480,29 @@ class ChaosRun:
 
     def restart_receiver(self) -> None:
         """SIGKILL gunicorn's master, let its workers go, start it again on the same port."""
-        receiver = self.stack.receiver
-        assert receiver is not None and receiver.process.pid is not None
+        receiver = self.stack.services["receiver"]
         before = self.totals()
         receiver.process.kill(signal.SIGKILL, group=False)
-        say(f"killed the receiver's gunicorn master {receiver.process.pid} with SIGKILL")
+        say(f"killed the receiver's gunicorn master {_pid(receiver)} with SIGKILL")
         wait_until(lambda: not receiver.process.alive, 15, "the gunicorn master to exit")
         with contextlib.suppress(ChaosFailure):
             # Orphaned gunicorn workers notice their master is gone and exit on their own.
-            wait_until(lambda: not receiver.process._group_alive(), 3,
-                       "the gunicorn workers to exit")
+            wait_until(
+                lambda: not receiver.process._group_alive(), 3, "the gunicorn workers to exit"
+            )
         receiver.process.stop(timeout=5)
-        self.stack.receiver = servers.start_receiver(
-            self.workdir / "receiver", self.stack.env, self.stack.receiver_port,
-            log_dir=self.stack.logs)
+        self.stack.start_receiver()
         say(f"restarted the receiver on port {self.stack.receiver_port}")
         self.expect_consuming(before, "the receiver restart")
 
     def restart_redis(self) -> None:
         """SIGTERM Redis (AOF on), start it again on the same port and data directory."""
-        redis_service = self.stack.redis
-        assert redis_service is not None
+        redis_service = self.stack.services["redis"]
         before = self.totals()
         code = redis_service.stop(timeout=15)
         say(f"stopped Redis with SIGTERM (exit code {code})")
         time.sleep(1.0)
-        self.stack.redis = servers.start_redis(
-            self.workdir / "redis", port=self.stack.redis_port, appendonly=True,
-            log_dir=self.stack.logs)
+        self.stack.start_redis()
         say(f"restarted Redis on port {self.stack.redis_port} from its append-only file")
         self.expect_consuming(before, "the Redis restart")
 
@@ -557,8 +519,10 @@ class ChaosRun:
         if self.profile.restart_redis:
             steps.insert(min(3, len(steps)), ("Redis restart", self.restart_redis))
         count = len(steps)
-        return [(0.1 + 0.8 * index / max(1, count), label, step)
-                for index, (label, step) in enumerate(steps)]
+        return [
+            (0.1 + 0.8 * index / max(1, count), label, step)
+            for index, (label, step) in enumerate(steps)
+        ]
 
     # --- the run ---
     def run(self) -> Counts:
@@ -566,15 +530,19 @@ class ChaosRun:
         self.deadline = started + self.timeout
         say(f"starting the stack in {self.workdir} (seed {self.profile.seed})")
         self.stack.start()
-        say(f"stack up in {time.monotonic() - started:.1f}s: receiver {self.stack.receiver_url}, "
-            f"emulator {self.stack.emulator_url}, workers w1 and w2 (concurrency 2), beat")
-        self.inspector = Inspector(self.stack.redis_url)
+        say(
+            f"stack up in {time.monotonic() - started:.1f}s: receiver {self.stack.receiver_url}, "
+            f"emulator {self.stack.emulator_url}, workers w1 and w2 (concurrency 2), beat"
+        )
+        self._inspector = Inspector(self.stack.redis_url)
         self.arm_faults()
-        self.submitter = Submitter(self.stack, self.profile, self.stop_event)
+        self._submitter = Submitter(self.stack, self.profile, self.stop_event)
         submit_started = time.monotonic()
         self.submitter.start()
-        say(f"submitting {self.profile.jobs} jobs ({self.profile.images} images) over "
-            f"{self.profile.submit_seconds:.0f}s")
+        say(
+            f"submitting {self.profile.jobs} jobs ({self.profile.images} images) over "
+            f"{self.profile.submit_seconds:.0f}s"
+        )
         for share, label, step in self.schedule():
             self.wait_submitted(share)
             self.stack.check_alive()
@@ -584,22 +552,26 @@ class ChaosRun:
         if self.submitter.is_alive():
             raise ChaosFailure("the submitter did not finish before the deadline")
         self._submitter_ok()
-        say(f"all {self.submitter.submitted()} jobs submitted "
-            f"({self.submitter.retries} API retries); waiting for the work to drain")
+        say(
+            f"all {self.submitter.submitted()} jobs submitted "
+            f"({self.submitter.retries} API retries); waiting for the work to drain"
+        )
         job_ids = self.submitter.ids()
         self.wait_drained(job_ids)
         drain_s = time.monotonic() - submit_started
         say(f"every job is terminal after {drain_s:.1f}s")
         with contextlib.suppress(ChaosFailure):
-            wait_until(lambda: bool(self.emulator_call("GET", "/_emulator/idle")["idle"]), 30,
-                       "the emulator to be idle")
+            wait_until(
+                lambda: bool(self.emulator_call("GET", "/_emulator/idle")["idle"]),
+                30,
+                "the emulator to be idle",
+            )
         counts = self.account(job_ids, self.submitter.requested)
         counts.drain_s = drain_s
         return counts
 
     def wait_drained(self, job_ids: list[str]) -> None:
-        client = redis.Redis.from_url(self.stack.redis_url, decode_responses=True,
-                                      socket_timeout=5)
+        client = redis.Redis.from_url(self.stack.redis_url, decode_responses=True, socket_timeout=5)
         open_ids = list(job_ids)
         last_report = time.monotonic()
 
@@ -610,8 +582,11 @@ class ChaosRun:
             for job_id in open_ids:
                 pipe.hget(f"{NAMESPACE}:job:{job_id}", "state")
             states = pipe.execute()
-            open_ids = [job_id for job_id, state in zip(open_ids, states, strict=True)
-                        if state not in TERMINAL_JOB_STATES]
+            open_ids = [
+                job_id
+                for job_id, state in zip(open_ids, states, strict=True)
+                if state not in JOB_TERMINAL
+            ]
             if open_ids and time.monotonic() - last_report > 15:
                 last_report = time.monotonic()
                 say(f"{len(open_ids)} jobs still open")
@@ -622,133 +597,35 @@ class ChaosRun:
         except ChaosFailure:
             for job_id in open_ids[:10]:
                 job = client.hgetall(f"{NAMESPACE}:job:{job_id}")
-                states = [client.hget(f"{NAMESPACE}:job:{job_id}:slot:{n}", "state")
-                          for n in range(int(job.get("slot_count") or 0))]
-                say(f"still open: job {job_id} {job.get('state')} "
-                    f"({job.get('reason') or 'no reason'}), slots {states}")
+                states = [
+                    client.hget(f"{NAMESPACE}:job:{job_id}:slot:{n}", "state")
+                    for n in range(int(job.get("slot_count") or 0))
+                ]
+                say(
+                    f"still open: job {job_id} {job.get('state')} "
+                    f"({job.get('reason') or 'no reason'}), slots {states}"
+                )
             raise
         finally:
             client.close()
 
     # --- accounting ---
     def account(self, job_ids: list[str], requested: int) -> Counts:
-        counts = Counts(requested=requested)
-        client = redis.Redis.from_url(self.stack.redis_url, decode_responses=True,
-                                      socket_timeout=10)
-        s3 = servers.local_s3_client(self.s3_endpoint())
-        slot_of_task: dict[str, tuple[str, int]] = {}
-        slots: dict[tuple[str, int], dict[str, str]] = {}
-        try:
-            for job_id in job_ids:
-                job = client.hgetall(f"{NAMESPACE}:job:{job_id}")
-                if not job:
-                    counts.problems.append(f"job {job_id} is missing from Redis")
-                    continue
-                if job.get("state") not in TERMINAL_JOB_STATES:
-                    counts.problems.append(f"job {job_id} is {job.get('state')}")
-                if not job.get("manifest_key"):
-                    counts.problems.append(f"job {job_id} has no manifest")
-                for n in range(int(job["slot_count"])):
-                    raw = client.hgetall(f"{NAMESPACE}:job:{job_id}:slot:{n}")
-                    slots[(job_id, n)] = raw
-                    previous = [u for u in (raw.get("previous_task_uuids") or "").split(",") if u]
-                    for task_uuid in [raw.get("task_uuid"), *previous]:
-                        if task_uuid:
-                            slot_of_task[task_uuid] = (job_id, n)
-        finally:
-            client.close()
-        for (job_id, n), raw in slots.items():
-            state = raw.get("state")
-            if state == "stored":
-                counts.stored += 1
-            elif state in {"failed", "dead"} and raw.get("error_code"):
-                counts.failed += 1
-                say(f"slot {job_id}/{n} {state}: {raw.get('error_code')} "
-                    f"{raw.get('error_message', '')[:120]}")
-            else:
-                say(f"slot {job_id}/{n} lost in state {state}")
-        counts.lost = requested - counts.stored - counts.failed
-        self.account_objects(s3, job_ids, slots, counts)
-        self.account_charges(slot_of_task, counts)
-        return counts
-
-    def s3_endpoint(self) -> str:
-        return self.stack.s3_url
-
-    def account_objects(self, s3: Any, job_ids: list[str],
-                        slots: dict[tuple[str, int], dict[str, str]], counts: Counts) -> None:
-        """Final objects: exactly one per stored slot, matching its record; nothing else."""
-        ours = set(job_ids)
-        objects: dict[str, dict[str, Any]] = {}
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="jobs/"):
-            for item in page.get("Contents", []):
-                objects[item["Key"]] = item
-        expected: dict[str, tuple[str, int]] = {}
-        for (job_id, n), raw in slots.items():
-            if raw.get("state") == "stored":
-                if not raw.get("final_key"):
-                    counts.problems.append(f"stored slot {job_id}/{n} has no final key")
-                    continue
-                expected[raw["final_key"]] = (job_id, n)
-        for key in sorted(objects):
-            parts = key.split("/")
-            job_id = parts[1] if len(parts) > 2 else ""
-            if job_id in ours and parts[-1] == "manifest.json" and len(parts) == 3:
-                continue
-            if key not in expected:
-                counts.duplicates += 1
-                say(f"unexpected object {key}")
-        for key, (job_id, n) in expected.items():
-            raw = slots[(job_id, n)]
-            if key not in objects:
-                counts.problems.append(f"stored slot {job_id}/{n}: {key} is missing")
-                continue
-            head = s3.head_object(Bucket=BUCKET, Key=key)
-            size_ok = str(head["ContentLength"]) == raw.get("size")
-            etag_ok = head["ETag"].strip('"') == (raw.get("etag") or "").strip('"')
-            if not (size_ok and etag_ok):
-                counts.problems.append(
-                    f"stored slot {job_id}/{n}: {key} is {head['ContentLength']} bytes "
-                    f"{head['ETag']}, the record says {raw.get('size')} {raw.get('etag')}")
-        say(f"S3: {len(objects)} objects under jobs/, {len(expected)} final images checked")
-
-    def account_charges(self, slot_of_task: dict[str, tuple[str, int]], counts: Counts) -> None:
-        """Charged images per slot, from the emulator's ledger; and what it injected."""
-        ledger = self.emulator_call("GET", "/_emulator/ledger")
-        entries = ledger["entries"]
-        counts.charged = len(entries)
-        per_slot: dict[tuple[str, int], int] = {}
-        for entry in entries:
-            slot = slot_of_task.get(entry["taskUUID"])
-            if slot is None:
-                counts.problems.append(f"charged task {entry['taskUUID']} belongs to no slot")
-                continue
-            per_slot[slot] = per_slot.get(slot, 0) + 1
-        for slot, charged in sorted(per_slot.items()):
-            if charged > 1:
-                counts.charged_twice += 1
-                say(f"slot {slot[0]}/{slot[1]} charged {charged} times")
-        tasks = self.emulator_call("GET", "/_emulator/tasks")["tasks"]
-        for task in tasks:
-            if "error" not in task.get("statuses", []):
-                continue
-            detail = self.emulator_call("GET", f"/_emulator/tasks/{task['taskUUID']}")
-            for image in detail.get("slots", detail.get("images", [])):
-                if (image.get("error") or {}).get("code") == PERMANENT_ITEM_CODE:
-                    counts.permanent_injected += 1
-        stats = self.emulator_call("GET", "/_emulator/stats")
-        queue = self.emulator_call("GET", "/_emulator/faults/queue")["queue"]
-        if self.profile.exact_faults and queue:
-            counts.problems.append(f"one-shot faults never consumed: {queue}")
-        say("emulator: " + ", ".join(f"{k}={v}" for k, v in sorted(stats.items())
-                                     if isinstance(v, int | float) and v))
-        say(f"emulator: {counts.permanent_injected} permanent item failures injected")
+        """Account for every requested image; see infra.chaos_account."""
+        accountant = ChaosAccount(
+            self.stack.redis_url,
+            self.stack.s3_client(),
+            BUCKET,
+            lambda path: self.emulator_call("GET", path),
+            say,
+        )
+        return accountant.account(job_ids, requested, exact_faults=self.profile.exact_faults)
 
     def close(self) -> None:
         self.stop_event.set()
-        if self.inspector is not None:
-            self.inspector.close()
-        self.stack.stop()
+        if self._inspector is not None:
+            self._inspector.close()
+        self.stack.stop(timeout=8)
 
 
 def build_profile(args: argparse.Namespace) -> Profile:
@@ -758,26 +635,46 @@ def build_profile(args: argparse.Namespace) -> Profile:
     else:
         kills = [("w1", "child"), ("w2", "main"), ("w2", "child")]
         submit_seconds = args.submit_seconds if args.submit_seconds is not None else 90.0
-    return Profile(images=args.images, seed=args.seed, exact_faults=args.reduced, kills=kills,
-                   restart_receiver=not args.no_receiver_restart,
-                   restart_redis=not args.no_redis_restart, submit_seconds=submit_seconds)
+    return Profile(
+        images=args.images,
+        seed=args.seed,
+        exact_faults=args.reduced,
+        kills=kills,
+        restart_receiver=not args.no_receiver_restart,
+        restart_redis=not args.no_redis_restart,
+        submit_seconds=submit_seconds,
+    )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m infra.chaos",
         description="Run images through the local stack under injected provider faults, "
-                    "worker kills, a receiver kill and a Redis restart; account for every image.")
+        "worker kills, a receiver kill and a Redis restart; account for every image.",
+    )
     parser.add_argument("--images", type=int, default=500, help="images to request (default 500)")
     parser.add_argument("--seed", type=int, default=20240601, help="seed of the fault schedule")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="data and logs (default .run/chaos/<seed>-<time>)")
-    parser.add_argument("--timeout", type=float, default=540.0,
-                        help="seconds the whole run may take before it fails (default 540)")
-    parser.add_argument("--reduced", action="store_true",
-                        help="exact counts of one-shot faults and one worker kill")
-    parser.add_argument("--submit-seconds", type=float, default=None,
-                        help="spread the submissions over this many seconds")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="data and logs (default .run/chaos/<seed>-<time>)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=540.0,
+        help="seconds the whole run may take before it fails (default 540)",
+    )
+    parser.add_argument(
+        "--reduced", action="store_true", help="exact counts of one-shot faults and one worker kill"
+    )
+    parser.add_argument(
+        "--submit-seconds",
+        type=float,
+        default=None,
+        help="spread the submissions over this many seconds",
+    )
     parser.add_argument("--no-receiver-restart", action="store_true")
     parser.add_argument("--no-redis-restart", action="store_true")
     args = parser.parse_args(argv)
@@ -793,8 +690,13 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     profile = build_profile(args)
-    workdir = (args.workdir or supervise.REPO_ROOT / ".run" / "chaos"
-               / f"{profile.seed}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    workdir = (
+        args.workdir
+        or supervise.REPO_ROOT
+        / ".run"
+        / "chaos"
+        / f"{profile.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    ).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     previous = {}
     if threading.current_thread() is threading.main_thread():
@@ -824,8 +726,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for problem in counts.problems:
         say(f"problem: {problem}")
     if counts.failed > counts.permanent_injected:
-        say(f"problem: {counts.failed} failed slots, but only {counts.permanent_injected} "
-            "permanent item failures were injected")
+        say(
+            f"problem: {counts.failed} failed slots, but only {counts.permanent_injected} "
+            "permanent item failures were injected"
+        )
     print(counts.line(), flush=True)
     return 0 if counts.ok and not run.stack.crashes else 1
 

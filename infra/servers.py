@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -297,14 +298,30 @@ def start_beat(
     argv = [venv_bin("celery"), "-A", "workers.worker", "beat",
             "-s", str(workdir / "celerybeat-schedule"), "-l", "INFO"]  # fmt: skip
     process = ManagedProcess("beat", argv, log_dir=logs, env=child_env(env), cwd=REPO_ROOT)
+    started = time.time()
     process.start()
     pattern = re.compile(r"beat: Starting")
+
+    def ready() -> bool:
+        # A LOG_LEVEL above INFO hides the log line; the scheduler opening its file says as much.
+        schedule_opened = _written_since(workdir, "celerybeat-schedule*", started)
+        return schedule_opened or _log_shows(process, pattern)
+
     try:
-        poll_until(lambda: _log_shows(process, pattern), timeout, "beat start", process)
+        poll_until(ready, timeout, "beat start", process)
     except BaseException:
         process.stop(timeout=5)
         raise
     return Service(process)
+
+
+def _written_since(directory: Path, pattern: str, since: float) -> bool:
+    """Whether a file matching pattern in directory was modified at or after since."""
+    for path in directory.glob(pattern):
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_mtime >= since - 1:
+                return True
+    return False
 
 
 def flower_basic_auth(user: str = "imagine") -> str:
