@@ -34,8 +34,11 @@ class Pipeline:
     services: list[supervise.Service]
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.receiver_url, timeout=15,
-                            headers={"Authorization": f"Bearer {self.api_key}"})
+        return httpx.Client(
+            base_url=self.receiver_url,
+            timeout=15,
+            headers={"Authorization": f"Bearer {self.api_key}"},
+        )
 
     def emulator(self, **switches: Any) -> None:
         response = httpx.patch(f"{self.emulator_url}/_emulator/config", json=switches, timeout=10)
@@ -48,8 +51,12 @@ class Pipeline:
         job: dict[str, Any] = response.json()
         return job
 
-    def wait(self, job_id: str, timeout: float = 90.0,
-             until: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+    def wait(
+        self,
+        job_id: str,
+        timeout: float = 90.0,
+        until: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> dict[str, Any]:
         done = until or (lambda job: job["state"] in JOB_TERMINAL)
         deadline = time.monotonic() + timeout
         with self.client() as client:
@@ -63,8 +70,14 @@ class Pipeline:
 
 
 @pytest.fixture(scope="session")
-def pipeline(tmp_workdir: Path, redis_server: str, s3_server: str, s3_bucket: str,
-             emulator_service: supervise.Service, emulator_api_key: str) -> Iterator[Pipeline]:
+def pipeline(
+    tmp_workdir: Path,
+    redis_server: str,
+    s3_server: str,
+    s3_bucket: str,
+    emulator_service: supervise.Service,
+    emulator_api_key: str,
+) -> Iterator[Pipeline]:
     """Receiver, worker e2e@<host> and beat against the session's Redis, S3 and emulator."""
     config = StackConfig(
         workdir=tmp_workdir / "pipeline", log_dir=tmp_workdir / "logs", bucket=s3_bucket,
@@ -102,15 +115,17 @@ def staging_keys(s3_client: Any, bucket: str, job_id: str) -> list[str]:
     return [item["Key"] for item in answer.get("Contents", [])]
 
 
-def check_stored_job(s3_client: Any, stack: Pipeline, job: dict[str, Any], width: int,
-                     height: int, fmt: str) -> dict[str, Any]:
+def check_stored_job(
+    s3_client: Any, stack: Pipeline, job: dict[str, Any], width: int, height: int, fmt: str
+) -> dict[str, Any]:
     """Every slot has exactly one verified final object and the manifest lists them all."""
     assert job["state"] == "succeeded", job
     ext = {"JPG": "jpg", "PNG": "png", "WEBP": "webp"}[fmt]
     expected = [f"jobs/{job['id']}/{n:02d}.{ext}" for n in range(job["numberResults"])]
     assert [slot["finalKey"] for slot in job["slots"]] == expected
     assert job_keys(s3_client, stack.bucket, job["id"]) == sorted(
-        [*expected, f"jobs/{job['id']}/manifest.json"])
+        [*expected, f"jobs/{job['id']}/manifest.json"]
+    )
     assert staging_keys(s3_client, stack.bucket, job["id"]) == []
     for slot in job["slots"]:
         obj = s3_client.get_object(Bucket=stack.bucket, Key=slot["finalKey"])
@@ -122,8 +137,9 @@ def check_stored_job(s3_client: Any, stack: Pipeline, job: dict[str, Any], width
         assert obj["Metadata"]["imagine-slot"] == str(slot["slot"])
         assert obj["Metadata"]["imagine-task-uuid"] == slot["taskUUID"]
         assert len(obj["Metadata"]["imagine-prompt-sha256"]) == 64
-    manifest = json.loads(s3_client.get_object(
-        Bucket=stack.bucket, Key=job["manifestKey"])["Body"].read())
+    manifest = json.loads(
+        s3_client.get_object(Bucket=stack.bucket, Key=job["manifestKey"])["Body"].read()
+    )
     assert manifest["state"] == "succeeded"
     assert [slot["finalKey"] for slot in manifest["slots"]] == expected
     assert all(slot["state"] == "stored" for slot in manifest["slots"])
