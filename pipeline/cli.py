@@ -7,26 +7,23 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import Settings, SettingsError
 from pipeline.errors import PipelineError
+from pipeline.models import JobState, SlotState
 
-
-def _service(settings: Settings) -> Any:
-    from celery import Celery
-
-    from pipeline.dispatch import CeleryDispatcher
+if TYPE_CHECKING:
     from pipeline.services import JobService
-    from pipeline.storage import S3ObjectStorage
-    from pipeline.store import RedisJobStore
 
-    producer = Celery("imagine", broker=settings.broker_url)
-    producer.conf.broker_transport_options = {
-        "visibility_timeout": settings.visibility_timeout_seconds}
-    return JobService(settings=settings, store=RedisJobStore.from_settings(settings),
-                      storage=S3ObjectStorage.from_settings(settings),
-                      dispatcher=CeleryDispatcher(producer))
+
+def _service(settings: Settings) -> JobService:
+    # Imported here: `imagine stack` and `imagine emulator` start without the pipeline's
+    # clients (boto3, Celery) and their import time.
+    from pipeline.wiring import build_service
+
+    return build_service(settings)
 
 
 def _print(value: Any) -> None:
@@ -63,23 +60,21 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         job = service.get_job(job.id)
     print(file=sys.stderr)
     _print(service.job_view(job))
-    return 0 if job.state == "succeeded" else 1
+    return 0 if job.state == JobState.SUCCEEDED else 1
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     service = _service(settings)
-    ident = args.id
-    location = service.store.find_task(ident)
-    job = service.get_job(location[0] if location else ident)
-    _print(service.job_view(job))
+    _print(service.job_view(service.find_job(args.id)))
     return 0
 
 
 def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
     service = _service(settings)
-    jobs, cursor = service.store.list_jobs(args.tenant, state=args.state, limit=args.limit)
+    state = JobState(args.state) if args.state else None
+    jobs, cursor = service.list_jobs(args.tenant, state=state, limit=args.limit)
     for job in jobs:
-        stored = sum(1 for slot in job.slots if slot.state == "stored")
+        stored = sum(1 for slot in job.slots if slot.state == SlotState.STORED)
         print(f"{job.id}  {job.state:<20} {stored}/{job.slot_count}  {job.reason or ''}")
     if cursor is not None:
         print(f"(more below cursor {cursor!r})")
@@ -108,13 +103,13 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     entries = service.store.dead_letters(args.limit)
     for entry in entries:
-        print(f"{entry['jobId']} slot {entry['slot']}  {entry['code']}: {entry['message']}")
+        print(f"{entry.job_id} slot {entry.slot}  {entry.code}: {entry.message}")
     print(f"{len(entries)} dead-lettered slot(s)")
     return 0
 
 
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
-    _print(_service(settings).reconcile())
+    _print(asdict(_service(settings).reconcile()))
     return 0
 
 
@@ -124,7 +119,8 @@ def cmd_circuit(args: argparse.Namespace, settings: Settings) -> int:
         service.reset_circuit()
         print("circuit closed")
         return 0
-    _print(service.circuit() or {"state": "closed"})
+    circuit = service.circuit()
+    _print({"state": "open", **asdict(circuit)} if circuit.open else {"state": "closed"})
     return 0
 
 
@@ -142,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
     jobs = sub.add_parser("jobs", help="list a tenant's jobs, newest first")
     jobs.add_argument("--tenant", default="cli")
-    jobs.add_argument("--state")
+    jobs.add_argument("--state", choices=[state.value for state in JobState])
     jobs.add_argument("--limit", type=int, default=50)
     jobs.set_defaults(func=cmd_jobs)
     cancel = sub.add_parser("cancel", help="cancel a queued or running job")

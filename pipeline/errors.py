@@ -6,19 +6,58 @@ from typing import Any
 
 
 class PipelineError(Exception):
-    """Base of every error the pipeline reports to a caller."""
+    """Base of every error the pipeline reports to a caller.
+
+    `retryable` says whether the same call may succeed later: the one question a worker asks
+    (workers/base.py) before it retries, `retry_after` how long the failing side asked to wait.
+    """
 
     code = "internal"
     status = 500
+    retry_after: float | None = None
 
     def __init__(self, message: str, errors: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.errors = errors or {}
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "status": self.status, "message": self.message,
-                "errors": self.errors}
+    @property
+    def retryable(self) -> bool:
+        return False
+
+
+class Retryable(PipelineError):
+    """A transient failure of something outside the pipeline: try again later.
+
+    With `backoff` off the caller waits exactly `retry_after` (a poll, not a failure)."""
+
+    code = "unavailable"
+    status = 503
+
+    def __init__(self, message: str, *, retry_after: float | None = None,
+                 backoff: bool = True) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.backoff = backoff
+
+    @property
+    def retryable(self) -> bool:
+        return True
+
+
+class CallbackUnavailable(Retryable):
+    """A job's callback URL did not answer, or answered 408, 429 or 5xx."""
+
+
+class ImageFetchUnavailable(Retryable):
+    """The provider's hosted copy of an image could not be fetched for now."""
+
+
+class UploadPending(Retryable):
+    """The provider's upload has not landed yet: look again in `retry_after` seconds."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message, retry_after=retry_after, backoff=False)
 
 
 class BodyInvalid(PipelineError):
@@ -78,6 +117,10 @@ class ProviderError(PipelineError):
         self.retry_after = retry_after
         self.task_uuid = task_uuid
 
+    @property
+    def retryable(self) -> bool:
+        return self.kind == self.TRANSIENT
+
     def __repr__(self) -> str:
         return (f"ProviderError(kind={self.kind!r}, code={self.provider_code!r}, "
                 f"status={self.http_status!r}, message={self.message!r})")
@@ -92,6 +135,10 @@ class StorageError(PipelineError):
     def __init__(self, message: str, *, transient: bool = True) -> None:
         super().__init__(message)
         self.transient = transient
+
+    @property
+    def retryable(self) -> bool:
+        return self.transient
 
 
 class ObjectMissing(StorageError):

@@ -157,3 +157,25 @@ class Job:
 
     def slot(self, number: int) -> Slot | None:
         return next((slot for slot in self.slots if slot.slot == number), None)
+
+
+@dataclass(frozen=True)
+class CircuitState:
+    """Whether submission is paused by an account- or model-level provider error, and why."""
+
+    open: bool = False
+    code: str | None = None
+    message: str | None = None
+    opened_at: float | None = None
+    probe_at: float | None = None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A slot whose retry budget is spent, waiting for an operator."""
+
+    job_id: str
+    slot: int
+    code: str
+    message: str
+    at: float

@@ -77,7 +77,7 @@ def _error_from_entry(entry: dict[str, Any], http_status: int | None,
 
 
 @dataclass
-class SubmitOutcome:
+class TaskOutcome:
     """What Runware said about one submitted task."""
 
     task_uuid: str
@@ -135,7 +135,7 @@ class RunwareClient:
             )
         return response.status_code, body, retry_after
 
-    def submit(self, tasks: list[dict[str, Any]]) -> dict[str, SubmitOutcome]:
+    def submit(self, tasks: list[dict[str, Any]]) -> dict[str, TaskOutcome]:
         """POST tasks in one array body; return what happened to each, by taskUUID.
 
         Raises `ProviderError` when the request as a whole failed (network, auth, overload):
@@ -150,7 +150,7 @@ class RunwareClient:
             raise _error_from_entry(entry, status, retry_after) if entry else ProviderError(
                 f"Runware answered HTTP {status}", kind=classify(status, None),
                 http_status=status, retry_after=retry_after)
-        outcomes = {uuid: SubmitOutcome(uuid, accepted=False) for uuid in wanted}
+        outcomes = {uuid: TaskOutcome(uuid, accepted=False) for uuid in wanted}
         for entry in raw_errors:
             if not isinstance(entry, dict) or entry.get("taskUUID") not in outcomes:
                 continue

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from contextlib import contextmanager
 from typing import Any
 
 import redis
 
 from pipeline.config import Settings
+from pipeline.models import CircuitState, DeadLetter, Job, JobState, Slot, SlotState
 
-JOB_STATES = ("queued", "running", "succeeded", "partially_succeeded", "failed", "cancelled",
-              "timed_out")
-JOB_TERMINAL = frozenset({"succeeded", "partially_succeeded", "failed", "cancelled", "timed_out"})
-SLOT_STATES = ("pending", "submitted", "received", "stored", "failed", "discarded", "dead")
-SLOT_TERMINAL = frozenset({"stored", "failed", "discarded", "dead"})
-SLOT_OPEN = ("pending", "submitted", "received")
+log = logging.getLogger(__name__)
 
 _CREATE_JOB = """
 -- KEYS: job, idempotency (or a placeholder when ARGV[3] is ''), tenant index, active set, slots...
@@ -129,6 +126,16 @@ def _encode(value: Any) -> str:
     return str(value)
 
 
+def _text(raw: Any) -> dict[str, str]:
+    """A hash as read with decode_responses (redis-py types it loosely)."""
+    return {str(key): str(value) for key, value in dict(raw).items()}
+
+
+def _scored(rows: Any) -> list[tuple[str, float]]:
+    """Sorted-set members read with their scores."""
+    return [(str(member), float(score)) for member, score in rows]
+
+
 def _float(raw: str | None) -> float | None:
     return float(raw) if raw else None
 
@@ -137,122 +144,67 @@ def _int(raw: str | None) -> int | None:
     return int(raw) if raw else None
 
 
-@dataclass
-class Slot:
-    """One requested image: one Runware task per attempt, one final key."""
-
-    job_id: str
-    slot: int
-    state: str
-    attempt: int = 1
-    task_uuid: str | None = None
-    task_attempt: int | None = None
-    previous_task_uuids: list[str] = field(default_factory=list)
-    submitted_at: float | None = None
-    received_at: float | None = None
-    stored_at: float | None = None
-    updated_at: float | None = None
-    image_uuid: str | None = None
-    image_url: str | None = None
-    seed: int | None = None
-    cost: float | None = None
-    nsfw: bool | None = None
-    error_code: str | None = None
-    error_message: str | None = None
-    final_key: str | None = None
-    width: int | None = None
-    height: int | None = None
-    size: int | None = None
-    etag: str | None = None
-
-    @property
-    def terminal(self) -> bool:
-        return self.state in SLOT_TERMINAL
-
-    @classmethod
-    def from_hash(cls, raw: dict[str, str]) -> Slot:
-        previous = raw.get("previous_task_uuids")
-        nsfw = raw.get("nsfw")
-        return cls(
-            job_id=raw["job_id"], slot=int(raw["slot"]), state=raw["state"],
-            attempt=int(raw.get("attempt") or 1), task_uuid=raw.get("task_uuid") or None,
-            task_attempt=_int(raw.get("task_attempt")),
-            previous_task_uuids=previous.split(",") if previous else [],
-            submitted_at=_float(raw.get("submitted_at")),
-            received_at=_float(raw.get("received_at")), stored_at=_float(raw.get("stored_at")),
-            updated_at=_float(raw.get("updated_at")),
-            image_uuid=raw.get("image_uuid") or None, image_url=raw.get("image_url") or None,
-            seed=_int(raw.get("seed")), cost=_float(raw.get("cost")),
-            nsfw=None if not nsfw else nsfw == "1",
-            error_code=raw.get("error_code") or None,
-            error_message=raw.get("error_message") or None,
-            final_key=raw.get("final_key") or None, width=_int(raw.get("width")),
-            height=_int(raw.get("height")), size=_int(raw.get("size")),
-            etag=raw.get("etag") or None,
-        )
+def slot_from_hash(raw: dict[str, str]) -> Slot:
+    previous = raw.get("previous_task_uuids")
+    nsfw = raw.get("nsfw")
+    return Slot(
+        job_id=raw["job_id"], slot=int(raw["slot"]), state=SlotState(raw["state"]),
+        attempt=int(raw.get("attempt") or 1), task_uuid=raw.get("task_uuid") or None,
+        task_attempt=_int(raw.get("task_attempt")),
+        previous_task_uuids=previous.split(",") if previous else [],
+        submitted_at=_float(raw.get("submitted_at")),
+        received_at=_float(raw.get("received_at")), stored_at=_float(raw.get("stored_at")),
+        updated_at=_float(raw.get("updated_at")),
+        image_uuid=raw.get("image_uuid") or None, image_url=raw.get("image_url") or None,
+        seed=_int(raw.get("seed")), cost=_float(raw.get("cost")),
+        nsfw=None if not nsfw else nsfw == "1",
+        error_code=raw.get("error_code") or None,
+        error_message=raw.get("error_message") or None,
+        final_key=raw.get("final_key") or None, width=_int(raw.get("width")),
+        height=_int(raw.get("height")), size=_int(raw.get("size")),
+        etag=raw.get("etag") or None,
+    )
 
 
-@dataclass
-class Job:
-    """A request for N images of one model, owned by one tenant."""
+def job_to_hash(job: Job) -> dict[str, str]:
+    values = {
+        "id": job.id, "tenant": job.tenant, "state": job.state, "model": job.model,
+        "params": job.params, "slot_count": job.slot_count,
+        "output_format": job.output_format, "created_at": repr(job.created_at),
+        "updated_at": repr(job.updated_at), "deadline_at": repr(job.deadline_at),
+        "reason": job.reason, "client_task_uuid": job.client_task_uuid,
+        "idempotency_key": job.idempotency_key, "callback_url": job.callback_url,
+        "metadata": job.metadata, "manifest_version": job.manifest_version,
+    }
+    return {key: _encode(value) for key, value in values.items() if value is not None}
 
-    id: str
-    tenant: str
-    state: str
-    model: str
-    params: dict[str, Any]
-    slot_count: int
-    output_format: str
-    created_at: float
-    updated_at: float
-    deadline_at: float
-    reason: str | None = None
-    client_task_uuid: str | None = None
-    idempotency_key: str | None = None
-    callback_url: str | None = None
-    metadata: dict[str, str] = field(default_factory=dict)
-    manifest_key: str | None = None
-    manifest_version: int = 0
-    ended_at: float | None = None
-    slots: list[Slot] = field(default_factory=list)
 
-    @property
-    def terminal(self) -> bool:
-        return self.state in JOB_TERMINAL
+def job_from_hash(raw: dict[str, str], slots: list[Slot]) -> Job:
+    return Job(
+        id=raw["id"], tenant=raw["tenant"], state=JobState(raw["state"]), model=raw["model"],
+        params=json.loads(raw["params"]), slot_count=int(raw["slot_count"]),
+        output_format=raw["output_format"], created_at=float(raw["created_at"]),
+        updated_at=float(raw["updated_at"]), deadline_at=float(raw["deadline_at"]),
+        reason=raw.get("reason") or None, client_task_uuid=raw.get("client_task_uuid") or None,
+        idempotency_key=raw.get("idempotency_key") or None,
+        callback_url=raw.get("callback_url") or None,
+        metadata=json.loads(raw.get("metadata") or "{}"),
+        manifest_key=raw.get("manifest_key") or None,
+        manifest_version=int(raw.get("manifest_version") or 0),
+        ended_at=_float(raw.get("ended_at")), slots=slots,
+    )
 
-    def to_hash(self) -> dict[str, str]:
-        values = {
-            "id": self.id, "tenant": self.tenant, "state": self.state, "model": self.model,
-            "params": self.params, "slot_count": self.slot_count,
-            "output_format": self.output_format, "created_at": repr(self.created_at),
-            "updated_at": repr(self.updated_at), "deadline_at": repr(self.deadline_at),
-            "reason": self.reason, "client_task_uuid": self.client_task_uuid,
-            "idempotency_key": self.idempotency_key, "callback_url": self.callback_url,
-            "metadata": self.metadata, "manifest_version": self.manifest_version,
-        }
-        return {key: _encode(value) for key, value in values.items() if value is not None}
 
-    @classmethod
-    def from_hash(cls, raw: dict[str, str], slots: list[Slot]) -> Job:
-        return cls(
-            id=raw["id"], tenant=raw["tenant"], state=raw["state"], model=raw["model"],
-            params=json.loads(raw["params"]), slot_count=int(raw["slot_count"]),
-            output_format=raw["output_format"], created_at=float(raw["created_at"]),
-            updated_at=float(raw["updated_at"]), deadline_at=float(raw["deadline_at"]),
-            reason=raw.get("reason") or None, client_task_uuid=raw.get("client_task_uuid") or None,
-            idempotency_key=raw.get("idempotency_key") or None,
-            callback_url=raw.get("callback_url") or None,
-            metadata=json.loads(raw.get("metadata") or "{}"),
-            manifest_key=raw.get("manifest_key") or None,
-            manifest_version=int(raw.get("manifest_version") or 0),
-            ended_at=_float(raw.get("ended_at")), slots=slots,
-        )
+def redis_client(settings: Settings) -> redis.Redis:
+    """One client per process for the pipeline's records (decoded strings, bounded waits)."""
+    return redis.Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=10,
+                                socket_connect_timeout=5, health_check_interval=30)
 
 
 class RedisJobStore:
     """Jobs, slots, the taskUUID index, idempotency keys and leases, all in Redis."""
 
-    def __init__(self, client: redis.Redis[str], *, retention_seconds: int = 7 * 86400,
+    def __init__(self, client: redis.Redis, *, retention_seconds: int = 7 * 86400,
                  namespace: str = "imagine") -> None:
         self.redis = client
         self.retention_seconds = retention_seconds
@@ -260,15 +212,13 @@ class RedisJobStore:
         self._create = client.register_script(_CREATE_JOB)
         self._transition = client.register_script(_TRANSITION)
         self._mint = client.register_script(_MINT_TASK)
-        self._acquire = client.register_script(_ACQUIRE)
         self._new_attempt = client.register_script(_NEW_ATTEMPT)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RedisJobStore:
-        client = redis.Redis.from_url(settings.redis_url, decode_responses=True,
-                                      socket_timeout=10, socket_connect_timeout=5,
-                                      health_check_interval=30)
-        return cls(client, retention_seconds=settings.job_retention_seconds)
+    def from_settings(cls, settings: Settings, client: redis.Redis | None = None
+                      ) -> RedisJobStore:
+        return cls(client or redis_client(settings),
+                   retention_seconds=settings.job_retention_seconds)
 
     # --- keys ---
     def job_key(self, job_id: str) -> str:
@@ -308,7 +258,7 @@ class RedisJobStore:
                 self.tenant_key(job.tenant), self.active_key]
         keys += [self.slot_key(job.id, n) for n in range(job.slot_count)]
         existing = self._create(keys=keys, args=[
-            json.dumps(job.to_hash()), job.slot_count, f"{job.id}|{body_hash}" if idem else "",
+            json.dumps(job_to_hash(job)), job.slot_count, f"{job.id}|{body_hash}" if idem else "",
             self.retention_seconds, repr(job.deadline_at), f"{self.ns}:job:",
         ])
         if existing:
@@ -317,22 +267,22 @@ class RedisJobStore:
         return job.id, None
 
     def get_job(self, job_id: str) -> Job | None:
-        raw = self.redis.hgetall(self.job_key(job_id))
+        raw = _text(self.redis.hgetall(self.job_key(job_id)))
         if not raw:
             return None
         pipe = self.redis.pipeline(transaction=False)
         for n in range(int(raw["slot_count"])):
             pipe.hgetall(self.slot_key(job_id, n))
-        slots = [Slot.from_hash(item) for item in pipe.execute() if item]
-        return Job.from_hash(raw, slots)
+        slots = [slot_from_hash(_text(item)) for item in pipe.execute() if item]
+        return job_from_hash(raw, slots)
 
     def get_slot(self, job_id: str, slot: int) -> Slot | None:
-        raw = self.redis.hgetall(self.slot_key(job_id, slot))
-        return Slot.from_hash(raw) if raw else None
+        raw = _text(self.redis.hgetall(self.slot_key(job_id, slot)))
+        return slot_from_hash(raw) if raw else None
 
-    def job_state(self, job_id: str) -> str | None:
+    def job_state(self, job_id: str) -> JobState | None:
         value = self.redis.hget(self.job_key(job_id), "state")
-        return str(value) if value else None
+        return JobState(str(value)) if value else None
 
     def set_job_fields(self, job_id: str, **values: Any) -> None:
         key = self.job_key(job_id)
@@ -347,13 +297,13 @@ class RedisJobStore:
         pipe.hset(key, "updated_at", repr(time.time()))
         pipe.execute()
 
-    def transition_job(self, job_id: str, allowed: Iterable[str], to: str, **values: Any
-                       ) -> bool:
+    def transition_job(self, job_id: str, allowed: Iterable[JobState], to: JobState,
+                       **values: Any) -> bool:
         values.setdefault("updated_at", repr(time.time()))
         return self._apply(self.job_key(job_id), allowed, to, "", values)
 
-    def transition_slot(self, job_id: str, slot: int, allowed: Iterable[str], to: str, *,
-                        task_uuid: str | None = None, **values: Any) -> bool:
+    def transition_slot(self, job_id: str, slot: int, allowed: Iterable[SlotState],
+                        to: SlotState, *, task_uuid: str | None = None, **values: Any) -> bool:
         values.setdefault("updated_at", repr(time.time()))
         return self._apply(self.slot_key(job_id, slot), allowed, to, task_uuid or "", values)
 
@@ -372,8 +322,8 @@ class RedisJobStore:
                                   self.retention_seconds])
         return str(result) if result else None
 
-    def new_attempt(self, job_id: str, slot: int, allowed: Iterable[str], attempt: int, *,
-                    task_uuid: str | None = None, **values: Any) -> bool:
+    def new_attempt(self, job_id: str, slot: int, allowed: Iterable[SlotState], attempt: int,
+                    *, task_uuid: str | None = None, **values: Any) -> bool:
         """Reopen a slot as `pending` for `attempt`, retiring its current taskUUID."""
         values.setdefault("updated_at", repr(time.time()))
         args: list[str] = [",".join(allowed), task_uuid or "", str(attempt)]
@@ -403,25 +353,49 @@ class RedisJobStore:
                     pipe.expire(self.task_key(task_uuid), self.retention_seconds)
         pipe.execute()
 
+    def forget_job(self, job_id: str) -> None:
+        """Drop a job whose record expired from the active set."""
+        self.redis.zrem(self.active_key, job_id)
+
+    def active_count(self) -> int:
+        return int(self.redis.zcard(self.active_key))
+
+    @contextmanager
+    def exclusive(self, name: str, ttl: float) -> Iterator[bool]:
+        """Hold a lock across every process for at most `ttl` seconds; yields whether it was
+        taken (False: someone else holds it, do nothing)."""
+        lock = self.redis.lock(f"{self.ns}:{name}:lock", timeout=ttl, blocking=False)
+        acquired = bool(lock.acquire())
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                try:
+                    lock.release()
+                except redis.exceptions.LockError:
+                    log.info("lock %s expired before its release", name)
+
     def active_jobs(self, page: int = 1000) -> Iterator[tuple[str, float]]:
         """Every job not yet ended, earliest deadline first, read a page at a time."""
         start = 0
         while True:
-            rows = self.redis.zrange(self.active_key, start, start + page - 1, withscores=True)
-            yield from ((str(member), float(score)) for member, score in rows)
+            rows = _scored(self.redis.zrange(self.active_key, start, start + page - 1,
+                                             withscores=True))
+            yield from rows
             if len(rows) < page:
                 return
             start += page
 
-    def list_jobs(self, tenant: str, *, state: str | None = None, cursor: float | None = None,
-                  limit: int = 50) -> tuple[list[Job], float | None]:
+    def list_jobs(self, tenant: str, *, state: JobState | None = None,
+                  cursor: float | None = None, limit: int = 50
+                  ) -> tuple[list[Job], float | None]:
         """A tenant's jobs, newest first; `cursor` is the createdAt to continue below."""
         high: float | str = "+inf" if cursor is None else f"({cursor!r}"
         jobs: list[Job] = []
         next_cursor: float | None = None
         while len(jobs) < limit:
-            rows = self.redis.zrevrangebyscore(self.tenant_key(tenant), high, "-inf",
-                                               start=0, num=limit * 2, withscores=True)
+            rows = _scored(self.redis.zrevrangebyscore(self.tenant_key(tenant), high, "-inf",
+                                                       start=0, num=limit * 2, withscores=True))
             if not rows:
                 break
             for job_id, score in rows:
@@ -451,9 +425,11 @@ class RedisJobStore:
         pipe.hset(self.dlq_key, f"{job_id}:{slot}", entry)
         pipe.execute()
 
-    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         entries = [json.loads(value) for value in self.redis.hvals(self.dlq_key)]
-        return sorted(entries, key=lambda entry: entry["at"])[:limit]
+        return [DeadLetter(job_id=entry["jobId"], slot=int(entry["slot"]), code=entry["code"],
+                           message=entry["message"], at=float(entry["at"]))
+                for entry in sorted(entries, key=lambda entry: entry["at"])[:limit]]
 
     def remove_dead_letter(self, job_id: str, slot: int) -> None:
         self.redis.hdel(self.dlq_key, f"{job_id}:{slot}")
@@ -463,7 +439,7 @@ class RedisJobStore:
         key = self.job_key(job_id)
         pipe = self.redis.pipeline()
         pipe.persist(key)
-        pipe.hset(key, mapping={"state": "running", "deadline_at": repr(deadline_at),
+        pipe.hset(key, mapping={"state": JobState.RUNNING, "deadline_at": repr(deadline_at),
                                 "manifest_version": str(manifest_version),
                                 "updated_at": repr(time.time()),
                                 "reason": "retried by an operator"})
@@ -478,40 +454,73 @@ class RedisJobStore:
         self.redis.xadd(self.events_key, {"event": json.dumps(event)}, maxlen=100_000,
                         approximate=True)
 
-    # --- the in-flight budget per Runware key ---
-    def leases_key(self, api_key: str) -> str:
-        return f"{self.ns}:inflight:{hashlib.sha256(api_key.encode()).hexdigest()[:16]}"
+    def ping(self) -> bool:
+        return bool(self.redis.ping())
 
-    def acquire_leases(self, api_key: str, members: list[str], limit: int, ttl: float
-                       ) -> list[str]:
-        """Grant in-flight leases up to `limit` across every worker; already held ones count."""
+
+class RedisInFlightBudget:
+    """Leases of one Runware API key in a sorted set (member: taskUUID, score: expiry), so a
+    crashed worker's lease lapses; jobs waiting for a lease queue up to be woken in order."""
+
+    def __init__(self, client: redis.Redis, api_key: str, *,
+                 namespace: str = "imagine") -> None:
+        self.redis = client
+        digest = hashlib.sha256(api_key.encode()).hexdigest()[:16]
+        self.leases_key = f"{namespace}:inflight:{digest}"
+        self.waiters_key = f"{namespace}:budget-waiters:{digest}"
+        self._acquire = client.register_script(_ACQUIRE)
+
+    def acquire(self, members: list[str], limit: int, ttl: float) -> list[str]:
+        """Grant leases up to `limit` across every worker; already held ones count."""
         now = time.time()
-        granted = self._acquire(keys=[self.leases_key(api_key)],
+        granted = self._acquire(keys=[self.leases_key],
                                 args=[repr(now), limit, repr(now + ttl), *members])
         return [str(member) for member in granted]
 
-    def release_leases(self, api_key: str, members: list[str]) -> int:
+    def release(self, members: list[str]) -> int:
         """Give leases back; returns how many were still held."""
         if not members:
             return 0
-        return int(self.redis.zrem(self.leases_key(api_key), *members))
+        return int(self.redis.zrem(self.leases_key, *members))
 
-    def waiters_key(self, api_key: str) -> str:
-        return f"{self.ns}:budget-waiters:{hashlib.sha256(api_key.encode()).hexdigest()[:16]}"
+    def wait(self, job_id: str) -> None:
+        """Queue a job to be woken when a lease is given back (oldest first)."""
+        self.redis.zadd(self.waiters_key, {job_id: time.time()}, nx=True)
 
-    def wait_for_budget(self, api_key: str, job_id: str) -> None:
-        """Queue a job to be woken when a lease of this key is given back (oldest first)."""
-        self.redis.zadd(self.waiters_key(api_key), {job_id: time.time()}, nx=True)
-
-    def pop_budget_waiters(self, api_key: str, count: int) -> list[str]:
+    def pop_waiters(self, count: int) -> list[str]:
         if count <= 0:
             return []
-        return [str(member) for member, _ in self.redis.zpopmin(self.waiters_key(api_key), count)]
+        return [member for member, _ in _scored(self.redis.zpopmin(self.waiters_key, count))]
 
-    def leases_in_use(self, api_key: str) -> int:
-        key = self.leases_key(api_key)
-        self.redis.zremrangebyscore(key, "-inf", repr(time.time()))
-        return int(self.redis.zcard(key))
+    def in_use(self) -> int:
+        self.redis.zremrangebyscore(self.leases_key, "-inf", repr(time.time()))
+        return int(self.redis.zcard(self.leases_key))
 
-    def ping(self) -> bool:
-        return bool(self.redis.ping())
+
+class RedisCircuit:
+    """The account circuit in one hash; empty while closed."""
+
+    def __init__(self, client: redis.Redis, *, namespace: str = "imagine") -> None:
+        self.redis = client
+        self.key = f"{namespace}:circuit"
+
+    def state(self) -> CircuitState:
+        raw = _text(self.redis.hgetall(self.key))
+        if raw.get("state") != "open":
+            return CircuitState()
+        return CircuitState(open=True, code=raw.get("code"), message=raw.get("message"),
+                            opened_at=_float(raw.get("opened_at")),
+                            probe_at=_float(raw.get("probe_at")))
+
+    def open(self, code: str, message: str, probe_at: float) -> bool:
+        """Open (or keep open) the circuit; True when this call opened it."""
+        opened = bool(self.redis.hsetnx(self.key, "opened_at", repr(time.time())))
+        self.redis.hset(self.key, mapping={"state": "open", "code": code, "message": message,
+                                           "probe_at": repr(probe_at)})
+        return opened
+
+    def schedule_probe(self, at: float) -> None:
+        self.redis.hset(self.key, "probe_at", repr(at))
+
+    def reset(self) -> None:
+        self.redis.delete(self.key)

@@ -11,10 +11,10 @@ from werkzeug.exceptions import HTTPException
 
 from pipeline.config import Settings
 from pipeline.errors import PipelineError
+from pipeline.interfaces import Dispatcher
 from pipeline.logs import configure_logging
 from pipeline.services import JobService
-from pipeline.storage import S3ObjectStorage
-from pipeline.store import RedisJobStore
+from pipeline.wiring import build_service, with_short_s3_timeouts
 
 log = logging.getLogger(__name__)
 ROLES = ("webhooks", "api", "metrics")
@@ -26,27 +26,12 @@ def error_response(code: str, status: int, message: str, errors: dict[str, Any] 
                     "errors": errors or {}}), status
 
 
-def _default_services(settings: Settings) -> tuple[JobService, JobService]:
-    from pipeline.dispatch import CeleryDispatcher
-    from workers.celery_app import create_celery
-
-    store = RedisJobStore.from_settings(settings)
-    dispatcher = CeleryDispatcher(create_celery(settings))
-    service = JobService(settings=settings, store=store,
-                         storage=S3ObjectStorage.from_settings(settings),
-                         dispatcher=dispatcher)
-    # The webhook answer must not wait on S3 retries: one short attempt, then a worker takes over.
-    inline = JobService(settings=settings, store=store,
-                        storage=S3ObjectStorage.from_settings(
-                            settings, timeout=settings.inline_promote_timeout_seconds,
-                            attempts=1),
-                        dispatcher=dispatcher)
-    return service, inline
-
-
 def create_app(settings: Settings | None = None, *, service: JobService | None = None,
-               inline_service: JobService | None = None,
+               inline_service: JobService | None = None, dispatcher: Dispatcher | None = None,
                roles: Iterable[str] | None = None) -> Flask:
+    """The receiver; `service` and `inline_service` (the same use cases with short S3 timeouts,
+    for work done while Runware waits for the webhook's answer) are built from the settings
+    unless given, sending their nudges through `dispatcher` (default: the shared Celery app)."""
     settings = settings or Settings.from_env()
     settings.require_webhook_secrets()
     configure_logging(settings.log_level, settings.log_format)
@@ -55,7 +40,8 @@ def create_app(settings: Settings | None = None, *, service: JobService | None =
     if unknown:
         raise ValueError(f"unknown receiver roles: {sorted(unknown)}")
     if service is None:
-        service, inline_service = _default_services(settings)
+        service = build_service(settings, dispatcher=dispatcher)
+        inline_service = with_short_s3_timeouts(service)
     app = Flask("imagine")
     app.config["MAX_CONTENT_LENGTH"] = settings.webhook_max_body_bytes
     app.extensions["imagine"] = {"settings": settings, "service": service,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.store import JOB_STATES, SLOT_STATES
+from pipeline.models import JOB_STATES, SLOT_STATES
 
 ERROR = {
     "type": "object", "required": ["code", "status", "message", "errors"],

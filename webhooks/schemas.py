@@ -8,7 +8,7 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from pipeline.errors import RequestInvalid
-from pipeline.store import JOB_STATES
+from pipeline.models import JOB_STATES
 
 
 class ListQuerySchema(Schema):

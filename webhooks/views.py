@@ -8,16 +8,11 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from pipeline.config import Settings
-from pipeline.errors import (
-    BodyInvalid,
-    ImageRejected,
-    NotFound,
-    RequestInvalid,
-    StorageError,
-    Unauthorized,
-)
+from pipeline.enqueue import is_job_id
+from pipeline.errors import BodyInvalid, NotFound, RequestInvalid, Unauthorized
+from pipeline.models import JobState
 from pipeline.schemas import IDEMPOTENCY_KEY
-from pipeline.services import JobService, is_job_id
+from pipeline.services import JobService
 from pipeline.signing import verify_webhook_token
 from webhooks.limits import MAX_JSON_DEPTH, json_depth
 from webhooks.openapi import openapi_document
@@ -111,20 +106,8 @@ def runware_webhook(task_uuid: str) -> Any:
     if not is_job_id(task_uuid):  # the pipeline mints every taskUUID as a canonical UUID
         raise NotFound(f"no task {task_uuid[:64]!r}")
     body = _json_body(lenient=True)
-    outcomes = _service().accept_webhook(task_uuid, body)
-    inline = _service(inline=True)
-    for outcome in outcomes:
-        if outcome.outcome not in {"received", "duplicate"}:
-            continue
-        try:
-            promoted = inline.promote_slot(outcome.job_id, outcome.slot)
-        except (StorageError, ImageRejected) as exc:
-            log.warning("inline promotion deferred", extra={
-                "job_id": outcome.job_id, "slot": outcome.slot, "error": exc.message})
-            promoted = "missing"
-        if promoted == "missing":
-            inline.dispatcher.finalize_slot(outcome.job_id, outcome.slot,
-                                            countdown=settings.finalize_retry_seconds)
+    # Short S3 timeouts: the answer never waits on a retry loop; a worker takes over.
+    outcomes = _service(inline=True).receive_webhook(task_uuid, body)
     return jsonify({"taskUUID": task_uuid,
                     "results": [outcome.outcome for outcome in outcomes]})
 
@@ -167,8 +150,9 @@ def list_jobs() -> Any:
     tenant = _tenant()
     query = load_or_422(ListQuerySchema(), request.args)
     service = _service()
-    jobs, cursor = service.store.list_jobs(tenant, state=query.get("state"),
-                                           cursor=query.get("cursor"), limit=query["limit"])
+    state = JobState(query["state"]) if query.get("state") else None
+    jobs, cursor = service.list_jobs(tenant, state=state, cursor=query.get("cursor"),
+                                     limit=query["limit"])
     return jsonify({"jobs": [service.job_view(job) for job in jobs],
                     "nextCursor": None if cursor is None else repr(cursor)})
 
@@ -188,25 +172,20 @@ def openapi() -> Any:
 # ---------------------------------------------------------------- metrics
 @metrics.get("/metrics")
 def prometheus() -> Response:
-    service = _service()
-    store = service.store
-    settings = _settings()
-    circuit = service.circuit()
-    api_key = settings.runware_api_key.reveal()
+    status = _service().status()
     lines = [
         "# HELP imagine_jobs_active Jobs not yet ended.",
         "# TYPE imagine_jobs_active gauge",
-        f"imagine_jobs_active {store.redis.zcard(store.active_key)}",
+        f"imagine_jobs_active {status.jobs_active}",
         "# HELP imagine_runware_in_flight Images in flight at Runware under this key's budget.",
         "# TYPE imagine_runware_in_flight gauge",
-        f"imagine_runware_in_flight "
-        f"{store.leases_in_use(api_key) if api_key else 0}",
+        f"imagine_runware_in_flight {status.images_in_flight}",
         "# HELP imagine_circuit_open 1 while submission is paused by an account-level error.",
         "# TYPE imagine_circuit_open gauge",
-        f"imagine_circuit_open {1 if circuit.get('state') == 'open' else 0}",
+        f"imagine_circuit_open {int(status.circuit.open)}",
         "# HELP imagine_queue_length Messages waiting in each Celery queue.",
         "# TYPE imagine_queue_length gauge",
     ]
-    for queue in ("submit", "finalize", "notify", "reconcile"):
-        lines.append(f'imagine_queue_length{{queue="{queue}"}} {store.redis.llen(queue)}')
+    lines += [f'imagine_queue_length{{queue="{queue}"}} {length}'
+              for queue, length in status.queue_lengths.items()]
     return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")

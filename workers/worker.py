@@ -1,4 +1,4 @@
 """Worker entry point: `celery -A workers.worker worker`."""
-from workers.celery_app import create_celery
+from workers.celery_app import create_worker_app
 
-app = create_celery()
+app = create_worker_app()

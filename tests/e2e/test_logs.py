@@ -39,7 +39,7 @@ def test_logs_carry_no_credentials(stack: Pipeline, s3_client: Any) -> None:
 def test_task_failures_and_the_pipelines_lines_reach_the_worker_log(stack: Pipeline) -> None:
     """Celery's own records and the pipeline's JSON lines both land in the worker's log."""
     from pipeline.config import Settings
-    from workers.celery_app import create_celery
+    from pipeline.dispatch import create_celery
 
     stack.emulator(put_order="after")  # the promotion then runs in the worker
     created = stack.submit({"positivePrompt": "logged", "resolution": "1K"})

@@ -12,13 +12,11 @@ bucket and a Runware that answers over `httpx.MockTransport`, built in one fixtu
 from __future__ import annotations
 
 import fcntl
-import importlib
 import io
 import json
 import shutil
 import subprocess
 import time
-import types
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,14 +26,13 @@ from urllib.parse import unquote
 
 import httpx
 import pytest
-import redis
 from PIL import Image
 
 from infra import servers, supervise
 from pipeline.config import Settings
 from pipeline.runware import RunwareClient
 from pipeline.storage import KeyLayout, MemoryObjectStorage
-from pipeline.store import RedisJobStore
+from pipeline.store import RedisCircuit, RedisInFlightBudget, RedisJobStore, redis_client
 
 if TYPE_CHECKING:
     from pipeline.services import JobService
@@ -291,9 +288,6 @@ class RecordingDispatcher:
 
 
 # The modules whose `time` the use cases read the clock through.
-CLOCK_MODULES = ("pipeline.services", "pipeline.clock")
-
-
 @dataclass
 class Clock:
     """The time the use cases read, moved forward instead of slept through."""
@@ -303,14 +297,7 @@ class Clock:
 
     def __post_init__(self) -> None:
         real = time.time
-        shifted = types.SimpleNamespace(time=lambda: real() + self.offset)
-        for module in CLOCK_MODULES:
-            try:
-                target = importlib.import_module(module)
-            except ImportError:
-                continue
-            if hasattr(target, "time"):
-                self.monkeypatch.setattr(target, "time", shifted)
+        self.monkeypatch.setattr("pipeline.clock.now", lambda: real() + self.offset)
 
     def advance(self, seconds: float) -> None:
         self.offset += seconds
@@ -359,12 +346,12 @@ class UseCases:
 
     def leases_in_use(self) -> int:
         """Images in flight at Runware under the harness's API key."""
-        return self.store.leases_in_use(USE_CASE_RUNWARE_KEY)
+        return self.service.context.budget.in_use()
 
     def dead_letters(self) -> list[tuple[str, int, str]]:
         """The dead-letter list as an operator reads it: (job id, slot, error code)."""
         letters = self.store.dead_letters()
-        return [(entry["jobId"], entry["slot"], entry["code"]) for entry in letters]
+        return [(entry.job_id, entry.slot, entry.code) for entry in letters]
 
     def manifest(self, job_id: str) -> dict[str, Any]:
         key = KeyLayout(self.settings.s3_prefix).manifest(job_id)
@@ -402,24 +389,28 @@ def use_case_settings(request: pytest.FixtureRequest, redis_server: str) -> Sett
 def use_cases(use_case_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[UseCases]:
     """The one place the service is built for these tests; its database emptied first."""
     # Imported here: the rest of the integration suite does not need the use cases to import.
+    from pipeline.context import Context
     from pipeline.services import JobService
 
     settings = use_case_settings
-    own_redis = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    own_redis.flushdb()
-    own_redis.close()
-    store = RedisJobStore.from_settings(settings)
+    client = redis_client(settings)
+    client.flushdb()
+    store = RedisJobStore.from_settings(settings, client)
     storage = MemoryObjectStorage(settings.s3_bucket)
     runware = FakeRunware(store=store)
     dispatcher = RecordingDispatcher()
     http = httpx.Client(transport=httpx.MockTransport(runware.handle))
     service = JobService(
-        settings=settings,
-        store=store,
-        storage=storage,
-        dispatcher=dispatcher,
-        runware=RunwareClient(http, USE_CASE_RUNWARE_KEY, USE_CASE_RUNWARE_URL),
-        http=http,
+        Context(
+            settings=settings,
+            store=store,
+            storage=storage,
+            dispatcher=dispatcher,
+            circuit=RedisCircuit(client),
+            budget=RedisInFlightBudget(client, USE_CASE_RUNWARE_KEY),
+            http=http,
+            provider=RunwareClient(http, USE_CASE_RUNWARE_KEY, USE_CASE_RUNWARE_URL),
+        )
     )
     yield UseCases(
         settings=settings,
@@ -431,3 +422,4 @@ def use_cases(use_case_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> I
         clock=Clock(monkeypatch),
     )
     http.close()
+    client.close()

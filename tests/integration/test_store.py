@@ -5,13 +5,14 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
 
-from pipeline.store import Job, RedisJobStore
+from pipeline.models import Job
+from pipeline.store import RedisInFlightBudget, RedisJobStore
 
 pytestmark = pytest.mark.integration
 
@@ -32,14 +33,6 @@ def make_job(tenant: str = "acme", slots: int = 2, *, idempotency_key: str | Non
     )
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll `condition` until it holds or the deadline passes; whether it held."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 @pytest.fixture
@@ -343,44 +336,37 @@ def test_list_jobs_filters_by_state_across_pages(
     assert redis_client.zscore(store.tenant_key("acme"), jobs[4].id) is None
 
 
-def test_a_lease_budget_is_shared_by_every_store(
-        store: RedisJobStore, second_client: redis.Redis) -> None:
-    other = RedisJobStore(second_client, retention_seconds=RETENTION)
+def test_a_lease_budget_is_shared_by_every_worker(
+        redis_client: redis.Redis, second_client: redis.Redis) -> None:
+    mine = RedisInFlightBudget(redis_client, API_KEY)
+    other = RedisInFlightBudget(second_client, API_KEY)
 
-    assert store.acquire_leases(API_KEY, ["a", "b"], 3, 30) == ["a", "b"]
-    assert other.acquire_leases(API_KEY, ["c", "d"], 3, 30) == ["c"]
-    assert other.acquire_leases(API_KEY, ["e"], 3, 30) == []
-    assert store.leases_in_use(API_KEY) == 3 == other.leases_in_use(API_KEY)
+    assert mine.acquire(["a", "b"], 3, 30) == ["a", "b"]
+    assert other.acquire(["c", "d"], 3, 30) == ["c"]
+    assert other.acquire(["e"], 3, 30) == []
+    assert mine.in_use() == 3 == other.in_use()
     # A lease already held is granted again without taking more of the budget.
-    assert store.acquire_leases(API_KEY, ["a", "e"], 3, 30) == ["a"]
+    assert mine.acquire(["a", "e"], 3, 30) == ["a"]
     # Another API key has a budget of its own.
-    assert other.acquire_leases("another-key", ["x"], 3, 30) == ["x"]
+    assert RedisInFlightBudget(second_client, "another-key").acquire(["x"], 3, 30) == ["x"]
 
-    store.release_leases(API_KEY, ["a", "b"])
-    assert other.leases_in_use(API_KEY) == 1
-    assert other.acquire_leases(API_KEY, ["d", "e", "f"], 3, 30) == ["d", "e"]
-    assert store.leases_in_use(API_KEY) == 3
-    store.release_leases(API_KEY, [])
+    mine.release(["a", "b"])
+    assert other.in_use() == 1
+    assert other.acquire(["d", "e", "f"], 3, 30) == ["d", "e"]
+    assert mine.in_use() == 3
+    assert mine.release([]) == 0
 
 
-def test_expired_leases_are_reclaimed(store: RedisJobStore, second_client: redis.Redis) -> None:
-    crashed = RedisJobStore(second_client, retention_seconds=RETENTION)
-    started = time.monotonic()
-    assert crashed.acquire_leases(API_KEY, ["a", "b", "c"], 3, 0.2) == ["a", "b", "c"]
-    refused = store.acquire_leases(API_KEY, ["d"], 3, 30)
-    if time.monotonic() - started < 0.15:  # still inside the leases' lifetime
-        assert refused == []
-
-    granted: list[str] = []
-
-    def reclaimed() -> bool:
-        granted.extend(store.acquire_leases(API_KEY, ["d", "e", "f", "g"], 3, 30))
-        return len(set(granted)) == 3
-
-    assert wait_for(reclaimed, timeout=5)
-    assert set(granted) == {"d", "e", "f"}
-    assert store.leases_in_use(API_KEY) == 3
-    assert crashed.acquire_leases(API_KEY, ["a"], 3, 30) == []
+def test_a_lapsed_lease_is_reclaimed(redis_client: redis.Redis,
+                                     second_client: redis.Redis) -> None:
+    crashed = RedisInFlightBudget(second_client, API_KEY)
+    live = RedisInFlightBudget(redis_client, API_KEY)
+    assert crashed.acquire(["a", "b"], 3, 30) == ["a", "b"]
+    # A worker that died holding a lease: its lifetime has already run out.
+    assert crashed.acquire(["c"], 3, -1) == ["c"]
+    assert live.acquire(["d", "e"], 3, 30) == ["d"]
+    assert live.in_use() == 3
+    assert crashed.acquire(["c"], 3, 30) == []
 
 
 def test_a_new_attempt_retires_the_old_task_uuid(store: RedisJobStore) -> None:
@@ -403,17 +389,19 @@ def test_a_new_attempt_retires_the_old_task_uuid(store: RedisJobStore) -> None:
     assert store.find_task(old) == (job.id, 0) and store.find_task(new) == (job.id, 0)
 
 
-def test_jobs_waiting_for_the_budget_are_woken_oldest_first(store: RedisJobStore) -> None:
+def test_jobs_waiting_for_the_budget_are_woken_oldest_first(redis_client: redis.Redis) -> None:
+    budget = RedisInFlightBudget(redis_client, API_KEY)
     for job_id in ("first", "second", "third"):
-        store.wait_for_budget(API_KEY, job_id)
-    store.wait_for_budget(API_KEY, "first")  # waiting again keeps its place in line
-    assert store.pop_budget_waiters(API_KEY, 2) == ["first", "second"]
-    assert store.pop_budget_waiters("another-key", 5) == []
-    assert store.pop_budget_waiters(API_KEY, 0) == []
-    assert store.pop_budget_waiters(API_KEY, 5) == ["third"]
+        budget.wait(job_id)
+    budget.wait("first")  # waiting again keeps its place in line
+    assert budget.pop_waiters(2) == ["first", "second"]
+    assert RedisInFlightBudget(redis_client, "another-key").pop_waiters(5) == []
+    assert budget.pop_waiters(0) == []
+    assert budget.pop_waiters(5) == ["third"]
 
 
-def test_releasing_a_lease_says_whether_it_was_held(store: RedisJobStore) -> None:
-    assert store.acquire_leases(API_KEY, ["a", "b"], 4, 60) == ["a", "b"]
-    assert store.release_leases(API_KEY, ["a", "zz"]) == 1
-    assert store.release_leases(API_KEY, ["a"]) == 0
+def test_releasing_a_lease_says_whether_it_was_held(redis_client: redis.Redis) -> None:
+    budget = RedisInFlightBudget(redis_client, API_KEY)
+    assert budget.acquire(["a", "b"], 4, 60) == ["a", "b"]
+    assert budget.release(["a", "zz"]) == 1
+    assert budget.release(["a"]) == 0

@@ -4,6 +4,7 @@ attack can be checked for its answer and for everything it must not have changed
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import uuid
@@ -19,11 +20,11 @@ from PIL import Image
 from werkzeug.test import TestResponse
 
 from pipeline.config import Settings
+from pipeline.interfaces import JobStore
 from pipeline.runware import RunwareClient
 from pipeline.services import JobService
 from pipeline.signing import webhook_token
-from pipeline.storage import S3ObjectStorage
-from pipeline.store import RedisJobStore
+from pipeline.wiring import build_service
 from webhooks.app import create_app
 
 WEBHOOK_SECRET = "security-suite-webhook-secret-0001"
@@ -68,6 +69,9 @@ class RecordingDispatcher:
     def notify_job(self, job_id: str) -> None:
         self.sent.append(("notify", (job_id,)))
 
+    def queue_lengths(self) -> dict[str, int]:
+        return {}
+
 
 def jpeg(width: int = 1024, height: int = 1024) -> bytes:
     buffer = io.BytesIO()
@@ -82,7 +86,7 @@ class Harness:
     settings: Settings
     client: FlaskClient
     service: JobService
-    store: RedisJobStore
+    store: JobStore
     redis: redis.Redis
     s3: Any
     bucket: str
@@ -124,8 +128,10 @@ class Harness:
         answer = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix)
         return sorted(item["Key"] for item in answer.get("Contents", []))
 
-    def circuit(self) -> dict[str, str]:
-        return self.service.circuit()
+    def circuit(self) -> dict[str, Any]:
+        """The circuit as an operator reads it: empty while closed."""
+        state = self.service.circuit()
+        return {"state": "open", **dataclasses.asdict(state)} if state.open else {}
 
     # --- requests ---
     def webhook_url(self, task_uuid: str, token: str | None = None) -> str:
@@ -219,14 +225,11 @@ def harness(security_settings: Settings, s3_client: Any, s3_bucket: str) -> Iter
     outbound = Outbound()
     dispatcher = RecordingDispatcher()
     http = httpx.Client(transport=httpx.MockTransport(outbound.handle))
-    store = RedisJobStore.from_settings(security_settings)
-    service = JobService(
-        settings=security_settings, store=store,
-        storage=S3ObjectStorage.from_settings(security_settings), dispatcher=dispatcher,
-        runware=RunwareClient(http, RUNWARE_KEY, RUNWARE_URL), http=http)
+    service = build_service(security_settings, dispatcher=dispatcher, http=http,
+                            runware=RunwareClient(http, RUNWARE_KEY, RUNWARE_URL))
     app = create_app(security_settings, service=service, inline_service=service)
     yield Harness(settings=security_settings, client=app.test_client(), service=service,
-                  store=store, redis=own_redis, s3=s3_client, bucket=s3_bucket,
+                  store=service.store, redis=own_redis, s3=s3_client, bucket=s3_bucket,
                   prefix=security_settings.s3_prefix, outbound=outbound, dispatcher=dispatcher)
     http.close()
     own_redis.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import types
 from dataclasses import replace
 from typing import Any
 
@@ -45,8 +44,7 @@ def test_a_provider_code_that_is_not_an_identifier_is_not_repeated(harness: Harn
 def _later(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
     """Let the use cases see a clock `seconds` ahead (deadlines pass without waiting)."""
     real = time.time
-    monkeypatch.setattr("pipeline.services.time", types.SimpleNamespace(
-        time=lambda: real() + seconds))
+    monkeypatch.setattr("pipeline.clock.now", lambda: real() + seconds)
 
 
 def test_a_malformed_image_url_does_not_stop_the_reconciler(harness: Harness,
@@ -58,7 +56,7 @@ def test_a_malformed_image_url_does_not_stop_the_reconciler(harness: Harness,
     silent_job, _task = harness.submitted_job(deadlineSeconds=40)
     _later(monkeypatch, 120)
     counts = harness.service.reconcile()
-    assert counts["expired"] == 2 and "errors" not in counts
+    assert (counts.expired, counts.errors) == (2, 0)
     states = {job_id: harness.store.job_state(job_id) for job_id in (bad_job, silent_job)}
     assert states == {bad_job: "failed", silent_job: "timed_out"}
     bad_slot = harness.store.get_slot(bad_job, 0)
@@ -79,13 +77,13 @@ def test_one_unreadable_job_does_not_stop_the_reconciler_for_the_others(
     monkeypatch.setattr(harness.store, "get_job", get_job)
     _later(monkeypatch, 120)
     counts = harness.service.reconcile()
-    assert counts["errors"] == 1 and counts["expired"] == 1
+    assert (counts.errors, counts.expired) == (1, 1)
     assert harness.store.job_state(silent) == "timed_out"
 
 
 def _service_without_callback_secret(harness: Harness) -> JobService:
     settings = replace(harness.settings, callback_secret=type(harness.settings.callback_secret)())
-    return replace(harness.service, settings=settings)
+    return JobService(replace(harness.service.context, settings=settings))
 
 
 def test_a_callback_is_refused_at_enqueue_when_it_could_not_be_signed(harness: Harness) -> None:

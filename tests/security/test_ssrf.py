@@ -358,9 +358,9 @@ class ImageHost:
 def fetching_service(harness: Harness, host: ImageHost, **settings: Any) -> JobService:
     """The harness's use cases with an image host that serves JPEGs, and other settings."""
     http = httpx.Client(transport=httpx.MockTransport(host.handle))
-    return dataclasses.replace(
-        harness.service, http=http,
-        settings=dataclasses.replace(harness.settings, **settings))
+    return JobService(dataclasses.replace(
+        harness.service.context, http=http,
+        settings=dataclasses.replace(harness.settings, **settings)))
 
 
 def test_allowed_image_host_fetched_at_the_checked_address_with_host_kept(

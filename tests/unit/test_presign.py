@@ -13,9 +13,10 @@ import boto3
 import pytest
 
 from pipeline.config import Settings
-from pipeline.services import JobService
+from pipeline.context import Context
+from pipeline.models import Job, JobState, Slot, SlotState
 from pipeline.storage import KeyLayout, S3ObjectStorage
-from pipeline.store import Job, Slot
+from pipeline.submission import task_payload
 
 pytestmark = pytest.mark.unit
 
@@ -125,26 +126,27 @@ def test_the_signature_covers_the_put_method_and_the_one_key() -> None:
         assert sigv4_signature("PUT", moved, SECRET_KEY) != signature, other
 
 
-# --- the expiry _task_payload asks for --------------------------------------------------------
+# --- the expiry task_payload asks for --------------------------------------------------------
 
 
-def job_service(**env: str) -> JobService:
-    # The store and the dispatcher are never touched while a payload is built.
-    return JobService(settings=settings(S3_ENDPOINT_URL=ENDPOINT, **env), store=MagicMock(),
-                      storage=storage(), dispatcher=MagicMock())
+def job_context(**env: str) -> Context:
+    # The store, dispatcher, circuit and budget are never touched while a payload is built.
+    return Context(settings=settings(S3_ENDPOINT_URL=ENDPOINT, **env), store=MagicMock(),
+                   storage=storage(), dispatcher=MagicMock(), circuit=MagicMock(),
+                   budget=MagicMock(), http=MagicMock())
 
 
 def running_job(deadline_at: float) -> Job:
     now = time.time()
-    return Job(id=JOB, tenant="acme", state="running", model="xai:grok-imagine@image-pro",
+    return Job(id=JOB, tenant="acme", state=JobState.RUNNING, model="xai:grok-imagine@image-pro",
                params={"model": "xai:grok-imagine@image-pro", "positivePrompt": "a lighthouse",
                        "width": 1280, "height": 896, "numberResults": 1, "outputFormat": "PNG"},
                slot_count=1, output_format="PNG", created_at=now, updated_at=now,
-               deadline_at=deadline_at, slots=[Slot(job_id=JOB, slot=0, state="submitted")])
+               deadline_at=deadline_at, slots=[Slot(job_id=JOB, slot=0, state=SlotState.SUBMITTED)])
 
 
-def upload_endpoint(svc: JobService, job: Job) -> dict[str, str]:
-    payload: dict[str, Any] = svc._task_payload(job, job.slots[0], TASK)
+def upload_endpoint(svc: Context, job: Job) -> dict[str, str]:
+    payload: dict[str, Any] = task_payload(svc, job, job.slots[0], TASK)
     url = payload["uploadEndpoint"]
     assert urlsplit(url).path == f"/{BUCKET}/{svc.layout.staging(JOB, TASK)}"
     return query(url)
@@ -161,7 +163,7 @@ def upload_endpoint(svc: JobService, job: Job) -> dict[str, str]:
 ])
 def test_the_upload_url_lives_until_the_deadline_plus_the_margin(remaining: float, margin: str,
                                                                  expected: int) -> None:
-    svc = job_service(UPLOAD_URL_MARGIN_SECONDS=margin)
+    svc = job_context(UPLOAD_URL_MARGIN_SECONDS=margin)
     params = upload_endpoint(svc, running_job(time.time() + remaining))
     assert int(params["X-Amz-Expires"]) == expected
     assert int(params["X-Amz-Expires"]) <= WEEK

@@ -9,8 +9,8 @@ import pytest
 from celery.app.utils import filter_hidden_settings
 
 from pipeline.config import Settings
+from pipeline.dispatch import create_celery
 from pipeline.secrets import ApiKeys, Secret, redact_url
-from workers.celery_app import create_celery
 
 pytestmark = pytest.mark.unit
 

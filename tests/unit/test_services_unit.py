@@ -9,11 +9,13 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from pipeline.config import Settings
-from pipeline.interfaces import Dispatcher, ObjectHead, ObjectStorage
-from pipeline.services import JobService, canonical_hash
+from pipeline.context import Context
+from pipeline.documents import job_view, manifest
+from pipeline.enqueue import canonical_hash
+from pipeline.models import Job, JobState, Slot, SlotState
 from pipeline.signing import verify_webhook_token
-from pipeline.storage import KeyLayout
-from pipeline.store import Job, Slot
+from pipeline.storage import KeyLayout, MemoryObjectStorage
+from pipeline.submission import task_payload, webhook_url
 
 pytestmark = pytest.mark.unit
 
@@ -21,55 +23,6 @@ JOB = "5f0c2a3e-0d1b-4c8e-9a77-3e1f2b4c5d6e"
 TASK = "9a3c1f0e-5b7d-4e21-8f6a-0c2d4e6f8a10"
 SECRET = "webhook-secret-0123456789"
 CREATED = 1_700_000_000.0
-
-
-class MemoryStorage:
-    """An in-memory bucket with the ObjectStorage shape."""
-
-    def __init__(self) -> None:
-        self.objects: dict[str, tuple[bytes, str, dict[str, str]]] = {}
-
-    def presign_put(self, key: str, expires_in: int) -> str:
-        return f"https://bucket.test/{key}?X-Amz-Expires={expires_in}&X-Amz-Signature=sig"
-
-    def head(self, key: str) -> ObjectHead | None:
-        if key not in self.objects:
-            return None
-        data, content_type, metadata = self.objects[key]
-        return ObjectHead(key, len(data), f'"{canonical_hash(data.hex())[:32]}"', content_type,
-                          metadata)
-
-    def read(self, key: str, max_bytes: int) -> bytes:
-        return self.objects[key][0][:max_bytes]
-
-    def read_prefix(self, key: str, length: int) -> bytes:
-        return self.objects[key][0][:length]
-
-    def read_suffix(self, key: str, length: int) -> bytes:
-        return self.objects[key][0][-length:]
-
-    def copy(self, source: str, destination: str, *, if_match: str, content_type: str,
-             metadata: dict[str, str]) -> ObjectHead:
-        self.objects[destination] = (self.objects[source][0], content_type, metadata)
-        head = self.head(destination)
-        assert head is not None
-        return head
-
-    def put(self, key: str, data: bytes, *, content_type: str,
-            metadata: dict[str, str] | None = None) -> ObjectHead:
-        self.objects[key] = (data, content_type, metadata or {})
-        head = self.head(key)
-        assert head is not None
-        return head
-
-    def delete(self, key: str) -> None:
-        self.objects.pop(key, None)
-
-    def list_keys(self, prefix: str) -> list[str]:
-        return sorted(key for key in self.objects if key.startswith(prefix))
-
-    def check(self) -> None:
-        return None
 
 
 class RecordingDispatcher:
@@ -87,20 +40,22 @@ class RecordingDispatcher:
     def notify_job(self, job_id: str) -> None:
         self.sent.append(("notify", job_id))
 
+    def queue_lengths(self) -> dict[str, int]:
+        return {}
 
-def service(prefix: str = "") -> JobService:
-    storage: ObjectStorage = MemoryStorage()
-    dispatcher: Dispatcher = RecordingDispatcher()
+
+def context(prefix: str = "") -> Context:
     settings = Settings.from_env({"S3_PREFIX": prefix, "WEBHOOK_SECRETS": SECRET,
                                   "PUBLIC_BASE_URL": "https://hooks.example.com"})
-    # The store is never touched by the pure methods under test.
-    return JobService(settings=settings, store=MagicMock(), storage=storage,
-                      dispatcher=dispatcher)
+    # The store, circuit and budget are never touched by the pure functions under test.
+    return Context(settings=settings, store=MagicMock(), storage=MemoryObjectStorage(),
+                   dispatcher=RecordingDispatcher(), circuit=MagicMock(), budget=MagicMock(),
+                   http=MagicMock())
 
 
 def make_job(slots: list[Slot], **overrides: Any) -> Job:
     values: dict[str, Any] = {
-        "id": JOB, "tenant": "acme", "state": "partially_succeeded",
+        "id": JOB, "tenant": "acme", "state": JobState.PARTIALLY_SUCCEEDED,
         "model": "xai:grok-imagine@image-pro",
         "params": {"model": "xai:grok-imagine@image-pro", "positivePrompt": "a lighthouse",
                    "width": 1280, "height": 896, "numberResults": len(slots),
@@ -115,7 +70,7 @@ def make_job(slots: list[Slot], **overrides: Any) -> Job:
 
 
 def stored_slot() -> Slot:
-    return Slot(job_id=JOB, slot=0, state="stored", attempt=2, task_uuid=TASK,
+    return Slot(job_id=JOB, slot=0, state=SlotState.STORED, attempt=2, task_uuid=TASK,
                 image_uuid="fd43ce5d-bc6d-487f-91d0-5d417cfcdb3c", seed=109682711, cost=0.07,
                 final_key=f"jobs/{JOB}/00.png", width=1280, height=896, size=2048,
                 etag='"abc"', error_code="timeoutProvider", error_message="first attempt")
@@ -141,7 +96,7 @@ def test_key_layout(prefix: str) -> None:
 
 
 def test_the_service_lays_keys_out_under_the_configured_prefix() -> None:
-    assert service("images/").layout.manifest(JOB) == f"images/jobs/{JOB}/manifest.json"
+    assert context("images/").layout.manifest(JOB) == f"images/jobs/{JOB}/manifest.json"
 
 
 # --- request hashing --------------------------------------------------------------------------
@@ -169,7 +124,7 @@ def test_canonical_hash_sees_every_value() -> None:
 def test_job_view_has_the_contract_shape() -> None:
     job = make_job([stored_slot(), failed_slot()], manifest_key=f"jobs/{JOB}/manifest.json",
                    ended_at=CREATED + 60)
-    view = service().job_view(job)
+    view = job_view(job)
     assert {"id", "tenant", "state", "model", "numberResults", "outputFormat", "createdAt",
             "updatedAt", "deadlineAt", "reason", "clientTaskUUID", "metadata", "manifestKey",
             "cost", "slots"} <= set(view)
@@ -200,7 +155,7 @@ def test_job_view_has_the_contract_shape() -> None:
 def test_job_view_cost_is_null_until_a_cost_is_known() -> None:
     job = make_job([Slot(job_id=JOB, slot=0, state="submitted", task_uuid=TASK)],
                    state="running")
-    view = service().job_view(job)
+    view = job_view(job)
     assert view["cost"] is None
     assert view["manifestKey"] is None
     assert view["endedAt"] is None
@@ -208,23 +163,23 @@ def test_job_view_cost_is_null_until_a_cost_is_known() -> None:
 
 def test_manifest_shape() -> None:
     job = make_job([stored_slot(), failed_slot()])
-    manifest = service().manifest(job, "partially_succeeded", 3, CREATED + 60)
-    assert manifest["manifestVersion"] == 3
-    assert manifest["jobId"] == JOB
-    assert manifest["state"] == "partially_succeeded"
-    assert manifest["endedAt"] == "2023-11-14T22:14:20Z"
-    assert manifest["request"]["positivePrompt"] == "a lighthouse"
-    assert manifest["clientTaskUUID"] == job.client_task_uuid
-    assert manifest["cost"] == pytest.approx(0.07)
-    assert [s["state"] for s in manifest["slots"]] == ["stored", "failed"]
-    assert manifest["slots"][1]["error"]["code"] == "providerContentPolicyViolation"
+    document = manifest(job, JobState.PARTIALLY_SUCCEEDED, 3, CREATED + 60)
+    assert document["manifestVersion"] == 3
+    assert document["jobId"] == JOB
+    assert document["state"] == "partially_succeeded"
+    assert document["endedAt"] == "2023-11-14T22:14:20Z"
+    assert document["request"]["positivePrompt"] == "a lighthouse"
+    assert document["clientTaskUUID"] == job.client_task_uuid
+    assert document["cost"] == pytest.approx(0.07)
+    assert [s["state"] for s in document["slots"]] == ["stored", "failed"]
+    assert document["slots"][1]["error"]["code"] == "providerContentPolicyViolation"
 
 
 # --- what goes to the provider ----------------------------------------------------------------
 
 
 def test_the_webhook_url_carries_a_token_that_verifies() -> None:
-    url = service().webhook_url(TASK)
+    url = webhook_url(context(), TASK)
     parts = urlsplit(url)
     assert f"{parts.scheme}://{parts.netloc}{parts.path}" == (
         f"https://hooks.example.com/webhooks/runware/{TASK}")
@@ -233,10 +188,10 @@ def test_the_webhook_url_carries_a_token_that_verifies() -> None:
 
 
 def test_a_task_payload_is_one_async_image_staged_under_its_key() -> None:
-    svc = service("images/")
+    svc = context("images/")
     job = make_job([Slot(job_id=JOB, slot=0, state="pending")], state="running",
                    deadline_at=CREATED + 10**9)
-    payload = svc._task_payload(job, job.slots[0], TASK)
+    payload = task_payload(svc, job, job.slots[0], TASK)
     assert payload["taskType"] == "imageInference"
     assert payload["taskUUID"] == TASK
     assert payload["model"] == job.model
@@ -246,7 +201,8 @@ def test_a_task_payload_is_one_async_image_staged_under_its_key() -> None:
     assert payload["deliveryMethod"] == "async"
     assert payload["includeCost"] is True
     assert payload["ttl"] >= 60
-    assert payload["webhookURL"] == svc.webhook_url(TASK)
-    assert payload["uploadEndpoint"].startswith(f"https://bucket.test/images/staging/{JOB}/{TASK}?")
+    assert payload["webhookURL"] == webhook_url(svc, TASK)
+    assert payload["uploadEndpoint"].startswith(
+        f"http://memory-storage.invalid/memory/images/staging/{JOB}/{TASK}?")
     # The caller's own taskUUID stays on the job; it never reaches the provider.
     assert job.client_task_uuid not in str(payload)

@@ -10,7 +10,7 @@ from flask.testing import FlaskClient
 
 from pipeline.config import Settings
 from pipeline.errors import NotFound
-from pipeline.services import ResultOutcome
+from pipeline.models import ResultOutcome, SlotResult
 from pipeline.signing import webhook_token
 from webhooks.app import create_app
 
@@ -21,36 +21,17 @@ TASK = "1607528b-b740-4975-8cc1-6dc6b2d18f60"
 
 
 @dataclass
-class RecordingDispatcher:
-    finalized: list[tuple[str, int, float]] = field(default_factory=list)
-
-    def submit_job(self, job_id: str, countdown: float = 0) -> None:
-        raise AssertionError("not expected")
-
-    def finalize_slot(self, job_id: str, slot: int, countdown: float = 0) -> None:
-        self.finalized.append((job_id, slot, countdown))
-
-    def notify_job(self, job_id: str) -> None:
-        raise AssertionError("not expected")
-
-
-@dataclass
 class FakeService:
     """Stands in for JobService: records what the views asked of it."""
 
     known: set[str] = field(default_factory=lambda: {TASK})
     accepted: list[tuple[str, Any]] = field(default_factory=list)
-    promote_answer: str = "stored"
-    dispatcher: RecordingDispatcher = field(default_factory=RecordingDispatcher)
 
-    def accept_webhook(self, task_uuid: str, body: Any) -> list[ResultOutcome]:
+    def receive_webhook(self, task_uuid: str, body: Any) -> list[SlotResult]:
         if task_uuid not in self.known:
             raise NotFound(f"no task {task_uuid}")
         self.accepted.append((task_uuid, body))
-        return [ResultOutcome("job-1", 0, "received")]
-
-    def promote_slot(self, job_id: str, slot: int, *, allow_fetch: bool = False) -> str:
-        return self.promote_answer
+        return [SlotResult("job-1", 0, ResultOutcome.RECEIVED)]
 
 
 def make_client(service: FakeService, roles: tuple[str, ...] = ("webhooks", "api", "metrics"),
@@ -70,19 +51,12 @@ BODY = {"data": [{"taskType": "imageInference", "taskUUID": TASK, "imageUUID": "
                   "imageURL": "https://im.runware.ai/image/i-1.jpg", "cost": 0.07}]}
 
 
-def test_a_good_webhook_is_recorded_and_promoted_inline() -> None:
+def test_a_good_webhook_is_handed_to_the_use_case_and_answered() -> None:
     service = FakeService()
     answer = make_client(service).post(url(), json=BODY)
     assert answer.status_code == 200
     assert answer.json == {"taskUUID": TASK, "results": ["received"]}
     assert service.accepted == [(TASK, BODY)]
-    assert service.dispatcher.finalized == []
-
-
-def test_a_missing_staged_object_hands_promotion_to_a_worker() -> None:
-    service = FakeService(promote_answer="missing")
-    assert make_client(service).post(url(), json=BODY).status_code == 200
-    assert [(job, slot) for job, slot, _ in service.dispatcher.finalized] == [("job-1", 0)]
 
 
 @pytest.mark.parametrize("token", ["wrong", "", webhook_token("x" * 32, TASK),

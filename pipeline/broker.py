@@ -70,7 +70,7 @@ def transport_for(broker_url: str) -> str | None:
     """The hardened transport for a Redis or Sentinel broker URL; None leaves kombu's choice."""
     scheme = broker_url.split("://", 1)[0]
     if scheme in {"redis", "rediss"}:
-        return "workers.broker:Transport"
+        return "pipeline.broker:Transport"
     if scheme == "sentinel":
-        return "workers.broker:SentinelTransport"
+        return "pipeline.broker:SentinelTransport"
     return None

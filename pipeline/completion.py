@@ -1,0 +1,123 @@
+"""Ending jobs: a slot that fails, a job whose slots have all ended, a cancellation; the manifest
+is written before the terminal state, and the end is announced once."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from pipeline import admission, clock
+from pipeline.context import Context
+from pipeline.documents import manifest
+from pipeline.errors import Conflict, NotFound
+from pipeline.models import (
+    JOB_OPEN,
+    SLOT_OPEN,
+    Job,
+    JobState,
+    SlotState,
+)
+
+log = logging.getLogger(__name__)
+
+
+def fail_slot(ctx: Context, job_id: str, slot: int, task_uuid: str | None, code: str,
+              message: str) -> bool:
+    return ctx.store.transition_slot(job_id, slot, SLOT_OPEN, SlotState.FAILED,
+                                     task_uuid=task_uuid, error_code=code,
+                                     error_message=message[:1000])
+
+
+def outcome_of(job: Job) -> JobState:
+    """The terminal state a job whose slots have all ended deserves."""
+    stored = sum(1 for slot in job.slots if slot.state == SlotState.STORED)
+    if job.state == JobState.CANCELLED:
+        return JobState.CANCELLED
+    if job.slots and stored == len(job.slots):
+        return JobState.SUCCEEDED
+    if stored:
+        return JobState.PARTIALLY_SUCCEEDED
+    if any(slot.error_code == "deadline" for slot in job.slots):
+        return JobState.TIMED_OUT
+    return JobState.FAILED
+
+
+def finish_job(ctx: Context, job_id: str) -> bool:
+    """End a job once every slot has ended: manifest first, then the terminal state."""
+    job = ctx.store.get_job(job_id)
+    if job is None or any(not slot.terminal for slot in job.slots):
+        return False
+    state = outcome_of(job)
+    if job.terminal and job.manifest_key and job.state == state:
+        return False
+    version = max(job.manifest_version, 1)
+    # The last slot's change ends the job: concurrent finishers write the same manifest.
+    ended = job.ended_at or max((slot.updated_at or 0.0 for slot in job.slots),
+                                default=0.0) or clock.now()
+    manifest_key = put_manifest(ctx, job, state, version, ended)
+    applied = ctx.store.transition_job(job_id, JOB_OPEN, state, manifest_key=manifest_key,
+                                       manifest_version=version, ended_at=repr(ended))
+    if not applied:
+        ctx.store.set_job_fields(job_id, manifest_key=manifest_key, manifest_version=version)
+        return False
+    announce_end(ctx, job, state, manifest_key)
+    log.info("job ended", extra={"job_id": job_id, "state": state, "images": len(job.slots),
+                                 "stored": sum(s.state == SlotState.STORED for s in job.slots)})
+    return True
+
+
+def put_manifest(ctx: Context, job: Job, state: JobState, version: int, ended: float) -> str:
+    key = ctx.layout.manifest(job.id)
+    document = manifest(job, state, version, ended)
+    ctx.storage.put(key, json.dumps(document, indent=2).encode(),
+                    content_type="application/json",
+                    metadata={"imagine-job-id": job.id, "imagine-state": state,
+                              "imagine-manifest-version": str(version)})
+    return key
+
+
+def announce_end(ctx: Context, job: Job, state: JobState, manifest_key: str) -> None:
+    """An ended job: retention TTLs, the event consumers follow, and the callback."""
+    ctx.store.retire_job(job.id)
+    ctx.store.publish_event({"type": "job.ended", "jobId": job.id, "tenant": job.tenant,
+                             "state": state, "manifestKey": manifest_key,
+                             "cost": job.cost or 0.0})
+    if job.callback_url:
+        ctx.dispatcher.notify_job(job.id)
+
+
+def close_open_slots(ctx: Context, job: Job, code: str, message: str) -> None:
+    """Fail every slot still open (cancellation, deadline) and give its lease back."""
+    for slot in job.slots:
+        if slot.state in SLOT_OPEN:
+            ctx.store.transition_slot(job.id, slot.slot, SLOT_OPEN, SlotState.FAILED,
+                                      error_code=code, error_message=message)
+            if slot.task_uuid:
+                admission.release(ctx, [slot.task_uuid])
+
+
+def cancel_job(ctx: Context, job_id: str, tenant: str | None = None) -> Job:
+    job = ctx.store.get_job(job_id)
+    if job is None or (tenant is not None and job.tenant != tenant):
+        raise NotFound(f"no job {job_id}")
+    if job.terminal:
+        raise Conflict(f"job {job_id} has already ended as {job.state}")
+    ctx.store.transition_job(job_id, JOB_OPEN, JobState.CANCELLED,
+                             reason="cancelled by request", ended_at=repr(clock.now()))
+    close_open_slots(ctx, job, "cancelled", "the job was cancelled")
+    write_final_manifest(ctx, job_id)
+    cancelled = ctx.store.get_job(job_id)
+    if cancelled is None:
+        raise NotFound(f"job {job_id} has expired")
+    return cancelled
+
+
+def write_final_manifest(ctx: Context, job_id: str) -> None:
+    """The manifest of a job that was ended from outside (cancelled), then its announcement."""
+    job = ctx.store.get_job(job_id)
+    if job is None:
+        return
+    version = max(job.manifest_version, 1)
+    key = put_manifest(ctx, job, job.state, version, job.ended_at or clock.now())
+    ctx.store.set_job_fields(job_id, manifest_key=key, manifest_version=version)
+    announce_end(ctx, job, job.state, key)

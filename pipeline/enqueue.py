@@ -1,0 +1,138 @@
+"""Enqueue: a validated request becomes a queued job (once per idempotency key), then a nudge."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from typing import Any
+
+from marshmallow import ValidationError
+
+from pipeline import clock
+from pipeline.completion import finish_job
+from pipeline.context import Context
+from pipeline.errors import Conflict, NotFound, RequestInvalid
+from pipeline.models import Job, JobState
+from pipeline.schemas import load_job_request
+from pipeline.urls import UnsafeURL, check_outbound_url
+
+log = logging.getLogger(__name__)
+
+GENERATION_FIELDS = ("model", "positivePrompt", "width", "height", "resolution", "numberResults",
+                     "outputFormat", "outputQuality", "inputs", "safety")
+
+
+def is_job_id(value: str) -> bool:
+    """Job ids are the canonical text of a UUID; anything else never reaches a key name."""
+    try:
+        return str(uuid.UUID(value)) == value
+    except (ValueError, TypeError, AttributeError):
+        return False
+
+
+def canonical_hash(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+                          ).hexdigest()
+
+
+def create_job(ctx: Context, body: Any, tenant: str, idempotency_key: str | None = None
+               ) -> tuple[Job, bool]:
+    """Validate a request and record a queued job; returns (job, created)."""
+    request = validate(ctx, body, idempotency_key)
+    key = idempotency_key or request.get("idempotencyKey")
+    deadline = min(request.get("deadlineSeconds") or ctx.settings.default_deadline_seconds,
+                   ctx.settings.max_deadline_seconds)
+    now = clock.now()
+    params = {name: request[name] for name in GENERATION_FIELDS if name in request}
+    job = Job(
+        id=str(uuid.uuid4()), tenant=tenant, state=JobState.QUEUED, model=params["model"],
+        params=params, slot_count=params["numberResults"],
+        output_format=params["outputFormat"], created_at=now, updated_at=now,
+        deadline_at=now + deadline, client_task_uuid=request.get("taskUUID"),
+        idempotency_key=key, callback_url=request.get("callbackURL"),
+        metadata=request.get("metadata") or {},
+    )
+    body_hash = canonical_hash({k: v for k, v in request.items() if k != "idempotencyKey"})
+    job_id, stored_hash = ctx.store.create_job(job, body_hash)
+    if stored_hash is not None:
+        if stored_hash != body_hash:
+            raise Conflict("this idempotency key was used with another request body",
+                           {"idempotencyKey": [key]})
+        return get_job(ctx, job_id), False
+    ctx.dispatcher.submit_job(job.id)
+    log.info("job created", extra={"job_id": job.id, "tenant": tenant,
+                                   "images": job.slot_count})
+    return get_job(ctx, job.id), True
+
+
+def validate(ctx: Context, body: Any, idempotency_key: str | None) -> dict[str, Any]:
+    """The request as the catalog and the pipeline's own rules accept it, or RequestInvalid
+    naming each field."""
+    try:
+        request = load_job_request(body, ctx.settings.runware_model)
+    except ValidationError as exc:
+        messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+        raise RequestInvalid("the job request is invalid", messages) from None
+    body_key = request.get("idempotencyKey")
+    if idempotency_key and body_key and idempotency_key != body_key:
+        raise RequestInvalid("the job request is invalid", {
+            "idempotencyKey": ["differs from the Idempotency-Key header"]})
+    if request.get("callbackURL"):
+        if not ctx.settings.callback_secret:
+            raise RequestInvalid("the job request is invalid", {"callbackURL": [
+                "callbacks are off: this deployment has no CALLBACK_SECRET to sign them"]})
+        try:
+            check_outbound_url(request["callbackURL"], allowed_hosts=None,
+                               allow_private=ctx.settings.allow_private_urls)
+        except UnsafeURL as exc:
+            raise RequestInvalid("the job request is invalid",
+                                 {"callbackURL": [str(exc)]}) from None
+    return request
+
+
+def create_job_from_message(ctx: Context, body: Any, tenant: str,
+                            idempotency_key: str | None, message_id: str) -> Job:
+    """Enqueue by name from a trusted service: a refused request becomes a failed job that
+    carries the errors, and a redelivered message never makes a second job."""
+    in_body = isinstance(body, dict) and body.get("idempotencyKey")
+    # Without a caller's key, the message id, stable across redeliveries, is the key.
+    key = idempotency_key or (None if in_body else f"celery-message:{message_id}")
+    try:
+        job, _created = create_job(ctx, body, tenant, key)
+    except RequestInvalid as exc:
+        return create_refused_job(ctx, body, tenant, exc.errors, key)
+    return job
+
+
+def create_refused_job(ctx: Context, body: Any, tenant: str, errors: dict[str, Any],
+                       idempotency_key: str | None = None) -> Job:
+    """Record a request a worker refused as a failed job that carries the errors."""
+    now = clock.now()
+    job = Job(
+        id=str(uuid.uuid4()), tenant=tenant, state=JobState.QUEUED,
+        model=ctx.settings.runware_model, params={}, slot_count=0, output_format="JPG",
+        created_at=now, updated_at=now, deadline_at=now, idempotency_key=idempotency_key,
+        reason="validation_failed: " + json.dumps(errors, sort_keys=True)[:2000],
+    )
+    body_hash = canonical_hash(body) if isinstance(body, dict) else canonical_hash(repr(body))
+    job_id, _ = ctx.store.create_job(job, body_hash)
+    finish_job(ctx, job_id)
+    return get_job(ctx, job_id)
+
+
+def get_job(ctx: Context, job_id: str, tenant: str | None = None) -> Job:
+    """A job by id; another tenant's job is as missing as one that never existed."""
+    if not is_job_id(job_id):
+        raise NotFound(f"no job {job_id[:64]!r}: job ids are UUIDs")
+    job = ctx.store.get_job(job_id)
+    if job is None or (tenant is not None and job.tenant != tenant):
+        raise NotFound(f"no job {job_id}")
+    return job
+
+
+def find_job(ctx: Context, ident: str) -> Job:
+    """A job by its id or by the taskUUID of any of its images' attempts."""
+    location = ctx.store.find_task(ident)
+    return get_job(ctx, location[0] if location else ident)

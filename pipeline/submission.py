@@ -1,0 +1,156 @@
+"""Submission: one Runware task per pending image, its taskUUID stored before Runware sees it,
+within the in-flight budget and only while the circuit is closed."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+from urllib.parse import quote
+
+from pipeline import admission, clock
+from pipeline.completion import fail_slot, finish_job
+from pipeline.context import Context
+from pipeline.deadline import expire_job
+from pipeline.errors import ProviderError
+from pipeline.intake import backoff, record_results
+from pipeline.models import Job, JobState, Slot, SlotState, SubmitOutcome
+from pipeline.runware import TaskOutcome
+from pipeline.schemas import check_outgoing_task
+from pipeline.signing import webhook_token
+
+log = logging.getLogger(__name__)
+
+MAX_TASKS_PER_REQUEST = 20
+MAX_PRESIGN_SECONDS = 7 * 86400  # SigV4 presigned URLs live at most 7 days
+
+
+def submit_job(ctx: Context, job_id: str, *, probe: bool = False) -> SubmitOutcome:
+    """Send every pending image slot of a job to Runware; safe to run any number of times.
+    A transient failure raises a retryable `ProviderError`: the retry reuses the taskUUIDs."""
+    job = ctx.store.get_job(job_id)
+    if job is None or job.terminal:
+        return SubmitOutcome.DONE
+    if clock.now() >= job.deadline_at:
+        expire_job(ctx, job_id)
+        return SubmitOutcome.EXPIRED
+    circuit = ctx.circuit.state()
+    if circuit.open and not probe:
+        ctx.store.set_job_fields(job_id, reason=admission.paused_reason(circuit.code))
+        return SubmitOutcome.PAUSED
+    ctx.store.transition_job(job_id, [JobState.QUEUED], JobState.RUNNING)
+    pending = [slot for slot in job.slots if slot.state == SlotState.PENDING]
+    if not pending:
+        finish_job(ctx, job_id)
+        return SubmitOutcome.DONE
+    slots = claim_task_uuids(ctx, job, pending)
+    granted = admit(ctx, job, slots)
+    if not granted:
+        return SubmitOutcome.WAITING
+    return send(ctx, job, {task_uuid: slots[task_uuid] for task_uuid in granted}, probe)
+
+
+def claim_task_uuids(ctx: Context, job: Job, pending: list[Slot]) -> dict[str, Slot]:
+    """The taskUUID of each pending slot's current attempt, minted and stored if new."""
+    slots: dict[str, Slot] = {}
+    for slot in pending:
+        task_uuid = ctx.store.mint_task_uuid(job.id, slot.slot, slot.attempt, str(uuid.uuid4()))
+        if task_uuid:
+            slots[task_uuid] = slot
+    return slots
+
+
+def admit(ctx: Context, job: Job, slots: dict[str, Slot]) -> list[str]:
+    """Leases for as many tasks as the key's budget allows; the job waits for the rest."""
+    ctx.settings.require_runware_key()
+    ttl = max(60.0, job.deadline_at - clock.now()) + ctx.settings.upload_url_margin_seconds
+    granted = ctx.budget.acquire(list(slots)[:MAX_TASKS_PER_REQUEST],
+                                 ctx.settings.runware_max_in_flight, ttl)
+    if len(granted) < len(slots):
+        # Woken as soon as a lease is given back; the delayed nudge covers a lost wake-up.
+        ctx.store.set_job_fields(job.id, reason="waiting: Runware in-flight budget is full")
+        ctx.budget.wait(job.id)
+        ctx.dispatcher.submit_job(job.id, countdown=ctx.settings.budget_wait_seconds)
+    return granted
+
+
+def send(ctx: Context, job: Job, slots: dict[str, Slot], probe: bool) -> SubmitOutcome:
+    """POST the granted tasks in one body and record what Runware said of each."""
+    tasks = [task_payload(ctx, job, slot, task_uuid) for task_uuid, slot in slots.items()]
+    try:
+        outcomes = ctx.runware().submit(tasks)
+    except ProviderError as exc:
+        if exc.retryable:
+            raise  # the outcome is unknown: the retry reuses these taskUUIDs
+        return refused(ctx, job, slots, exc)
+    if probe and ctx.circuit.state().open:
+        admission.reset_circuit(ctx)
+    now = clock.now()
+    for task_uuid, outcome in outcomes.items():
+        apply_outcome(ctx, job, slots[task_uuid], task_uuid, outcome, now)
+    ctx.store.set_job_fields(job.id, reason=None)
+    finish_job(ctx, job.id)
+    return SubmitOutcome.SUBMITTED
+
+
+def refused(ctx: Context, job: Job, slots: dict[str, Slot], exc: ProviderError
+            ) -> SubmitOutcome:
+    """The whole request was refused: the account (pause everything) or the tasks (fail)."""
+    admission.release(ctx, list(slots))
+    if exc.kind == ProviderError.ACCOUNT:
+        admission.open_circuit(ctx, exc)
+        ctx.store.set_job_fields(job.id, reason=admission.paused_reason(
+            admission.provider_code(exc.provider_code, exc.http_status)))
+        return SubmitOutcome.PAUSED
+    for task_uuid, slot in slots.items():
+        fail_slot(ctx, job.id, slot.slot, task_uuid, exc.provider_code or "rejected",
+                  exc.message)
+    finish_job(ctx, job.id)
+    return SubmitOutcome.SUBMITTED
+
+
+def apply_outcome(ctx: Context, job: Job, slot: Slot, task_uuid: str, outcome: TaskOutcome,
+                  now: float) -> None:
+    """One task's answer: accepted (maybe with its result already), or refused on its own."""
+    if outcome.accepted:
+        ctx.store.transition_slot(job.id, slot.slot, [SlotState.PENDING], SlotState.SUBMITTED,
+                                  task_uuid=task_uuid, submitted_at=repr(now))
+        if outcome.results:
+            record_results(ctx, task_uuid, outcome.results)
+        return
+    error = outcome.error or ProviderError("Runware did not acknowledge this task",
+                                           kind=ProviderError.TRANSIENT)
+    admission.release(ctx, [task_uuid])
+    if error.kind == ProviderError.PERMANENT:
+        fail_slot(ctx, job.id, slot.slot, task_uuid, error.provider_code or "rejected",
+                  error.message)
+    elif error.kind == ProviderError.ACCOUNT:
+        admission.open_circuit(ctx, error)
+    else:
+        ctx.dispatcher.submit_job(job.id, countdown=backoff(ctx, 1, error.retry_after))
+
+
+def webhook_url(ctx: Context, task_uuid: str) -> str:
+    token = webhook_token(ctx.settings.require_webhook_secrets()[0], task_uuid)
+    return f"{ctx.settings.public_base_url}/webhooks/runware/{task_uuid}?token={quote(token)}"
+
+
+def task_payload(ctx: Context, job: Job, slot: Slot, task_uuid: str) -> dict[str, Any]:
+    """The `imageInference` task of one slot, checked against its schema before it is sent."""
+    remaining = max(60, int(job.deadline_at - clock.now()))
+    expires = remaining + ctx.settings.upload_url_margin_seconds
+    payload: dict[str, Any] = {
+        "taskType": "imageInference", "taskUUID": task_uuid, "model": job.model,
+        "positivePrompt": job.params["positivePrompt"],
+    }
+    for name in ("width", "height", "resolution", "outputQuality", "inputs", "safety"):
+        if name in job.params:
+            payload[name] = job.params[name]
+    payload.update({
+        "outputFormat": job.output_format, "outputType": "URL", "numberResults": 1,
+        "deliveryMethod": "async", "includeCost": True, "ttl": expires,
+        "webhookURL": webhook_url(ctx, task_uuid),
+        "uploadEndpoint": ctx.storage.presign_put(ctx.layout.staging(job.id, task_uuid),
+                                                  min(expires, MAX_PRESIGN_SECONDS)),
+    })
+    return check_outgoing_task(payload)
