@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +70,12 @@ class ModelSpec:
         def fail(name: str, message: str) -> None:
             errors.setdefault(name, []).append(message)
 
+        self._check_size(params, fail)
+        self._check_options(params, fail)
+        return errors
+
+    def _check_size(self, params: dict[str, Any], fail: Callable[[str, str], None]) -> None:
+        """Exactly one way of naming the size: width and height, a preset, or an edit."""
         width, height = params.get("width"), params.get("height")
         resolution = params.get("resolution")
         references = (params.get("inputs") or {}).get("referenceImages") or []
@@ -88,6 +95,9 @@ class ModelSpec:
             fail("resolution", "give inputs.referenceImages, width and height, or resolution")
         if len(references) > self.max_reference_images:
             fail("inputs.referenceImages", f"at most {self.max_reference_images} images")
+
+    def _check_options(self, params: dict[str, Any], fail: Callable[[str, str], None]) -> None:
+        """Counts, quality, format and safety mode within this model's ranges."""
         low, high = self.number_results
         count = params.get("numberResults", 1)
         if not low <= count <= high:
@@ -103,11 +113,11 @@ class ModelSpec:
         mode = safety.get("mode")
         if mode is not None and mode not in self.safety_modes:
             fail("safety.mode", f"must be one of {', '.join(self.safety_modes)}")
-        return errors
 
 
 def _row(*sizes: tuple[int, int]) -> tuple[tuple[int, int], ...]:
-    assert len(sizes) == len(ASPECTS)
+    if len(sizes) != len(ASPECTS):
+        raise ValueError(f"a preset row names one size per aspect ratio ({len(ASPECTS)})")
     return sizes
 
 

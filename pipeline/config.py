@@ -78,6 +78,10 @@ def _url(env: Mapping[str, str], name: str, default: str | None) -> str | None:
 TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
+def _required_url(env: Mapping[str, str], name: str, default: str) -> str:
+    return _url(env, name, default) or default
+
+
 def _api_keys(env: Mapping[str, str]) -> ApiKeys:
     keys: dict[str, str] = {}
     for pair in _list(env, "API_KEYS"):
@@ -140,17 +144,15 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
-        redis_url = _url(env, "REDIS_URL", cls.redis_url)
-        assert redis_url is not None
+        redis_url = _required_url(env, "REDIS_URL", cls.redis_url)
         prefix = _str(env, "S3_PREFIX", "")
         if prefix and not prefix.endswith("/"):
             raise SettingsError(f"S3_PREFIX must be empty or end with '/', got {prefix!r}")
         secrets = _list(env, "WEBHOOK_SECRETS")
         if any(len(secret) < 16 for secret in secrets):
             raise SettingsError("WEBHOOK_SECRETS entries must be at least 16 characters long")
-        public_base_url = _url(env, "PUBLIC_BASE_URL", cls.public_base_url)
-        runware_api_url = _url(env, "RUNWARE_API_URL", cls.runware_api_url)
-        assert public_base_url is not None and runware_api_url is not None
+        public_base_url = _required_url(env, "PUBLIC_BASE_URL", cls.public_base_url)
+        runware_api_url = _required_url(env, "RUNWARE_API_URL", cls.runware_api_url)
         log_format = _str(env, "LOG_FORMAT", cls.log_format)
         if log_format not in {"json", "text"}:
             raise SettingsError(f"LOG_FORMAT must be json or text, got {log_format!r}")

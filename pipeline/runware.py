@@ -86,6 +86,20 @@ class TaskOutcome:
     results: list[ProviderResult] = field(default_factory=list)
 
 
+def _apply_task_errors(outcomes: dict[str, TaskOutcome], raw_errors: list[Any], status: int,
+                       retry_after: float | None) -> None:
+    """Errors tied to one of the tasks sent: a conflict means Runware already holds it."""
+    for entry in raw_errors:
+        if not isinstance(entry, dict) or entry.get("taskUUID") not in outcomes:
+            continue
+        error = _error_from_entry(entry, status if status >= 400 else 400, retry_after)
+        outcome = outcomes[entry["taskUUID"]]
+        if error.kind == ProviderError.CONFLICT:
+            outcome.accepted = True  # the provider already holds this task
+        else:
+            outcome.error = error
+
+
 class RunwareClient:
     """Talks to Runware's REST endpoint over an injected `httpx.Client`."""
 
@@ -151,15 +165,7 @@ class RunwareClient:
                 f"Runware answered HTTP {status}", kind=classify(status, None),
                 http_status=status, retry_after=retry_after)
         outcomes = {uuid: TaskOutcome(uuid, accepted=False) for uuid in wanted}
-        for entry in raw_errors:
-            if not isinstance(entry, dict) or entry.get("taskUUID") not in outcomes:
-                continue
-            error = _error_from_entry(entry, status if status >= 400 else 400, retry_after)
-            outcome = outcomes[entry["taskUUID"]]
-            if error.kind == ProviderError.CONFLICT:
-                outcome.accepted = True  # the provider already holds this task
-            else:
-                outcome.error = error
+        _apply_task_errors(outcomes, raw_errors, status, retry_after)
         try:
             results, _ = parse_provider_body({"data": body.get("data") or []})
         except ValidationError as exc:

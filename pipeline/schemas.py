@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -336,12 +335,8 @@ def untied_error_result(task_uuid: str, error: dict[str, Any]) -> ProviderResult
     )
 
 
-def parse_provider_body(body: Any) -> tuple[list[ProviderResult], list[dict[str, Any]]]:
-    """Read a Runware body in any known shape: wrapped `{data, errors}` or one flat item.
-
-    Returns the image results (successes, errors tied to a task, and in-progress placeholders)
-    and the raw error entries that name no task.
-    """
+def _envelope(body: Any) -> tuple[list[Any], list[Any]]:
+    """The `data` and `errors` arrays of a body, whichever of the known shapes it has."""
     if isinstance(body, list):
         body = {"data": body}
     if not isinstance(body, dict):
@@ -357,6 +352,16 @@ def parse_provider_body(body: Any) -> tuple[list[ProviderResult], list[dict[str,
     if len(data) + len(errors) > MAX_PROVIDER_ITEMS:
         raise ValidationError(f"at most {MAX_PROVIDER_ITEMS} items in data and errors together, "
                               f"got {len(data) + len(errors)}")
+    return data, errors
+
+
+def parse_provider_body(body: Any) -> tuple[list[ProviderResult], list[dict[str, Any]]]:
+    """Read a Runware body in any known shape: wrapped `{data, errors}` or one flat item.
+
+    Returns the image results (successes, errors tied to a task, and in-progress placeholders)
+    and the raw error entries that name no task.
+    """
+    data, errors = _envelope(body)
     # An authentication item names a session, not a task: it carries no taskUUID.
     data = [item for item in data
             if not (isinstance(item, dict) and item.get("taskType") == "authentication")]
@@ -375,11 +380,3 @@ def parse_provider_body(body: Any) -> tuple[list[ProviderResult], list[dict[str,
         else:
             results.append(parsed)
     return results, untied
-
-
-def is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except (ValueError, TypeError):
-        return False
-    return True

@@ -7,7 +7,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import httpx
 
@@ -61,6 +61,20 @@ def check_outbound_url(url: str, *, allowed_hosts: Sequence[str] | None,
                        allow_private: bool) -> CheckedURL:
     """Refuse a URL whose scheme, host, port or resolved address is not allowed; return the
     address to connect to."""
+    parts, host, port = _parse(url)
+    if allowed_hosts is not None:
+        netloc = host if port is None else f"{host}:{port}"
+        if host not in allowed_hosts and netloc not in allowed_hosts:
+            raise UnsafeURL(f"host {netloc!r} is not in the allow-list")
+    effective_port = port or (443 if parts.scheme == "https" else 80)
+    if allow_private:
+        return CheckedURL(url=url, host=host, port=effective_port, address=None)
+    return CheckedURL(url=url, host=host, port=effective_port,
+                      address=_public_address(host, effective_port))
+
+
+def _parse(url: str) -> tuple[SplitResult, str, int | None]:
+    """The URL's parts, host and port, or UnsafeURL saying what is wrong with it."""
     if len(url) > MAX_URL_LENGTH:
         raise UnsafeURL(f"the URL is longer than {MAX_URL_LENGTH} characters")
     if any(ord(char) < 33 or ord(char) > 126 for char in url):
@@ -72,22 +86,19 @@ def check_outbound_url(url: str, *, allowed_hosts: Sequence[str] | None,
         raise UnsafeURL(f"the URL is malformed: {exc}") from None
     if parts.scheme not in {"http", "https"}:
         raise UnsafeURL(f"scheme {parts.scheme!r} is not allowed")
-    host = parts.hostname
-    if not host:
+    if not parts.hostname:
         raise UnsafeURL("the URL has no host")
     if parts.username is not None or parts.password is not None:
         raise UnsafeURL("the URL may not carry credentials")
     if port == 0:
         raise UnsafeURL("port 0 is not allowed")
-    if allowed_hosts is not None:
-        netloc = host if port is None else f"{host}:{port}"
-        if host not in allowed_hosts and netloc not in allowed_hosts:
-            raise UnsafeURL(f"host {netloc!r} is not in the allow-list")
-    effective_port = port or (443 if parts.scheme == "https" else 80)
-    if allow_private:
-        return CheckedURL(url=url, host=host, port=effective_port, address=None)
+    return parts, parts.hostname, port
+
+
+def _public_address(host: str, port: int) -> str:
+    """The address to connect to, if every address the host resolves to is public."""
     try:
-        infos = socket.getaddrinfo(host, effective_port, proto=socket.IPPROTO_TCP)
+        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError):
         raise UnsafeURL(f"host {host!r} does not resolve") from None
     addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
@@ -97,7 +108,7 @@ def check_outbound_url(url: str, *, allowed_hosts: Sequence[str] | None,
         # Every answer is checked: a name that resolves to one public and one private
         # address must not be connected to at all.
         raise UnsafeURL(f"host {host!r} resolves to a non-public address")
-    return CheckedURL(url=url, host=host, port=effective_port, address=str(addresses[0]))
+    return str(addresses[0])
 
 
 def pinned_request(client: httpx.Client, method: str, checked: CheckedURL,

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import gevent
 import pytest
 
-from tests.unit.test_webhooks_app import FakeService, make_client, url
+from tests.unit.conftest import FakeService, make_client, url
 from webhooks.serving import (
     DRAIN_MAX_BYTES,
     BodyTimeout,
