@@ -13,6 +13,26 @@ import redis
 
 from infra import servers, supervise
 
+
+class RecordingDispatcher:
+    """A dispatcher that records each nudge instead of sending it to a worker."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, tuple[Any, ...]]] = []
+
+    def submit_job(self, job_id: str, countdown: float = 0) -> None:
+        self.sent.append(("submit", (job_id,)))
+
+    def finalize_slot(self, job_id: str, slot: int, countdown: float = 0) -> None:
+        self.sent.append(("finalize", (job_id, slot)))
+
+    def notify_job(self, job_id: str) -> None:
+        self.sent.append(("notify", (job_id,)))
+
+    def queue_lengths(self) -> dict[str, int]:
+        return {}
+
+
 LOCAL_KEY = servers.LOCAL_AWS_KEY
 EMULATOR_API_KEY = "emulator-test-key"
 TEST_BUCKET = "imagine-test"

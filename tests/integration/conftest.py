@@ -33,6 +33,7 @@ from pipeline.config import Settings
 from pipeline.runware import RunwareClient
 from pipeline.storage import KeyLayout, MemoryObjectStorage
 from pipeline.store import RedisCircuit, RedisInFlightBudget, RedisJobStore, redis_client
+from tests.conftest import RecordingDispatcher
 
 if TYPE_CHECKING:
     from pipeline.services import JobService
@@ -268,26 +269,6 @@ class FakeRunware:
         self.hosted[httpx.URL(url).path] = data
 
 
-@dataclass
-class RecordingDispatcher:
-    """Records each nudge instead of sending it to a worker."""
-
-    sent: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
-
-    def submit_job(self, job_id: str, countdown: float = 0) -> None:
-        self.sent.append(("submit", (job_id,)))
-
-    def finalize_slot(self, job_id: str, slot: int, countdown: float = 0) -> None:
-        self.sent.append(("finalize", (job_id, slot)))
-
-    def notify_job(self, job_id: str) -> None:
-        self.sent.append(("notify", (job_id,)))
-
-    def queue_lengths(self) -> dict[str, int]:
-        return {}
-
-
-# The modules whose `time` the use cases read the clock through.
 @dataclass
 class Clock:
     """The time the use cases read, moved forward instead of slept through."""

@@ -25,6 +25,7 @@ from pipeline.runware import RunwareClient
 from pipeline.services import JobService
 from pipeline.signing import webhook_token
 from pipeline.wiring import build_service
+from tests.conftest import RecordingDispatcher
 from webhooks.app import create_app
 
 WEBHOOK_SECRET = "security-suite-webhook-secret-0001"
@@ -52,25 +53,6 @@ class Outbound:
                 {"taskType": "imageInference", "taskUUID": task["taskUUID"]}
                 for task in tasks if task.get("taskType") == "imageInference"]})
         return httpx.Response(200, content=b"ok")
-
-
-@dataclass
-class RecordingDispatcher:
-    """Records each nudge instead of sending it to a worker."""
-
-    sent: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
-
-    def submit_job(self, job_id: str, countdown: float = 0) -> None:
-        self.sent.append(("submit", (job_id,)))
-
-    def finalize_slot(self, job_id: str, slot: int, countdown: float = 0) -> None:
-        self.sent.append(("finalize", (job_id, slot)))
-
-    def notify_job(self, job_id: str) -> None:
-        self.sent.append(("notify", (job_id,)))
-
-    def queue_lengths(self) -> dict[str, int]:
-        return {}
 
 
 def jpeg(width: int = 1024, height: int = 1024) -> bytes:
