@@ -36,8 +36,10 @@ def open_circuit(ctx: Context, error: ProviderError) -> None:
     code = provider_code(error.provider_code, error.http_status)
     probe_at = clock.now() + ctx.settings.circuit_probe_seconds
     if ctx.circuit.open(code, clean_text(error.message, 500), probe_at):
-        log.error("circuit opened: submission paused", extra={
-            "code": code, "http_status": error.http_status})
+        log.error(
+            "circuit opened: submission paused",
+            extra={"code": code, "http_status": error.http_status},
+        )
 
 
 def reset_circuit(ctx: Context) -> None:

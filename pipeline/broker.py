@@ -24,8 +24,11 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
         return connection is None or getattr(connection, "client", None) is None
 
     def _skip(self, what: str, exc: BaseException | None = None) -> None:
-        log.warning("broker connection lost: %s left for redelivery", what,
-                    extra={"error": repr(exc) if exc else "connection released"})
+        log.warning(
+            "broker connection lost: %s left for redelivery",
+            what,
+            extra={"error": repr(exc) if exc else "connection released"},
+        )
 
     def restore_unacked_once(self, stderr: Any = None) -> Any:
         if self._released():

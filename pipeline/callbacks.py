@@ -30,27 +30,35 @@ def send_callback(ctx: Context, job_id: str) -> CallbackOutcome:
         log.warning("callback not sent: no CALLBACK_SECRET to sign it", extra={"job_id": job_id})
         return CallbackOutcome.UNSIGNED
     try:
-        checked = check_outbound_url(job.callback_url, allowed_hosts=None,
-                                     allow_private=ctx.settings.allow_private_urls)
+        checked = check_outbound_url(
+            job.callback_url, allowed_hosts=None, allow_private=ctx.settings.allow_private_urls
+        )
     except UnsafeURL as exc:
         log.warning("callback refused", extra={"job_id": job_id, "error": str(exc)})
         return CallbackOutcome.REFUSED
     body = json.dumps({"type": "job.ended", "data": job_view(job)}).encode()
-    headers = {"Content-Type": "application/json",
-               **sign_callback(ctx.settings.callback_secret.reveal().encode(),
-                               f"{job_id}:{job.state}", body)}
-    request = pinned_request(ctx.http, "POST", checked, content=body, headers=headers,
-                             timeout=CALLBACK_TIMEOUT)
+    headers = {
+        "Content-Type": "application/json",
+        **sign_callback(
+            ctx.settings.callback_secret.reveal().encode(), f"{job_id}:{job.state}", body
+        ),
+    }
+    request = pinned_request(
+        ctx.http, "POST", checked, content=body, headers=headers, timeout=CALLBACK_TIMEOUT
+    )
     try:
         response = ctx.http.send(request)
     except httpx.HTTPError as exc:
         raise CallbackUnavailable(f"callback failed: {type(exc).__name__}") from None
     if response.status_code >= 500 or response.status_code in {408, 429}:
-        raise CallbackUnavailable(f"callback answered {response.status_code}",
-                                  retry_after=_retry_after(response))
+        raise CallbackUnavailable(
+            f"callback answered {response.status_code}", retry_after=_retry_after(response)
+        )
     if response.status_code >= 300:
-        log.warning("callback refused by its receiver", extra={
-            "job_id": job_id, "status": response.status_code})
+        log.warning(
+            "callback refused by its receiver",
+            extra={"job_id": job_id, "status": response.status_code},
+        )
         return CallbackOutcome.REJECTED
     return CallbackOutcome.SENT
 

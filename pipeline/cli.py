@@ -157,8 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     circuit = sub.add_parser("circuit", help="show or reset the account-level circuit")
     circuit.add_argument("action", choices=["show", "reset"], nargs="?", default="show")
     circuit.set_defaults(func=cmd_circuit)
-    for name, module, text in (("stack", "infra.stack", "run the local stack (make run)"),
-                               ("emulator", "infra.emulator", "run the Runware emulator")):
+    for name, module, text in (
+        ("stack", "infra.stack", "run the local stack (make run)"),
+        ("emulator", "infra.emulator", "run the Runware emulator"),
+    ):
         command = sub.add_parser(name, help=text, add_help=False)
         command.set_defaults(module=module)
     return parser

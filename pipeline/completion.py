@@ -21,11 +21,18 @@ from pipeline.models import (
 log = logging.getLogger(__name__)
 
 
-def fail_slot(ctx: Context, job_id: str, slot: int, task_uuid: str | None, code: str,
-              message: str) -> bool:
-    return ctx.store.transition_slot(job_id, slot, SLOT_OPEN, SlotState.FAILED,
-                                     task_uuid=task_uuid, error_code=code,
-                                     error_message=message[:1000])
+def fail_slot(
+    ctx: Context, job_id: str, slot: int, task_uuid: str | None, code: str, message: str
+) -> bool:
+    return ctx.store.transition_slot(
+        job_id,
+        slot,
+        SLOT_OPEN,
+        SlotState.FAILED,
+        task_uuid=task_uuid,
+        error_code=code,
+        error_message=message[:1000],
+    )
 
 
 def outcome_of(job: Job) -> JobState:
@@ -52,36 +59,65 @@ def finish_job(ctx: Context, job_id: str) -> bool:
         return False
     version = max(job.manifest_version, 1)
     # The last slot's change ends the job: concurrent finishers write the same manifest.
-    ended = job.ended_at or max((slot.updated_at or 0.0 for slot in job.slots),
-                                default=0.0) or clock.now()
+    ended = (
+        job.ended_at
+        or max((slot.updated_at or 0.0 for slot in job.slots), default=0.0)
+        or clock.now()
+    )
     manifest_key = put_manifest(ctx, job, state, version, ended)
-    applied = ctx.store.transition_job(job_id, JOB_OPEN, state, manifest_key=manifest_key,
-                                       manifest_version=version, ended_at=repr(ended))
+    applied = ctx.store.transition_job(
+        job_id,
+        JOB_OPEN,
+        state,
+        manifest_key=manifest_key,
+        manifest_version=version,
+        ended_at=repr(ended),
+    )
     if not applied:
         ctx.store.set_job_fields(job_id, manifest_key=manifest_key, manifest_version=version)
         return False
     announce_end(ctx, job, state, manifest_key)
-    log.info("job ended", extra={"job_id": job_id, "state": state, "images": len(job.slots),
-                                 "stored": sum(s.state == SlotState.STORED for s in job.slots)})
+    log.info(
+        "job ended",
+        extra={
+            "job_id": job_id,
+            "state": state,
+            "images": len(job.slots),
+            "stored": sum(s.state == SlotState.STORED for s in job.slots),
+        },
+    )
     return True
 
 
 def put_manifest(ctx: Context, job: Job, state: JobState, version: int, ended: float) -> str:
     key = ctx.layout.manifest(job.id)
     document = manifest(job, state, version, ended)
-    ctx.storage.put(key, json.dumps(document, indent=2).encode(),
-                    content_type="application/json",
-                    metadata={"imagine-job-id": job.id, "imagine-state": state,
-                              "imagine-manifest-version": str(version)})
+    ctx.storage.put(
+        key,
+        json.dumps(document, indent=2).encode(),
+        content_type="application/json",
+        metadata={
+            "imagine-job-id": job.id,
+            "imagine-state": state,
+            "imagine-manifest-version": str(version),
+        },
+    )
     return key
 
 
 def announce_end(ctx: Context, job: Job, state: JobState, manifest_key: str) -> None:
     """An ended job: retention TTLs, the event consumers follow, and the callback."""
     ctx.store.retire_job(job.id)
-    ctx.store.publish_event({"type": "job.ended", "jobId": job.id, "tenant": job.tenant,
-                             "state": state, "manifestKey": manifest_key,
-                             "cost": job.cost or 0.0})
+    ctx.store.publish_event(
+        {
+            "type": "job.ended",
+            "jobId": job.id,
+            "tenant": job.tenant,
+            "state": state,
+            "manifestKey": manifest_key,
+            "cost": job.cost or 0.0,
+        }
+    )
     if job.callback_url:
         ctx.dispatcher.notify_job(job.id)
 
@@ -90,8 +126,14 @@ def close_open_slots(ctx: Context, job: Job, code: str, message: str) -> None:
     """Fail every slot still open (cancellation, deadline) and give its lease back."""
     for slot in job.slots:
         if slot.state in SLOT_OPEN:
-            ctx.store.transition_slot(job.id, slot.slot, SLOT_OPEN, SlotState.FAILED,
-                                      error_code=code, error_message=message)
+            ctx.store.transition_slot(
+                job.id,
+                slot.slot,
+                SLOT_OPEN,
+                SlotState.FAILED,
+                error_code=code,
+                error_message=message,
+            )
             if slot.task_uuid:
                 admission.release(ctx, [slot.task_uuid])
 
@@ -102,8 +144,13 @@ def cancel_job(ctx: Context, job_id: str, tenant: str | None = None) -> Job:
         raise NotFound(f"no job {job_id}")
     if job.terminal:
         raise Conflict(f"job {job_id} has already ended as {job.state}")
-    ctx.store.transition_job(job_id, JOB_OPEN, JobState.CANCELLED,
-                             reason="cancelled by request", ended_at=repr(clock.now()))
+    ctx.store.transition_job(
+        job_id,
+        JOB_OPEN,
+        JobState.CANCELLED,
+        reason="cancelled by request",
+        ended_at=repr(clock.now()),
+    )
     close_open_slots(ctx, job, "cancelled", "the job was cancelled")
     write_final_manifest(ctx, job_id)
     cancelled = ctx.store.get_job(job_id)

@@ -89,8 +89,9 @@ def _api_keys(env: Mapping[str, str]) -> ApiKeys:
         if not sep or not tenant.strip() or not key.strip():
             raise SettingsError("API_KEYS must be comma-separated tenant:key pairs")
         if not TENANT_NAME.fullmatch(tenant.strip()):
-            raise SettingsError("API_KEYS tenant names must be 1-64 ASCII letters, digits, "
-                                "'.', '-' or '_'")
+            raise SettingsError(
+                "API_KEYS tenant names must be 1-64 ASCII letters, digits, '.', '-' or '_'"
+            )
         if key.strip() in keys:
             raise SettingsError("API_KEYS holds the same key twice")
         keys[key.strip()] = tenant.strip()
@@ -205,9 +206,7 @@ class Settings:
             reconcile_grace_seconds=_int(
                 env, "RECONCILE_GRACE_SECONDS", cls.reconcile_grace_seconds, 1
             ),
-            job_retention_seconds=_int(
-                env, "JOB_RETENTION_SECONDS", cls.job_retention_seconds, 60
-            ),
+            job_retention_seconds=_int(env, "JOB_RETENTION_SECONDS", cls.job_retention_seconds, 60),
             slot_max_attempts=_int(env, "SLOT_MAX_ATTEMPTS", cls.slot_max_attempts, 1),
             submit_max_retries=_int(env, "SUBMIT_MAX_RETRIES", cls.submit_max_retries, 0),
             retry_backoff_cap_seconds=_int(
@@ -217,9 +216,7 @@ class Settings:
                 env, "CELERY_VISIBILITY_TIMEOUT", cls.visibility_timeout_seconds, 60
             ),
             max_image_bytes=_int(env, "MAX_IMAGE_BYTES", cls.max_image_bytes, 1024),
-            circuit_probe_seconds=_int(
-                env, "CIRCUIT_PROBE_SECONDS", cls.circuit_probe_seconds, 1
-            ),
+            circuit_probe_seconds=_int(env, "CIRCUIT_PROBE_SECONDS", cls.circuit_probe_seconds, 1),
             budget_wait_seconds=_int(env, "BUDGET_WAIT_SECONDS", cls.budget_wait_seconds, 1),
             upload_wait_seconds=_int(env, "UPLOAD_WAIT_SECONDS", cls.upload_wait_seconds, 0),
             log_level=_str(env, "LOG_LEVEL", cls.log_level).upper(),
@@ -228,8 +225,10 @@ class Settings:
         from pipeline.catalog import CATALOG
 
         if settings.runware_model not in CATALOG:
-            raise SettingsError(f"RUNWARE_MODEL {settings.runware_model!r} is not in the "
-                                f"catalog; known: {', '.join(sorted(CATALOG))}")
+            raise SettingsError(
+                f"RUNWARE_MODEL {settings.runware_model!r} is not in the "
+                f"catalog; known: {', '.join(sorted(CATALOG))}"
+            )
         if settings.retry_backoff_cap_seconds >= settings.visibility_timeout_seconds:
             raise SettingsError(
                 "RETRY_BACKOFF_CAP_SECONDS must stay below CELERY_VISIBILITY_TIMEOUT, "

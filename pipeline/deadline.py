@@ -24,8 +24,10 @@ def expire_job(ctx: Context, job_id: str) -> None:
             try:
                 promote_slot(ctx, job_id, slot.slot, allow_fetch=True)
             except PipelineError as exc:  # S3, the hosted copy, or the image itself
-                log.warning("image not stored by the deadline", extra={
-                    "job_id": job_id, "slot": slot.slot, "error": exc.message})
+                log.warning(
+                    "image not stored by the deadline",
+                    extra={"job_id": job_id, "slot": slot.slot, "error": exc.message},
+                )
     job = ctx.store.get_job(job_id)
     if job is None or job.terminal:
         return

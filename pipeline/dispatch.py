@@ -28,8 +28,9 @@ def create_celery(settings: Settings | None = None) -> Celery:
     app.conf.update(
         broker_transport=transport_for(settings.broker_url),
         # One direct exchange per queue: a message routed to one queue is never copied to another.
-        task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name)
-                     for name in QUEUES],
+        task_queues=[
+            Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES
+        ],
         task_default_queue=SUBMIT_QUEUE,
         # Each worker also consumes its own queue, so an operator can reach one worker directly.
         worker_direct=True,
@@ -52,8 +53,10 @@ def create_celery(settings: Settings | None = None) -> Celery:
             "reconcile": {
                 "task": "imagine.reconcile",
                 "schedule": settings.reconcile_interval_seconds,
-                "options": {"queue": RECONCILE_QUEUE,
-                            "expires": settings.reconcile_interval_seconds},
+                "options": {
+                    "queue": RECONCILE_QUEUE,
+                    "expires": settings.reconcile_interval_seconds,
+                },
             },
         },
     )
@@ -70,12 +73,17 @@ class CeleryDispatcher:
         self._app = app
 
     def submit_job(self, job_id: str, countdown: float = 0) -> None:
-        self._app.send_task("imagine.submit_job", args=[job_id], queue=SUBMIT_QUEUE,
-                            countdown=countdown or None)
+        self._app.send_task(
+            "imagine.submit_job", args=[job_id], queue=SUBMIT_QUEUE, countdown=countdown or None
+        )
 
     def finalize_slot(self, job_id: str, slot: int, countdown: float = 0) -> None:
-        self._app.send_task("imagine.finalize_slot", args=[job_id, slot], queue=FINALIZE_QUEUE,
-                            countdown=countdown or None)
+        self._app.send_task(
+            "imagine.finalize_slot",
+            args=[job_id, slot],
+            queue=FINALIZE_QUEUE,
+            countdown=countdown or None,
+        )
 
     def notify_job(self, job_id: str) -> None:
         self._app.send_task("imagine.notify_job", args=[job_id], queue=NOTIFY_QUEUE)

@@ -20,8 +20,18 @@ from pipeline.urls import UnsafeURL, check_outbound_url
 
 log = logging.getLogger(__name__)
 
-GENERATION_FIELDS = ("model", "positivePrompt", "width", "height", "resolution", "numberResults",
-                     "outputFormat", "outputQuality", "inputs", "safety")
+GENERATION_FIELDS = (
+    "model",
+    "positivePrompt",
+    "width",
+    "height",
+    "resolution",
+    "numberResults",
+    "outputFormat",
+    "outputQuality",
+    "inputs",
+    "safety",
+)
 
 
 def is_job_id(value: str) -> bool:
@@ -33,37 +43,49 @@ def is_job_id(value: str) -> bool:
 
 
 def canonical_hash(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
-                          ).hexdigest()
+    return hashlib.sha256(
+        json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
 
 
-def create_job(ctx: Context, body: Any, tenant: str, idempotency_key: str | None = None
-               ) -> tuple[Job, bool]:
+def create_job(
+    ctx: Context, body: Any, tenant: str, idempotency_key: str | None = None
+) -> tuple[Job, bool]:
     """Validate a request and record a queued job; returns (job, created)."""
     request = validate(ctx, body, idempotency_key)
     key = idempotency_key or request.get("idempotencyKey")
-    deadline = min(request.get("deadlineSeconds") or ctx.settings.default_deadline_seconds,
-                   ctx.settings.max_deadline_seconds)
+    deadline = min(
+        request.get("deadlineSeconds") or ctx.settings.default_deadline_seconds,
+        ctx.settings.max_deadline_seconds,
+    )
     now = clock.now()
     params = {name: request[name] for name in GENERATION_FIELDS if name in request}
     job = Job(
-        id=str(uuid.uuid4()), tenant=tenant, state=JobState.QUEUED, model=params["model"],
-        params=params, slot_count=params["numberResults"],
-        output_format=params["outputFormat"], created_at=now, updated_at=now,
-        deadline_at=now + deadline, client_task_uuid=request.get("taskUUID"),
-        idempotency_key=key, callback_url=request.get("callbackURL"),
+        id=str(uuid.uuid4()),
+        tenant=tenant,
+        state=JobState.QUEUED,
+        model=params["model"],
+        params=params,
+        slot_count=params["numberResults"],
+        output_format=params["outputFormat"],
+        created_at=now,
+        updated_at=now,
+        deadline_at=now + deadline,
+        client_task_uuid=request.get("taskUUID"),
+        idempotency_key=key,
+        callback_url=request.get("callbackURL"),
         metadata=request.get("metadata") or {},
     )
     body_hash = canonical_hash({k: v for k, v in request.items() if k != "idempotencyKey"})
     job_id, stored_hash = ctx.store.create_job(job, body_hash)
     if stored_hash is not None:
         if stored_hash != body_hash:
-            raise Conflict("this idempotency key was used with another request body",
-                           {"idempotencyKey": [key]})
+            raise Conflict(
+                "this idempotency key was used with another request body", {"idempotencyKey": [key]}
+            )
         return get_job(ctx, job_id), False
     ctx.dispatcher.submit_job(job.id)
-    log.info("job created", extra={"job_id": job.id, "tenant": tenant,
-                                   "images": job.slot_count})
+    log.info("job created", extra={"job_id": job.id, "tenant": tenant, "images": job.slot_count})
     return get_job(ctx, job.id), True
 
 
@@ -77,23 +99,36 @@ def validate(ctx: Context, body: Any, idempotency_key: str | None) -> dict[str, 
         raise RequestInvalid("the job request is invalid", messages) from None
     body_key = request.get("idempotencyKey")
     if idempotency_key and body_key and idempotency_key != body_key:
-        raise RequestInvalid("the job request is invalid", {
-            "idempotencyKey": ["differs from the Idempotency-Key header"]})
+        raise RequestInvalid(
+            "the job request is invalid",
+            {"idempotencyKey": ["differs from the Idempotency-Key header"]},
+        )
     if request.get("callbackURL"):
         if not ctx.settings.callback_secret:
-            raise RequestInvalid("the job request is invalid", {"callbackURL": [
-                "callbacks are off: this deployment has no CALLBACK_SECRET to sign them"]})
+            raise RequestInvalid(
+                "the job request is invalid",
+                {
+                    "callbackURL": [
+                        "callbacks are off: this deployment has no CALLBACK_SECRET to sign them"
+                    ]
+                },
+            )
         try:
-            check_outbound_url(request["callbackURL"], allowed_hosts=None,
-                               allow_private=ctx.settings.allow_private_urls)
+            check_outbound_url(
+                request["callbackURL"],
+                allowed_hosts=None,
+                allow_private=ctx.settings.allow_private_urls,
+            )
         except UnsafeURL as exc:
-            raise RequestInvalid("the job request is invalid",
-                                 {"callbackURL": [str(exc)]}) from None
+            raise RequestInvalid(
+                "the job request is invalid", {"callbackURL": [str(exc)]}
+            ) from None
     return request
 
 
-def create_job_from_message(ctx: Context, body: Any, tenant: str,
-                            idempotency_key: str | None, message_id: str) -> Job:
+def create_job_from_message(
+    ctx: Context, body: Any, tenant: str, idempotency_key: str | None, message_id: str
+) -> Job:
     """Enqueue by name from a trusted service: a refused request becomes a failed job that
     carries the errors, and a redelivered message never makes a second job."""
     in_body = isinstance(body, dict) and body.get("idempotencyKey")
@@ -106,14 +141,23 @@ def create_job_from_message(ctx: Context, body: Any, tenant: str,
     return job
 
 
-def create_refused_job(ctx: Context, body: Any, tenant: str, errors: dict[str, Any],
-                       idempotency_key: str | None = None) -> Job:
+def create_refused_job(
+    ctx: Context, body: Any, tenant: str, errors: dict[str, Any], idempotency_key: str | None = None
+) -> Job:
     """Record a request a worker refused as a failed job that carries the errors."""
     now = clock.now()
     job = Job(
-        id=str(uuid.uuid4()), tenant=tenant, state=JobState.QUEUED,
-        model=ctx.settings.runware_model, params={}, slot_count=0, output_format="JPG",
-        created_at=now, updated_at=now, deadline_at=now, idempotency_key=idempotency_key,
+        id=str(uuid.uuid4()),
+        tenant=tenant,
+        state=JobState.QUEUED,
+        model=ctx.settings.runware_model,
+        params={},
+        slot_count=0,
+        output_format="JPG",
+        created_at=now,
+        updated_at=now,
+        deadline_at=now,
+        idempotency_key=idempotency_key,
         reason="validation_failed: " + json.dumps(errors, sort_keys=True)[:2000],
     )
     body_hash = canonical_hash(body) if isinstance(body, dict) else canonical_hash(repr(body))

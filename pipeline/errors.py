@@ -34,8 +34,9 @@ class Retryable(PipelineError):
     code = "unavailable"
     status = 503
 
-    def __init__(self, message: str, *, retry_after: float | None = None,
-                 backoff: bool = True) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, backoff: bool = True
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.backoff = backoff
@@ -122,8 +123,10 @@ class ProviderError(PipelineError):
         return self.kind == self.TRANSIENT
 
     def __repr__(self) -> str:
-        return (f"ProviderError(kind={self.kind!r}, code={self.provider_code!r}, "
-                f"status={self.http_status!r}, message={self.message!r})")
+        return (
+            f"ProviderError(kind={self.kind!r}, code={self.provider_code!r}, "
+            f"status={self.http_status!r}, message={self.message!r})"
+        )
 
 
 class StorageError(PipelineError):

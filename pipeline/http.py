@@ -64,4 +64,3 @@ class RetryOnDisconnectTransport(httpx.BaseTransport):
 
     def close(self) -> None:
         self._transport.close()
-

@@ -43,12 +43,15 @@ def receive_webhook(ctx: Context, task_uuid: str, body: Any) -> list[SlotResult]
         try:
             promoted = promote_slot(ctx, outcome.job_id, outcome.slot)
         except (StorageError, ImageRejected) as exc:
-            log.warning("inline promotion deferred", extra={
-                "job_id": outcome.job_id, "slot": outcome.slot, "error": exc.message})
+            log.warning(
+                "inline promotion deferred",
+                extra={"job_id": outcome.job_id, "slot": outcome.slot, "error": exc.message},
+            )
             promoted = PromoteOutcome.MISSING
         if promoted == PromoteOutcome.MISSING:
-            ctx.dispatcher.finalize_slot(outcome.job_id, outcome.slot,
-                                         countdown=ctx.settings.finalize_retry_seconds)
+            ctx.dispatcher.finalize_slot(
+                outcome.job_id, outcome.slot, countdown=ctx.settings.finalize_retry_seconds
+            )
     return outcomes
 
 
@@ -63,8 +66,9 @@ def accept_webhook(ctx: Context, task_uuid: str, body: Any) -> list[SlotResult]:
         raise RequestInvalid("the webhook body is not a Runware result", messages) from None
     others = {result.task_uuid for result in results} - {task_uuid}
     if others:
-        raise RequestInvalid("the body names another task than the URL",
-                             {"taskUUID": sorted(others)})
+        raise RequestInvalid(
+            "the body names another task than the URL", {"taskUUID": sorted(others)}
+        )
     if not results and untied:
         results = [untied_error_result(task_uuid, untied[0])]
     if not results:
@@ -72,23 +76,24 @@ def accept_webhook(ctx: Context, task_uuid: str, body: Any) -> list[SlotResult]:
     return record_results(ctx, task_uuid, results)
 
 
-def record_results(ctx: Context, task_uuid: str, results: list[ProviderResult]
-                   ) -> list[SlotResult]:
+def record_results(ctx: Context, task_uuid: str, results: list[ProviderResult]) -> list[SlotResult]:
     """Feed provider results into the slot they belong to."""
     location = ctx.store.find_task(task_uuid)
     if location is None:
         raise NotFound(f"no task {task_uuid}")
     job_id, slot_no = location
-    outcomes = [SlotResult(job_id, slot_no, record_one(ctx, job_id, slot_no, result))
-                for result in results]
-    if any(o.outcome in {ResultOutcome.FAILED, ResultOutcome.DISCARDED, ResultOutcome.DEAD}
-           for o in outcomes):
+    outcomes = [
+        SlotResult(job_id, slot_no, record_one(ctx, job_id, slot_no, result)) for result in results
+    ]
+    if any(
+        o.outcome in {ResultOutcome.FAILED, ResultOutcome.DISCARDED, ResultOutcome.DEAD}
+        for o in outcomes
+    ):
         finish_job(ctx, job_id)
     return outcomes
 
 
-def record_one(ctx: Context, job_id: str, slot_no: int, result: ProviderResult
-               ) -> ResultOutcome:
+def record_one(ctx: Context, job_id: str, slot_no: int, result: ProviderResult) -> ResultOutcome:
     if result.status == "processing":
         return ResultOutcome.PROCESSING
     job_state = ctx.store.job_state(job_id)
@@ -96,8 +101,10 @@ def record_one(ctx: Context, job_id: str, slot_no: int, result: ProviderResult
     if slot is None or job_state is None:
         raise NotFound(f"no job {job_id}")
     if slot.task_uuid != result.task_uuid:
-        log.info("result of an earlier attempt ignored", extra={
-            "job_id": job_id, "slot": slot_no, "task_uuid": result.task_uuid})
+        log.info(
+            "result of an earlier attempt ignored",
+            extra={"job_id": job_id, "slot": slot_no, "task_uuid": result.task_uuid},
+        )
         return ResultOutcome.STALE
     if result.ok:
         return record_image(ctx, job_id, job_state, slot, result)
@@ -108,30 +115,37 @@ def record_one(ctx: Context, job_id: str, slot_no: int, result: ProviderResult
     return record_failure(ctx, job_id, slot, result)
 
 
-def record_image(ctx: Context, job_id: str, job_state: JobState, slot: Slot,
-                 result: ProviderResult) -> ResultOutcome:
+def record_image(
+    ctx: Context, job_id: str, job_state: JobState, slot: Slot, result: ProviderResult
+) -> ResultOutcome:
     """A rendered image: received, or discarded when its job ended early (recorded, with its
     cost, never promoted)."""
     task_uuid = result.task_uuid
-    fields = {"image_uuid": result.image_uuid, "image_url": result.image_url,
-              "seed": result.seed, "cost": result.cost, "nsfw": result.nsfw,
-              "received_at": repr(clock.now())}
+    fields = {
+        "image_uuid": result.image_uuid,
+        "image_url": result.image_url,
+        "seed": result.seed,
+        "cost": result.cost,
+        "nsfw": result.nsfw,
+        "received_at": repr(clock.now()),
+    }
     if job_state in JOB_ENDED_EARLY:
         allowed = [*AWAITING_RESULT, SlotState.RECEIVED]
         if slot.state == SlotState.FAILED and slot.error_code in {"deadline", "cancelled"}:
             allowed.append(SlotState.FAILED)
-        applied = ctx.store.transition_slot(job_id, slot.slot, allowed, SlotState.DISCARDED,
-                                            task_uuid=task_uuid, **fields)
+        applied = ctx.store.transition_slot(
+            job_id, slot.slot, allowed, SlotState.DISCARDED, task_uuid=task_uuid, **fields
+        )
         admission.release(ctx, [task_uuid])
         return ResultOutcome.DISCARDED if applied else ResultOutcome.DUPLICATE
-    applied = ctx.store.transition_slot(job_id, slot.slot, AWAITING_RESULT, SlotState.RECEIVED,
-                                        task_uuid=task_uuid, **fields)
+    applied = ctx.store.transition_slot(
+        job_id, slot.slot, AWAITING_RESULT, SlotState.RECEIVED, task_uuid=task_uuid, **fields
+    )
     admission.release(ctx, [task_uuid])
     return ResultOutcome.RECEIVED if applied else ResultOutcome.DUPLICATE
 
 
-def record_failure(ctx: Context, job_id: str, slot: Slot, result: ProviderResult
-                   ) -> ResultOutcome:
+def record_failure(ctx: Context, job_id: str, slot: Slot, result: ProviderResult) -> ResultOutcome:
     """An image the provider failed: only a known transient code earns a new attempt, up to
     SLOT_MAX_ATTEMPTS; then the slot is dead and dead-lettered."""
     task_uuid = result.task_uuid
@@ -140,35 +154,50 @@ def record_failure(ctx: Context, job_id: str, slot: Slot, result: ProviderResult
     kind = classify(400, result.error_code)
     if kind == ProviderError.ACCOUNT:
         # Only a live slot's failure gets here, so only a live slot's failure opens the circuit.
-        admission.open_circuit(ctx, ProviderError(message, kind=kind,
-                                                  provider_code=result.error_code))
+        admission.open_circuit(
+            ctx, ProviderError(message, kind=kind, provider_code=result.error_code)
+        )
         kind = ProviderError.TRANSIENT
     admission.release(ctx, [task_uuid])
     if kind != ProviderError.TRANSIENT:
         applied = fail_slot(ctx, job_id, slot.slot, task_uuid, code, message)
         return ResultOutcome.FAILED if applied else ResultOutcome.DUPLICATE
     if slot.attempt < ctx.settings.slot_max_attempts:
-        applied = ctx.store.new_attempt(job_id, slot.slot, AWAITING_RESULT, slot.attempt + 1,
-                                        task_uuid=task_uuid, error_code=result.error_code,
-                                        error_message=message)
+        applied = ctx.store.new_attempt(
+            job_id,
+            slot.slot,
+            AWAITING_RESULT,
+            slot.attempt + 1,
+            task_uuid=task_uuid,
+            error_code=result.error_code,
+            error_message=message,
+        )
         if not applied:
             return ResultOutcome.DUPLICATE
         ctx.dispatcher.submit_job(job_id, countdown=backoff(ctx, slot.attempt))
         return ResultOutcome.RETRYING
-    applied = ctx.store.transition_slot(job_id, slot.slot, AWAITING_RESULT, SlotState.DEAD,
-                                        task_uuid=task_uuid, error_code=code,
-                                        error_message=message)
+    applied = ctx.store.transition_slot(
+        job_id,
+        slot.slot,
+        AWAITING_RESULT,
+        SlotState.DEAD,
+        task_uuid=task_uuid,
+        error_code=code,
+        error_message=message,
+    )
     if not applied:
         return ResultOutcome.DUPLICATE
     ctx.store.dead_letter(job_id, slot.slot, code, message)
-    log.warning("slot dead-lettered: retry budget spent", extra={
-        "job_id": job_id, "slot": slot.slot, "code": code, "attempts": slot.attempt})
+    log.warning(
+        "slot dead-lettered: retry budget spent",
+        extra={"job_id": job_id, "slot": slot.slot, "code": code, "attempts": slot.attempt},
+    )
     return ResultOutcome.DEAD
 
 
 def backoff(ctx: Context, attempt: int, retry_after: float | None = None) -> float:
     """Seconds before a new attempt: doubling, capped, at least what the provider asked."""
-    base = min(ctx.settings.retry_backoff_cap_seconds, 2 ** attempt)
+    base = min(ctx.settings.retry_backoff_cap_seconds, 2**attempt)
     if retry_after is not None:
         base = min(ctx.settings.retry_backoff_cap_seconds, max(base, retry_after))
     return float(base)

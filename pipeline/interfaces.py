@@ -32,11 +32,19 @@ class ObjectStorage(Protocol):
 
     def read_suffix(self, key: str, length: int) -> bytes: ...
 
-    def copy(self, source: str, destination: str, *, if_match: str, content_type: str,
-             metadata: dict[str, str]) -> ObjectHead: ...
+    def copy(
+        self,
+        source: str,
+        destination: str,
+        *,
+        if_match: str,
+        content_type: str,
+        metadata: dict[str, str],
+    ) -> ObjectHead: ...
 
-    def put(self, key: str, data: bytes, *, content_type: str,
-            metadata: dict[str, str] | None = None) -> ObjectHead: ...
+    def put(
+        self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None
+    ) -> ObjectHead: ...
 
     def delete(self, key: str) -> None: ...
 
@@ -73,18 +81,35 @@ class JobStore(Protocol):
 
     def set_job_fields(self, job_id: str, **values: Any) -> None: ...
 
-    def transition_job(self, job_id: str, allowed: Iterable[JobState], to: JobState,
-                       **values: Any) -> bool: ...
+    def transition_job(
+        self, job_id: str, allowed: Iterable[JobState], to: JobState, **values: Any
+    ) -> bool: ...
 
-    def transition_slot(self, job_id: str, slot: int, allowed: Iterable[SlotState],
-                        to: SlotState, *, task_uuid: str | None = None,
-                        **values: Any) -> bool: ...
+    def transition_slot(
+        self,
+        job_id: str,
+        slot: int,
+        allowed: Iterable[SlotState],
+        to: SlotState,
+        *,
+        task_uuid: str | None = None,
+        **values: Any,
+    ) -> bool: ...
 
-    def mint_task_uuid(self, job_id: str, slot: int, attempt: int,
-                       candidate: str) -> str | None: ...
+    def mint_task_uuid(
+        self, job_id: str, slot: int, attempt: int, candidate: str
+    ) -> str | None: ...
 
-    def new_attempt(self, job_id: str, slot: int, allowed: Iterable[SlotState], attempt: int,
-                    *, task_uuid: str | None = None, **values: Any) -> bool: ...
+    def new_attempt(
+        self,
+        job_id: str,
+        slot: int,
+        allowed: Iterable[SlotState],
+        attempt: int,
+        *,
+        task_uuid: str | None = None,
+        **values: Any,
+    ) -> bool: ...
 
     def find_task(self, task_uuid: str) -> tuple[str, int] | None: ...
 
@@ -98,9 +123,14 @@ class JobStore(Protocol):
 
     def active_count(self) -> int: ...
 
-    def list_jobs(self, tenant: str, *, state: JobState | None = None,
-                  cursor: float | None = None, limit: int = 50
-                  ) -> tuple[list[Job], float | None]: ...
+    def list_jobs(
+        self,
+        tenant: str,
+        *,
+        state: JobState | None = None,
+        cursor: float | None = None,
+        limit: int = 50,
+    ) -> tuple[list[Job], float | None]: ...
 
     def dead_letter(self, job_id: str, slot: int, code: str, message: str) -> None: ...
 

@@ -16,7 +16,9 @@ class JsonFormatter(logging.Formatter):
         entry: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
-            "level": record.levelname, "logger": record.name, "message": record.getMessage(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
         }
         for key, value in vars(record).items():
             if key not in STANDARD and not key.startswith("_"):

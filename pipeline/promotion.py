@@ -30,18 +30,22 @@ def finalize_slot(ctx: Context, job_id: str, slot_no: int) -> PromoteOutcome:
     current = ctx.store.get_slot(job_id, slot_no)
     received_at = current.received_at if current and current.received_at else clock.now()
     waited = clock.now() - received_at
-    outcome = promote_slot(ctx, job_id, slot_no,
-                           allow_fetch=waited >= ctx.settings.upload_wait_seconds)
+    outcome = promote_slot(
+        ctx, job_id, slot_no, allow_fetch=waited >= ctx.settings.upload_wait_seconds
+    )
     if outcome == PromoteOutcome.MISSING:
         job = ctx.store.get_job(job_id)
         if job is not None and clock.now() < job.deadline_at:
-            raise UploadPending(f"the upload of slot {slot_no} has not landed",
-                                retry_after=ctx.settings.finalize_retry_seconds)
+            raise UploadPending(
+                f"the upload of slot {slot_no} has not landed",
+                retry_after=ctx.settings.finalize_retry_seconds,
+            )
     return outcome
 
 
-def promote_slot(ctx: Context, job_id: str, slot_no: int, *,
-                 allow_fetch: bool = False) -> PromoteOutcome:
+def promote_slot(
+    ctx: Context, job_id: str, slot_no: int, *, allow_fetch: bool = False
+) -> PromoteOutcome:
     """Verify a received image and write it to its final key. Raises `StorageError` when S3
     fails."""
     job = ctx.store.get_job(job_id)
@@ -60,8 +64,9 @@ def promote_slot(ctx: Context, job_id: str, slot_no: int, *,
         return promote_fetched(ctx, job, slot)
     try:
         if head.size > ctx.settings.max_image_bytes:
-            raise ImageRejected(f"the staged object has {head.size} bytes, more than "
-                                f"{ctx.settings.max_image_bytes}")
+            raise ImageRejected(
+                f"the staged object has {head.size} bytes, more than {ctx.settings.max_image_bytes}"
+            )
         prefix = ctx.storage.read_prefix(staging, HEADER_BYTES)
         info = verify(job, inspect_image(prefix))
         check_complete(info.format, head.size, prefix, ctx.storage.read_suffix(staging, 16))
@@ -69,19 +74,34 @@ def promote_slot(ctx: Context, job_id: str, slot_no: int, *,
         if slot.image_url:
             # A bad upload is not the image: the provider's hosted copy may still be good.
             if not allow_fetch:
-                log.warning("staged object rejected; a worker will fetch imageURL",
-                            extra={"job_id": job_id, "slot": slot_no, "error": exc.message})
+                log.warning(
+                    "staged object rejected; a worker will fetch imageURL",
+                    extra={"job_id": job_id, "slot": slot_no, "error": exc.message},
+                )
                 return PromoteOutcome.MISSING
             return promote_fetched(ctx, job, slot)
         return reject(ctx, job, slot, exc)
     final_key = ctx.layout.final(job_id, slot_no, job.output_format)
-    stored = ctx.storage.copy(staging, final_key, if_match=head.etag,
-                              content_type=FORMAT_CONTENT_TYPES[info.format],
-                              metadata=object_metadata(job, slot, info))
+    stored = ctx.storage.copy(
+        staging,
+        final_key,
+        if_match=head.etag,
+        content_type=FORMAT_CONTENT_TYPES[info.format],
+        metadata=object_metadata(job, slot, info),
+    )
     applied = ctx.store.transition_slot(
-        job_id, slot_no, [SlotState.RECEIVED], SlotState.STORED, task_uuid=slot.task_uuid,
-        final_key=final_key, width=info.width, height=info.height, size=stored.size,
-        etag=stored.etag, stored_at=repr(clock.now()))
+        job_id,
+        slot_no,
+        [SlotState.RECEIVED],
+        SlotState.STORED,
+        task_uuid=slot.task_uuid,
+        final_key=final_key,
+        width=info.width,
+        height=info.height,
+        size=stored.size,
+        etag=stored.etag,
+        stored_at=repr(clock.now()),
+    )
     remove_staging(ctx, job_id, slot_no, staging)
     if not applied:
         return PromoteOutcome.NOOP
@@ -100,8 +120,9 @@ def remove_staging(ctx: Context, job_id: str, slot_no: int, key: str) -> None:
     try:
         ctx.storage.delete(key)
     except StorageError:
-        log.warning("staging object left for the lifecycle rule",
-                    extra={"job_id": job_id, "slot": slot_no})
+        log.warning(
+            "staging object left for the lifecycle rule", extra={"job_id": job_id, "slot": slot_no}
+        )
 
 
 def promote_fetched(ctx: Context, job: Job, slot: Slot) -> PromoteOutcome:
@@ -115,12 +136,25 @@ def promote_fetched(ctx: Context, job: Job, slot: Slot) -> PromoteOutcome:
     except ImageRejected as exc:
         return reject(ctx, job, slot, exc)
     final_key = ctx.layout.final(job.id, slot.slot, job.output_format)
-    stored = ctx.storage.put(final_key, data, content_type=FORMAT_CONTENT_TYPES[info.format],
-                             metadata=object_metadata(job, slot, info))
+    stored = ctx.storage.put(
+        final_key,
+        data,
+        content_type=FORMAT_CONTENT_TYPES[info.format],
+        metadata=object_metadata(job, slot, info),
+    )
     applied = ctx.store.transition_slot(
-        job.id, slot.slot, [SlotState.RECEIVED], SlotState.STORED, task_uuid=slot.task_uuid,
-        final_key=final_key, width=info.width, height=info.height, size=stored.size,
-        etag=stored.etag, stored_at=repr(clock.now()))
+        job.id,
+        slot.slot,
+        [SlotState.RECEIVED],
+        SlotState.STORED,
+        task_uuid=slot.task_uuid,
+        final_key=final_key,
+        width=info.width,
+        height=info.height,
+        size=stored.size,
+        etag=stored.etag,
+        stored_at=repr(clock.now()),
+    )
     remove_staging(ctx, job.id, slot.slot, ctx.layout.staging(job.id, slot.task_uuid))
     if not applied:
         return PromoteOutcome.NOOP
@@ -133,11 +167,14 @@ def verify(job: Job, info: ImageInfo) -> ImageInfo:
         raise ImageRejected(f"asked for {job.output_format}, got {info.format}")
     spec = get_model(job.model)
     references = len((job.params.get("inputs") or {}).get("referenceImages") or [])
-    expected = spec.expected_sizes(job.params.get("width"), job.params.get("height"),
-                                   job.params.get("resolution"), references)
+    expected = spec.expected_sizes(
+        job.params.get("width"), job.params.get("height"), job.params.get("resolution"), references
+    )
     if (info.width, info.height) not in expected:
-        raise ImageRejected(f"the image is {info.width}x{info.height}, expected one of "
-                            f"{', '.join(f'{w}x{h}' for w, h in sorted(expected))}")
+        raise ImageRejected(
+            f"the image is {info.width}x{info.height}, expected one of "
+            f"{', '.join(f'{w}x{h}' for w, h in sorted(expected))}"
+        )
     return info
 
 
@@ -145,8 +182,11 @@ def fetch_image(ctx: Context, url: str) -> bytes:
     """Download the provider-hosted copy of an image, within the allow-list and size cap,
     from the address that was checked."""
     try:
-        checked = check_outbound_url(url, allowed_hosts=ctx.settings.runware_image_hosts,
-                                     allow_private=ctx.settings.allow_private_urls)
+        checked = check_outbound_url(
+            url,
+            allowed_hosts=ctx.settings.runware_image_hosts,
+            allow_private=ctx.settings.allow_private_urls,
+        )
     except UnsafeURL as exc:
         raise ImageRejected(f"imageURL refused: {exc}") from None
     try:
@@ -182,12 +222,15 @@ def metadata_value(value: str | None, limit: int) -> str:
 def object_metadata(job: Job, slot: Slot, info: ImageInfo) -> dict[str, str]:
     prompt = str(job.params.get("positivePrompt", ""))
     metadata = {
-        "imagine-job-id": job.id, "imagine-slot": str(slot.slot),
-        "imagine-tenant": job.tenant, "imagine-model": job.model,
+        "imagine-job-id": job.id,
+        "imagine-slot": str(slot.slot),
+        "imagine-tenant": job.tenant,
+        "imagine-model": job.model,
         "imagine-task-uuid": slot.task_uuid or "",
         "imagine-image-uuid": metadata_value(slot.image_uuid, 128),
         "imagine-prompt-sha256": hashlib.sha256(prompt.encode()).hexdigest(),
-        "imagine-width": str(info.width), "imagine-height": str(info.height),
+        "imagine-width": str(info.width),
+        "imagine-height": str(info.height),
     }
     if slot.seed is not None:
         metadata["imagine-seed"] = metadata_value(str(slot.seed), 32)
@@ -197,8 +240,10 @@ def object_metadata(job: Job, slot: Slot, info: ImageInfo) -> dict[str, str]:
         # S3 refuses the whole object past its metadata limit: a paid image is stored
         # without the pairs that do not fit rather than not at all.
         if used + len(name) + len(text) > S3_METADATA_LIMIT:
-            log.warning("object metadata over S3's limit: user pair left out", extra={
-                "job_id": job.id, "slot": slot.slot, "key": name})
+            log.warning(
+                "object metadata over S3's limit: user pair left out",
+                extra={"job_id": job.id, "slot": slot.slot, "key": name},
+            )
             continue
         metadata[name] = text
         used += len(name) + len(text)

@@ -58,8 +58,9 @@ def reconcile_pass(ctx: Context) -> ReconcilePass:
     return counts
 
 
-def reconcile_job(ctx: Context, job_id: str, deadline: float, now: float,
-                  counts: ReconcilePass) -> None:
+def reconcile_job(
+    ctx: Context, job_id: str, deadline: float, now: float, counts: ReconcilePass
+) -> None:
     job = ctx.store.get_job(job_id)
     if job is None:
         ctx.store.forget_job(job_id)
@@ -80,7 +81,8 @@ def finish_orphan(ctx: Context, job: Job, now: float, counts: ReconcilePass) -> 
     before finishing it. Nothing else would end the job before its deadline."""
     last = max((slot.updated_at or 0.0 for slot in job.slots), default=0.0)
     if now - max(last, job.updated_at) > ctx.settings.reconcile_grace_seconds and finish_job(
-            ctx, job.id):
+        ctx, job.id
+    ):
         counts.finished += 1
 
 
@@ -106,8 +108,11 @@ def check_slots(ctx: Context, job: Job, now: float, counts: ReconcilePass) -> No
     """Silent submitted images are polled; received ones not stored yet are promoted."""
     grace = ctx.settings.reconcile_grace_seconds
     for slot in job.slots:
-        if slot.state == SlotState.SUBMITTED and slot.task_uuid and (
-                now - (slot.submitted_at or now) > grace):
+        if (
+            slot.state == SlotState.SUBMITTED
+            and slot.task_uuid
+            and (now - (slot.submitted_at or now) > grace)
+        ):
             poll(ctx, slot.task_uuid)
             counts.polled += 1
         elif slot.state == SlotState.RECEIVED and now - (slot.received_at or now) > grace:
@@ -120,8 +125,7 @@ def poll(ctx: Context, task_uuid: str) -> None:
     try:
         results = ctx.runware().get_response(task_uuid)
     except ProviderError as exc:
-        log.warning("getResponse failed", extra={"task_uuid": task_uuid,
-                                                 "code": exc.provider_code})
+        log.warning("getResponse failed", extra={"task_uuid": task_uuid, "code": exc.provider_code})
         return
     finished = [result for result in results if result.status != "processing"]
     if not finished:
@@ -138,22 +142,34 @@ def retry_job(ctx: Context, job_id: str, slots: list[int] | None = None) -> Job:
     is rewritten with a higher version.
     """
     job = get_job(ctx, job_id)
-    wanted = [slot for slot in job.slots
-              if slot.state in {SlotState.FAILED, SlotState.DEAD}
-              and (slots is None or slot.slot in slots)]
+    wanted = [
+        slot
+        for slot in job.slots
+        if slot.state in {SlotState.FAILED, SlotState.DEAD}
+        and (slots is None or slot.slot in slots)
+    ]
     if not wanted:
         raise Conflict(f"job {job_id} has no failed or dead slot to retry")
     now = clock.now()
-    deadline = now + max(ctx.settings.default_deadline_seconds,
-                         int(job.deadline_at - job.created_at))
+    deadline = now + max(
+        ctx.settings.default_deadline_seconds, int(job.deadline_at - job.created_at)
+    )
     ctx.store.reopen_job(job_id, deadline, job.manifest_version + 1)
     for slot in wanted:
-        ctx.store.new_attempt(job_id, slot.slot, [SlotState.FAILED, SlotState.DEAD],
-                              slot.attempt + 1, error_code=None, error_message=None,
-                              reopened_at=repr(now))
+        ctx.store.new_attempt(
+            job_id,
+            slot.slot,
+            [SlotState.FAILED, SlotState.DEAD],
+            slot.attempt + 1,
+            error_code=None,
+            error_message=None,
+            reopened_at=repr(now),
+        )
         ctx.store.remove_dead_letter(job_id, slot.slot)
-    log.warning("job reopened by an operator", extra={
-        "job_id": job_id, "slots": [slot.slot for slot in wanted]})
+    log.warning(
+        "job reopened by an operator",
+        extra={"job_id": job_id, "slots": [slot.slot for slot in wanted]},
+    )
     ctx.dispatcher.submit_job(job_id)
     return get_job(ctx, job_id)
 

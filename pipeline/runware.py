@@ -20,12 +20,24 @@ log = logging.getLogger(__name__)
 
 TRANSIENT_STATUSES = {408, 425, 429, 500, 502, 503, 504}
 ACCOUNT_STATUSES = {401, 402, 403}
-ACCOUNT_CODES = {"invalidApiKey", "missingApiKey", "insufficientPermissions", "unknownModel",
-                 "modelNotAvailable", "modelUnavailable"}
+ACCOUNT_CODES = {
+    "invalidApiKey",
+    "missingApiKey",
+    "insufficientPermissions",
+    "unknownModel",
+    "modelNotAvailable",
+    "modelUnavailable",
+}
 ACCOUNT_CODE_PARTS = ("Credits", "Balance", "Quota")
 # A task the provider lost (not found) gets a new attempt, like a provider timeout.
-TRANSIENT_CODES = {"timeoutProvider", "serverError", "internalError", "providerUnavailable",
-                   "taskFailedOrNotFound", "taskNotFound"}
+TRANSIENT_CODES = {
+    "timeoutProvider",
+    "serverError",
+    "internalError",
+    "providerUnavailable",
+    "taskFailedOrNotFound",
+    "taskNotFound",
+}
 TRANSIENT_CODE_PARTS = ("RateLimit", "Timeout", "timeout", "Overloaded", "Capacity")
 CONFLICT_CODE = "conflictTaskUUID"
 NOT_FOUND_CODES = {"taskFailedOrNotFound", "taskNotFound", "taskCancelled"}
@@ -61,13 +73,15 @@ def _retry_after(response: httpx.Response) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
-def _error_from_entry(entry: dict[str, Any], http_status: int | None,
-                      retry_after: float | None = None) -> ProviderError:
+def _error_from_entry(
+    entry: dict[str, Any], http_status: int | None, retry_after: float | None = None
+) -> ProviderError:
     code = entry.get("code")
     return ProviderError(
         entry.get("message") or code or "Runware reported an error",
         kind=classify(http_status if http_status and http_status >= 400 else None, code)
-        if code else classify(http_status, None),
+        if code
+        else classify(http_status, None),
         provider_code=code,
         parameter=entry.get("parameter"),
         http_status=http_status,
@@ -86,8 +100,9 @@ class TaskOutcome:
     results: list[ProviderResult] = field(default_factory=list)
 
 
-def _apply_task_errors(outcomes: dict[str, TaskOutcome], raw_errors: list[Any], status: int,
-                       retry_after: float | None) -> None:
+def _apply_task_errors(
+    outcomes: dict[str, TaskOutcome], raw_errors: list[Any], status: int, retry_after: float | None
+) -> None:
     """Errors tied to one of the tasks sent: a conflict means Runware already holds it."""
     for entry in raw_errors:
         if not isinstance(entry, dict) or entry.get("taskUUID") not in outcomes:
@@ -124,15 +139,21 @@ class RunwareClient:
             response = self._http.post(
                 self._api_url,
                 content=json.dumps(tasks).encode(),
-                headers={"Authorization": f"Bearer {self._api_key}",
-                         "Content-Type": "application/json", "Accept": "application/json"},
+                headers={
+                    "Authorization": f"Bearer {self._api_key}",
+                    "Content-Type": "application/json",
+                    "Accept": "application/json",
+                },
             )
         except httpx.TimeoutException as exc:
-            raise ProviderError(f"Runware did not answer in time ({type(exc).__name__})",
-                                kind=ProviderError.TRANSIENT) from None
+            raise ProviderError(
+                f"Runware did not answer in time ({type(exc).__name__})",
+                kind=ProviderError.TRANSIENT,
+            ) from None
         except httpx.TransportError as exc:
-            raise ProviderError(f"cannot reach Runware ({type(exc).__name__})",
-                                kind=ProviderError.TRANSIENT) from None
+            raise ProviderError(
+                f"cannot reach Runware ({type(exc).__name__})", kind=ProviderError.TRANSIENT
+            ) from None
         retry_after = _retry_after(response)
         try:
             body = response.json()
@@ -140,11 +161,15 @@ class RunwareClient:
             body = None
         if not isinstance(body, dict):
             # A 2xx that cannot be read leaves each task's fate unknown: retry with the same UUIDs.
-            kind = (classify(response.status_code, None) if response.status_code >= 400
-                    else ProviderError.TRANSIENT)
+            kind = (
+                classify(response.status_code, None)
+                if response.status_code >= 400
+                else ProviderError.TRANSIENT
+            )
             raise ProviderError(
                 f"Runware answered HTTP {response.status_code} without a JSON object",
-                kind=kind, http_status=response.status_code,
+                kind=kind,
+                http_status=response.status_code,
                 retry_after=retry_after,
             )
         return response.status_code, body, retry_after
@@ -161,16 +186,26 @@ class RunwareClient:
         tied = {entry.get("taskUUID") for entry in raw_errors if isinstance(entry, dict)}
         if status >= 400 and not tied.intersection(wanted):
             entry = next((e for e in raw_errors if isinstance(e, dict)), {})
-            raise _error_from_entry(entry, status, retry_after) if entry else ProviderError(
-                f"Runware answered HTTP {status}", kind=classify(status, None),
-                http_status=status, retry_after=retry_after)
+            raise (
+                _error_from_entry(entry, status, retry_after)
+                if entry
+                else ProviderError(
+                    f"Runware answered HTTP {status}",
+                    kind=classify(status, None),
+                    http_status=status,
+                    retry_after=retry_after,
+                )
+            )
         outcomes = {uuid: TaskOutcome(uuid, accepted=False) for uuid in wanted}
         _apply_task_errors(outcomes, raw_errors, status, retry_after)
         try:
             results, _ = parse_provider_body({"data": body.get("data") or []})
         except ValidationError as exc:
-            raise ProviderError(f"unreadable Runware acknowledgement: {exc.messages}",
-                                kind=ProviderError.TRANSIENT, http_status=status) from None
+            raise ProviderError(
+                f"unreadable Runware acknowledgement: {exc.messages}",
+                kind=ProviderError.TRANSIENT,
+                http_status=status,
+            ) from None
         for result in results:
             acknowledged = outcomes.get(result.task_uuid)
             if acknowledged is None:
@@ -181,24 +216,35 @@ class RunwareClient:
         for outcome in outcomes.values():
             if not outcome.accepted and outcome.error is None:
                 outcome.error = ProviderError(
-                    "Runware did not acknowledge this task", kind=ProviderError.TRANSIENT,
-                    http_status=status, task_uuid=outcome.task_uuid)
+                    "Runware did not acknowledge this task",
+                    kind=ProviderError.TRANSIENT,
+                    http_status=status,
+                    task_uuid=outcome.task_uuid,
+                )
         return outcomes
 
     def get_response(self, task_uuid: str) -> list[ProviderResult]:
         """Poll one task: the cumulative state of each of its images."""
-        status, body, retry_after = self._post(
-            [{"taskType": "getResponse", "taskUUID": task_uuid}])
+        status, body, retry_after = self._post([{"taskType": "getResponse", "taskUUID": task_uuid}])
         raw_errors = [e for e in body.get("errors") or [] if isinstance(e, dict)]
         if status >= 400 and not any(e.get("taskUUID") == task_uuid for e in raw_errors):
             entry = raw_errors[0] if raw_errors else {}
-            raise _error_from_entry(entry, status, retry_after) if entry else ProviderError(
-                f"Runware answered HTTP {status}", kind=classify(status, None),
-                http_status=status, retry_after=retry_after)
+            raise (
+                _error_from_entry(entry, status, retry_after)
+                if entry
+                else ProviderError(
+                    f"Runware answered HTTP {status}",
+                    kind=classify(status, None),
+                    http_status=status,
+                    retry_after=retry_after,
+                )
+            )
         try:
             results, _ = parse_provider_body(body)
         except ValidationError as exc:
-            raise ProviderError(f"unreadable getResponse answer: {exc.messages}",
-                                kind=ProviderError.TRANSIENT, http_status=status) from None
+            raise ProviderError(
+                f"unreadable getResponse answer: {exc.messages}",
+                kind=ProviderError.TRANSIENT,
+                http_status=status,
+            ) from None
         return [r for r in results if r.task_uuid == task_uuid]
-

@@ -22,8 +22,14 @@ from marshmallow import (
 
 from pipeline.catalog import CATALOG, get_model
 
-PIPELINE_OWNED_FIELDS = ("deliveryMethod", "webhookURL", "uploadEndpoint", "outputType", "ttl",
-                         "includeCost")
+PIPELINE_OWNED_FIELDS = (
+    "deliveryMethod",
+    "webhookURL",
+    "uploadEndpoint",
+    "outputType",
+    "ttl",
+    "includeCost",
+)
 METADATA_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 METADATA_MAX_PAIRS = 10
 METADATA_MAX_VALUE = 256
@@ -45,9 +51,7 @@ class _Strict(Schema):
 
 
 class InputsSchema(_Strict):
-    referenceImages = fields.List(
-        fields.String(validate=validate.Length(min=1)), load_default=None
-    )
+    referenceImages = fields.List(fields.String(validate=validate.Length(min=1)), load_default=None)
 
 
 class SafetySchema(_Strict):
@@ -58,8 +62,9 @@ class SafetySchema(_Strict):
 class JobRequestSchema(_Strict):
     """A job request: Runware's own parameter names plus the pipeline's fields."""
 
-    taskType = fields.String(validate=validate.Equal("imageInference",
-                                                     error="must be imageInference"))
+    taskType = fields.String(
+        validate=validate.Equal("imageInference", error="must be imageInference")
+    )
     taskUUID = fields.UUID(data_key="taskUUID", load_default=None)
     model = fields.String(load_default=None)
     positivePrompt = fields.String(required=True, validate=validate.Length(min=1, max=10000))
@@ -72,13 +77,16 @@ class JobRequestSchema(_Strict):
     inputs = fields.Nested(InputsSchema, load_default=None)
     safety = fields.Nested(SafetySchema, load_default=None)
     idempotencyKey = fields.String(
-        validate=validate.Regexp(IDEMPOTENCY_KEY, error="must be 1-255 printable ASCII "
-                                                        "characters without spaces"),
-        load_default=None)
+        validate=validate.Regexp(
+            IDEMPOTENCY_KEY, error="must be 1-255 printable ASCII characters without spaces"
+        ),
+        load_default=None,
+    )
     callbackURL = fields.URL(schemes={"http", "https"}, require_tld=False, load_default=None)
     metadata = fields.Dict(keys=fields.String(), values=fields.String(), load_default=None)
-    deadlineSeconds = fields.Integer(strict=True, validate=validate.Range(min=30, max=86400),
-                                     load_default=None)
+    deadlineSeconds = fields.Integer(
+        strict=True, validate=validate.Range(min=30, max=86400), load_default=None
+    )
 
     def __init__(self, default_model: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -107,12 +115,16 @@ class JobRequestSchema(_Strict):
                 if not METADATA_KEY.fullmatch(key):
                     problems.append(f"key {key!r} must be 1-64 ASCII letters, digits, '-' or '_'")
                 if len(value) > METADATA_MAX_VALUE or not _ascii_printable(value):
-                    problems.append(f"value of {key!r} must be printable ASCII, "
-                                    f"at most {METADATA_MAX_VALUE} characters")
+                    problems.append(
+                        f"value of {key!r} must be printable ASCII, "
+                        f"at most {METADATA_MAX_VALUE} characters"
+                    )
             size = sum(len(f"user-{key}") + len(value) for key, value in metadata.items())
             if size > METADATA_MAX_BYTES:
-                problems.append(f"keys and values take {size} bytes with their 'user-' prefix; "
-                                f"at most {METADATA_MAX_BYTES} (S3 caps object metadata at 2 KB)")
+                problems.append(
+                    f"keys and values take {size} bytes with their 'user-' prefix; "
+                    f"at most {METADATA_MAX_BYTES} (S3 caps object metadata at 2 KB)"
+                )
             if problems:
                 errors["metadata"] = problems
         if errors:
@@ -144,13 +156,20 @@ def load_job_request(body: Any, default_model: str) -> dict[str, Any]:
     """Validate a job request; raise `ValidationError` with messages by field."""
     if not isinstance(body, dict):
         raise ValidationError({"_schema": ["the request body must be a JSON object"]})
-    garbled = {("_schema" if _not_unicode(key) else key): ["holds text that is not valid "
-                                                           "Unicode (a lone surrogate)"]
-               for key, value in body.items() if _not_unicode(key) or _not_unicode(value)}
+    garbled = {
+        ("_schema" if _not_unicode(key) else key): [
+            "holds text that is not valid Unicode (a lone surrogate)"
+        ]
+        for key, value in body.items()
+        if _not_unicode(key) or _not_unicode(value)
+    }
     if garbled:
         raise ValidationError(garbled)
-    owned = {name: [f"{name} is set by the pipeline; remove it from the request"]
-             for name in PIPELINE_OWNED_FIELDS if name in body}
+    owned = {
+        name: [f"{name} is set by the pipeline; remove it from the request"]
+        for name in PIPELINE_OWNED_FIELDS
+        if name in body
+    }
     rest = {key: value for key, value in body.items() if key not in PIPELINE_OWNED_FIELDS}
     try:
         result: dict[str, Any] = JobRequestSchema(default_model).load(rest)
@@ -296,23 +315,30 @@ def _item_result(item: dict[str, Any]) -> ProviderResult | None:
     if status == "error" or item.get("error"):
         error = item.get("error") or {}
         return ProviderResult(
-            task_uuid=item["taskUUID"], status="error",
+            task_uuid=item["taskUUID"],
+            status="error",
             error_code=_code(error.get("code")),
-            error_message=(_printable(error.get("message"), 1000)
-                           or "the provider reported an error"),
+            error_message=(
+                _printable(error.get("message"), 1000) or "the provider reported an error"
+            ),
         )
     if status in PROCESSING_STATUSES or not item.get("imageUUID"):
         return ProviderResult(task_uuid=item["taskUUID"], status="processing")
     # The imageUUID reaches S3 metadata and logs: an odd one is kept in a safe form.
     image_uuid = item["imageUUID"]
     if not IMAGE_UUID.fullmatch(image_uuid):
-        image_uuid = "".join(char if IMAGE_UUID.fullmatch(char) else "_"
-                             for char in image_uuid[:128])
+        image_uuid = "".join(
+            char if IMAGE_UUID.fullmatch(char) else "_" for char in image_uuid[:128]
+        )
     nsfw = item.get("NSFWContent")
     return ProviderResult(
-        task_uuid=item["taskUUID"], status="success", image_uuid=image_uuid,
-        image_url=_image_url(item.get("imageURL")), seed=_seed(item.get("seed")),
-        cost=_cost(item.get("cost")), nsfw=nsfw if isinstance(nsfw, bool) else None,
+        task_uuid=item["taskUUID"],
+        status="success",
+        image_uuid=image_uuid,
+        image_url=_image_url(item.get("imageURL")),
+        seed=_seed(item.get("seed")),
+        cost=_cost(item.get("cost")),
+        nsfw=nsfw if isinstance(nsfw, bool) else None,
     )
 
 
@@ -320,7 +346,8 @@ def _error_result(error: dict[str, Any]) -> ProviderResult | None:
     if not error.get("taskUUID"):
         return None
     return ProviderResult(
-        task_uuid=error["taskUUID"], status="error",
+        task_uuid=error["taskUUID"],
+        status="error",
         error_code=_code(error.get("code")),
         error_message=_printable(error.get("message"), 1000) or "the provider reported an error",
     )
@@ -330,7 +357,9 @@ def untied_error_result(task_uuid: str, error: dict[str, Any]) -> ProviderResult
     """An error entry that names no task, read as the failure of the URL's task; its code and
     message are made safe like those of any other provider error."""
     return ProviderResult(
-        task_uuid=task_uuid, status="error", error_code=_code(error.get("code")),
+        task_uuid=task_uuid,
+        status="error",
+        error_code=_code(error.get("code")),
         error_message=_printable(error.get("message"), 1000) or "the provider reported an error",
     )
 
@@ -350,8 +379,10 @@ def _envelope(body: Any) -> tuple[list[Any], list[Any]]:
     if not isinstance(data, list) or not isinstance(errors, list):
         raise ValidationError("data and errors must be arrays")
     if len(data) + len(errors) > MAX_PROVIDER_ITEMS:
-        raise ValidationError(f"at most {MAX_PROVIDER_ITEMS} items in data and errors together, "
-                              f"got {len(data) + len(errors)}")
+        raise ValidationError(
+            f"at most {MAX_PROVIDER_ITEMS} items in data and errors together, "
+            f"got {len(data) + len(errors)}"
+        )
     return data, errors
 
 
@@ -363,8 +394,11 @@ def parse_provider_body(body: Any) -> tuple[list[ProviderResult], list[dict[str,
     """
     data, errors = _envelope(body)
     # An authentication item names a session, not a task: it carries no taskUUID.
-    data = [item for item in data
-            if not (isinstance(item, dict) and item.get("taskType") == "authentication")]
+    data = [
+        item
+        for item in data
+        if not (isinstance(item, dict) and item.get("taskType") == "authentication")
+    ]
     items = ProviderItemSchema(many=True).load(data)
     error_items = ProviderErrorSchema(many=True).load(errors)
     results: list[ProviderResult] = []

@@ -73,17 +73,21 @@ class JobService:
         return self.context.layout
 
     # --- enqueue and read
-    def create_job(self, body: Any, tenant: str, idempotency_key: str | None = None
-                   ) -> tuple[Job, bool]:
+    def create_job(
+        self, body: Any, tenant: str, idempotency_key: str | None = None
+    ) -> tuple[Job, bool]:
         return enqueue.create_job(self.context, body, tenant, idempotency_key)
 
-    def create_job_from_message(self, body: Any, tenant: str, idempotency_key: str | None,
-                                message_id: str) -> Job:
-        return enqueue.create_job_from_message(self.context, body, tenant, idempotency_key,
-                                               message_id)
+    def create_job_from_message(
+        self, body: Any, tenant: str, idempotency_key: str | None, message_id: str
+    ) -> Job:
+        return enqueue.create_job_from_message(
+            self.context, body, tenant, idempotency_key, message_id
+        )
 
-    def create_refused_job(self, body: Any, tenant: str, errors: dict[str, Any],
-                           idempotency_key: str | None = None) -> Job:
+    def create_refused_job(
+        self, body: Any, tenant: str, errors: dict[str, Any], idempotency_key: str | None = None
+    ) -> Job:
         return enqueue.create_refused_job(self.context, body, tenant, errors, idempotency_key)
 
     def get_job(self, job_id: str, tenant: str | None = None) -> Job:
@@ -92,9 +96,14 @@ class JobService:
     def find_job(self, ident: str) -> Job:
         return enqueue.find_job(self.context, ident)
 
-    def list_jobs(self, tenant: str, *, state: JobState | None = None,
-                  cursor: float | None = None, limit: int = 50
-                  ) -> tuple[list[Job], float | None]:
+    def list_jobs(
+        self,
+        tenant: str,
+        *,
+        state: JobState | None = None,
+        cursor: float | None = None,
+        limit: int = 50,
+    ) -> tuple[list[Job], float | None]:
         return self.store.list_jobs(tenant, state=state, cursor=cursor, limit=limit)
 
     def job_view(self, job: Job) -> dict[str, Any]:
@@ -110,8 +119,7 @@ class JobService:
     def accept_webhook(self, task_uuid: str, body: Any) -> list[SlotResult]:
         return intake.accept_webhook(self.context, task_uuid, body)
 
-    def promote_slot(self, job_id: str, slot: int, *, allow_fetch: bool = False
-                     ) -> PromoteOutcome:
+    def promote_slot(self, job_id: str, slot: int, *, allow_fetch: bool = False) -> PromoteOutcome:
         return promotion.promote_slot(self.context, job_id, slot, allow_fetch=allow_fetch)
 
     def finalize_slot(self, job_id: str, slot: int) -> PromoteOutcome:
@@ -148,6 +156,9 @@ class JobService:
 
     def status(self) -> PipelineStatus:
         budget = self.context.budget.in_use() if self.settings.runware_api_key else 0
-        return PipelineStatus(jobs_active=self.store.active_count(), images_in_flight=budget,
-                              circuit=self.circuit(),
-                              queue_lengths=self.dispatcher.queue_lengths())
+        return PipelineStatus(
+            jobs_active=self.store.active_count(),
+            images_in_flight=budget,
+            circuit=self.circuit(),
+            queue_lengths=self.dispatcher.queue_lengths(),
+        )

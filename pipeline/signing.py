@@ -26,11 +26,15 @@ def verify_webhook_token(secrets: Sequence[str], task_uuid: str, token: str | No
     return matched
 
 
-def sign_callback(secret: bytes, message_id: str, body: bytes, timestamp: int | None = None
-                  ) -> dict[str, str]:
+def sign_callback(
+    secret: bytes, message_id: str, body: bytes, timestamp: int | None = None
+) -> dict[str, str]:
     """Headers of a Standard Webhooks signed request: id, timestamp, v1 signature."""
     ts = str(int(time.time()) if timestamp is None else timestamp)
     signed = f"{message_id}.{ts}.".encode() + body
     signature = base64.b64encode(hmac.new(secret, signed, hashlib.sha256).digest()).decode()
-    return {"webhook-id": message_id, "webhook-timestamp": ts,
-            "webhook-signature": f"v1,{signature}"}
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": ts,
+        "webhook-signature": f"v1,{signature}",
+    }

@@ -148,64 +148,95 @@ def slot_from_hash(raw: dict[str, str]) -> Slot:
     previous = raw.get("previous_task_uuids")
     nsfw = raw.get("nsfw")
     return Slot(
-        job_id=raw["job_id"], slot=int(raw["slot"]), state=SlotState(raw["state"]),
-        attempt=int(raw.get("attempt") or 1), task_uuid=raw.get("task_uuid") or None,
+        job_id=raw["job_id"],
+        slot=int(raw["slot"]),
+        state=SlotState(raw["state"]),
+        attempt=int(raw.get("attempt") or 1),
+        task_uuid=raw.get("task_uuid") or None,
         task_attempt=_int(raw.get("task_attempt")),
         previous_task_uuids=previous.split(",") if previous else [],
         submitted_at=_float(raw.get("submitted_at")),
-        received_at=_float(raw.get("received_at")), stored_at=_float(raw.get("stored_at")),
+        received_at=_float(raw.get("received_at")),
+        stored_at=_float(raw.get("stored_at")),
         updated_at=_float(raw.get("updated_at")),
-        image_uuid=raw.get("image_uuid") or None, image_url=raw.get("image_url") or None,
-        seed=_int(raw.get("seed")), cost=_float(raw.get("cost")),
+        image_uuid=raw.get("image_uuid") or None,
+        image_url=raw.get("image_url") or None,
+        seed=_int(raw.get("seed")),
+        cost=_float(raw.get("cost")),
         nsfw=None if not nsfw else nsfw == "1",
         error_code=raw.get("error_code") or None,
         error_message=raw.get("error_message") or None,
-        final_key=raw.get("final_key") or None, width=_int(raw.get("width")),
-        height=_int(raw.get("height")), size=_int(raw.get("size")),
+        final_key=raw.get("final_key") or None,
+        width=_int(raw.get("width")),
+        height=_int(raw.get("height")),
+        size=_int(raw.get("size")),
         etag=raw.get("etag") or None,
     )
 
 
 def job_to_hash(job: Job) -> dict[str, str]:
     values = {
-        "id": job.id, "tenant": job.tenant, "state": job.state, "model": job.model,
-        "params": job.params, "slot_count": job.slot_count,
-        "output_format": job.output_format, "created_at": repr(job.created_at),
-        "updated_at": repr(job.updated_at), "deadline_at": repr(job.deadline_at),
-        "reason": job.reason, "client_task_uuid": job.client_task_uuid,
-        "idempotency_key": job.idempotency_key, "callback_url": job.callback_url,
-        "metadata": job.metadata, "manifest_version": job.manifest_version,
+        "id": job.id,
+        "tenant": job.tenant,
+        "state": job.state,
+        "model": job.model,
+        "params": job.params,
+        "slot_count": job.slot_count,
+        "output_format": job.output_format,
+        "created_at": repr(job.created_at),
+        "updated_at": repr(job.updated_at),
+        "deadline_at": repr(job.deadline_at),
+        "reason": job.reason,
+        "client_task_uuid": job.client_task_uuid,
+        "idempotency_key": job.idempotency_key,
+        "callback_url": job.callback_url,
+        "metadata": job.metadata,
+        "manifest_version": job.manifest_version,
     }
     return {key: _encode(value) for key, value in values.items() if value is not None}
 
 
 def job_from_hash(raw: dict[str, str], slots: list[Slot]) -> Job:
     return Job(
-        id=raw["id"], tenant=raw["tenant"], state=JobState(raw["state"]), model=raw["model"],
-        params=json.loads(raw["params"]), slot_count=int(raw["slot_count"]),
-        output_format=raw["output_format"], created_at=float(raw["created_at"]),
-        updated_at=float(raw["updated_at"]), deadline_at=float(raw["deadline_at"]),
-        reason=raw.get("reason") or None, client_task_uuid=raw.get("client_task_uuid") or None,
+        id=raw["id"],
+        tenant=raw["tenant"],
+        state=JobState(raw["state"]),
+        model=raw["model"],
+        params=json.loads(raw["params"]),
+        slot_count=int(raw["slot_count"]),
+        output_format=raw["output_format"],
+        created_at=float(raw["created_at"]),
+        updated_at=float(raw["updated_at"]),
+        deadline_at=float(raw["deadline_at"]),
+        reason=raw.get("reason") or None,
+        client_task_uuid=raw.get("client_task_uuid") or None,
         idempotency_key=raw.get("idempotency_key") or None,
         callback_url=raw.get("callback_url") or None,
         metadata=json.loads(raw.get("metadata") or "{}"),
         manifest_key=raw.get("manifest_key") or None,
         manifest_version=int(raw.get("manifest_version") or 0),
-        ended_at=_float(raw.get("ended_at")), slots=slots,
+        ended_at=_float(raw.get("ended_at")),
+        slots=slots,
     )
 
 
 def redis_client(settings: Settings) -> redis.Redis:
     """One client per process for the pipeline's records (decoded strings, bounded waits)."""
-    return redis.Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=10,
-                                socket_connect_timeout=5, health_check_interval=30)
+    return redis.Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+    )
 
 
 class RedisJobStore:
     """Jobs, slots, the taskUUID index, idempotency keys and leases, all in Redis."""
 
-    def __init__(self, client: redis.Redis, *, retention_seconds: int = 7 * 86400,
-                 namespace: str = "imagine") -> None:
+    def __init__(
+        self, client: redis.Redis, *, retention_seconds: int = 7 * 86400, namespace: str = "imagine"
+    ) -> None:
         self.redis = client
         self.retention_seconds = retention_seconds
         self.ns = namespace
@@ -215,10 +246,10 @@ class RedisJobStore:
         self._new_attempt = client.register_script(_NEW_ATTEMPT)
 
     @classmethod
-    def from_settings(cls, settings: Settings, client: redis.Redis | None = None
-                      ) -> RedisJobStore:
-        return cls(client or redis_client(settings),
-                   retention_seconds=settings.job_retention_seconds)
+    def from_settings(cls, settings: Settings, client: redis.Redis | None = None) -> RedisJobStore:
+        return cls(
+            client or redis_client(settings), retention_seconds=settings.job_retention_seconds
+        )
 
     # --- keys ---
     def job_key(self, job_id: str) -> str:
@@ -253,14 +284,24 @@ class RedisJobStore:
         and the hash of the body that created it.
         """
         idem = job.idempotency_key
-        keys = [self.job_key(job.id),
-                self.idempotency_key(job.tenant, idem) if idem else f"{self.ns}:idem:-",
-                self.tenant_key(job.tenant), self.active_key]
+        keys = [
+            self.job_key(job.id),
+            self.idempotency_key(job.tenant, idem) if idem else f"{self.ns}:idem:-",
+            self.tenant_key(job.tenant),
+            self.active_key,
+        ]
         keys += [self.slot_key(job.id, n) for n in range(job.slot_count)]
-        existing = self._create(keys=keys, args=[
-            json.dumps(job_to_hash(job)), job.slot_count, f"{job.id}|{body_hash}" if idem else "",
-            self.retention_seconds, repr(job.deadline_at), f"{self.ns}:job:",
-        ])
+        existing = self._create(
+            keys=keys,
+            args=[
+                json.dumps(job_to_hash(job)),
+                job.slot_count,
+                f"{job.id}|{body_hash}" if idem else "",
+                self.retention_seconds,
+                repr(job.deadline_at),
+                f"{self.ns}:job:",
+            ],
+        )
         if existing:
             job_id, _, stored_hash = str(existing).partition("|")
             return job_id, stored_hash
@@ -297,18 +338,28 @@ class RedisJobStore:
         pipe.hset(key, "updated_at", repr(time.time()))
         pipe.execute()
 
-    def transition_job(self, job_id: str, allowed: Iterable[JobState], to: JobState,
-                       **values: Any) -> bool:
+    def transition_job(
+        self, job_id: str, allowed: Iterable[JobState], to: JobState, **values: Any
+    ) -> bool:
         values.setdefault("updated_at", repr(time.time()))
         return self._apply(self.job_key(job_id), allowed, to, "", values)
 
-    def transition_slot(self, job_id: str, slot: int, allowed: Iterable[SlotState],
-                        to: SlotState, *, task_uuid: str | None = None, **values: Any) -> bool:
+    def transition_slot(
+        self,
+        job_id: str,
+        slot: int,
+        allowed: Iterable[SlotState],
+        to: SlotState,
+        *,
+        task_uuid: str | None = None,
+        **values: Any,
+    ) -> bool:
         values.setdefault("updated_at", repr(time.time()))
         return self._apply(self.slot_key(job_id, slot), allowed, to, task_uuid or "", values)
 
-    def _apply(self, key: str, allowed: Iterable[str], to: str, task_uuid: str,
-               values: dict[str, Any]) -> bool:
+    def _apply(
+        self, key: str, allowed: Iterable[str], to: str, task_uuid: str, values: dict[str, Any]
+    ) -> bool:
         args: list[str] = [",".join(allowed), to, task_uuid]
         for name, value in values.items():
             args += [name, _encode(value)]
@@ -317,13 +368,22 @@ class RedisJobStore:
 
     def mint_task_uuid(self, job_id: str, slot: int, attempt: int, candidate: str) -> str | None:
         """Persist a taskUUID for this attempt of a slot, or return the one already minted."""
-        result = self._mint(keys=[self.slot_key(job_id, slot), self.task_key(candidate)],
-                            args=[attempt, candidate, f"{job_id}:{slot}",
-                                  self.retention_seconds])
+        result = self._mint(
+            keys=[self.slot_key(job_id, slot), self.task_key(candidate)],
+            args=[attempt, candidate, f"{job_id}:{slot}", self.retention_seconds],
+        )
         return str(result) if result else None
 
-    def new_attempt(self, job_id: str, slot: int, allowed: Iterable[SlotState], attempt: int,
-                    *, task_uuid: str | None = None, **values: Any) -> bool:
+    def new_attempt(
+        self,
+        job_id: str,
+        slot: int,
+        allowed: Iterable[SlotState],
+        attempt: int,
+        *,
+        task_uuid: str | None = None,
+        **values: Any,
+    ) -> bool:
         """Reopen a slot as `pending` for `attempt`, retiring its current taskUUID."""
         values.setdefault("updated_at", repr(time.time()))
         args: list[str] = [",".join(allowed), task_uuid or "", str(attempt)]
@@ -379,23 +439,32 @@ class RedisJobStore:
         """Every job not yet ended, earliest deadline first, read a page at a time."""
         start = 0
         while True:
-            rows = _scored(self.redis.zrange(self.active_key, start, start + page - 1,
-                                             withscores=True))
+            rows = _scored(
+                self.redis.zrange(self.active_key, start, start + page - 1, withscores=True)
+            )
             yield from rows
             if len(rows) < page:
                 return
             start += page
 
-    def list_jobs(self, tenant: str, *, state: JobState | None = None,
-                  cursor: float | None = None, limit: int = 50
-                  ) -> tuple[list[Job], float | None]:
+    def list_jobs(
+        self,
+        tenant: str,
+        *,
+        state: JobState | None = None,
+        cursor: float | None = None,
+        limit: int = 50,
+    ) -> tuple[list[Job], float | None]:
         """A tenant's jobs, newest first; `cursor` is the createdAt to continue below."""
         high: float | str = "+inf" if cursor is None else f"({cursor!r}"
         jobs: list[Job] = []
         next_cursor: float | None = None
         while len(jobs) < limit:
-            rows = _scored(self.redis.zrevrangebyscore(self.tenant_key(tenant), high, "-inf",
-                                                       start=0, num=limit * 2, withscores=True))
+            rows = _scored(
+                self.redis.zrevrangebyscore(
+                    self.tenant_key(tenant), high, "-inf", start=0, num=limit * 2, withscores=True
+                )
+            )
             if not rows:
                 break
             for job_id, score in rows:
@@ -410,7 +479,8 @@ class RedisJobStore:
                     break
             high = f"({next_cursor!r}"
         more = next_cursor is not None and bool(
-            self.redis.zcount(self.tenant_key(tenant), "-inf", f"({next_cursor!r}"))
+            self.redis.zcount(self.tenant_key(tenant), "-inf", f"({next_cursor!r}")
+        )
         return jobs, next_cursor if more else None
 
     # --- operators: dead letters and reopening ---
@@ -419,17 +489,32 @@ class RedisJobStore:
         return f"{self.ns}:dlq"
 
     def dead_letter(self, job_id: str, slot: int, code: str, message: str) -> None:
-        entry = json.dumps({"jobId": job_id, "slot": slot, "code": code,
-                            "message": message[:500], "at": time.time()}, sort_keys=True)
+        entry = json.dumps(
+            {
+                "jobId": job_id,
+                "slot": slot,
+                "code": code,
+                "message": message[:500],
+                "at": time.time(),
+            },
+            sort_keys=True,
+        )
         pipe = self.redis.pipeline()
         pipe.hset(self.dlq_key, f"{job_id}:{slot}", entry)
         pipe.execute()
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         entries = [json.loads(value) for value in self.redis.hvals(self.dlq_key)]
-        return [DeadLetter(job_id=entry["jobId"], slot=int(entry["slot"]), code=entry["code"],
-                           message=entry["message"], at=float(entry["at"]))
-                for entry in sorted(entries, key=lambda entry: entry["at"])[:limit]]
+        return [
+            DeadLetter(
+                job_id=entry["jobId"],
+                slot=int(entry["slot"]),
+                code=entry["code"],
+                message=entry["message"],
+                at=float(entry["at"]),
+            )
+            for entry in sorted(entries, key=lambda entry: entry["at"])[:limit]
+        ]
 
     def remove_dead_letter(self, job_id: str, slot: int) -> None:
         self.redis.hdel(self.dlq_key, f"{job_id}:{slot}")
@@ -439,10 +524,16 @@ class RedisJobStore:
         key = self.job_key(job_id)
         pipe = self.redis.pipeline()
         pipe.persist(key)
-        pipe.hset(key, mapping={"state": JobState.RUNNING, "deadline_at": repr(deadline_at),
-                                "manifest_version": str(manifest_version),
-                                "updated_at": repr(time.time()),
-                                "reason": "retried by an operator"})
+        pipe.hset(
+            key,
+            mapping={
+                "state": JobState.RUNNING,
+                "deadline_at": repr(deadline_at),
+                "manifest_version": str(manifest_version),
+                "updated_at": repr(time.time()),
+                "reason": "retried by an operator",
+            },
+        )
         pipe.hdel(key, "ended_at")
         pipe.zadd(self.active_key, {job_id: deadline_at})
         raw_count = self.redis.hget(key, "slot_count")
@@ -451,8 +542,9 @@ class RedisJobStore:
         pipe.execute()
 
     def publish_event(self, event: dict[str, Any]) -> None:
-        self.redis.xadd(self.events_key, {"event": json.dumps(event)}, maxlen=100_000,
-                        approximate=True)
+        self.redis.xadd(
+            self.events_key, {"event": json.dumps(event)}, maxlen=100_000, approximate=True
+        )
 
     def ping(self) -> bool:
         return bool(self.redis.ping())
@@ -462,8 +554,7 @@ class RedisInFlightBudget:
     """Leases of one Runware API key in a sorted set (member: taskUUID, score: expiry), so a
     crashed worker's lease lapses; jobs waiting for a lease queue up to be woken in order."""
 
-    def __init__(self, client: redis.Redis, api_key: str, *,
-                 namespace: str = "imagine") -> None:
+    def __init__(self, client: redis.Redis, api_key: str, *, namespace: str = "imagine") -> None:
         self.redis = client
         digest = hashlib.sha256(api_key.encode()).hexdigest()[:16]
         self.leases_key = f"{namespace}:inflight:{digest}"
@@ -473,8 +564,9 @@ class RedisInFlightBudget:
     def acquire(self, members: list[str], limit: int, ttl: float) -> list[str]:
         """Grant leases up to `limit` across every worker; already held ones count."""
         now = time.time()
-        granted = self._acquire(keys=[self.leases_key],
-                                args=[repr(now), limit, repr(now + ttl), *members])
+        granted = self._acquire(
+            keys=[self.leases_key], args=[repr(now), limit, repr(now + ttl), *members]
+        )
         return [str(member) for member in granted]
 
     def release(self, members: list[str]) -> int:
@@ -508,15 +600,21 @@ class RedisCircuit:
         raw = _text(self.redis.hgetall(self.key))
         if raw.get("state") != "open":
             return CircuitState()
-        return CircuitState(open=True, code=raw.get("code"), message=raw.get("message"),
-                            opened_at=_float(raw.get("opened_at")),
-                            probe_at=_float(raw.get("probe_at")))
+        return CircuitState(
+            open=True,
+            code=raw.get("code"),
+            message=raw.get("message"),
+            opened_at=_float(raw.get("opened_at")),
+            probe_at=_float(raw.get("probe_at")),
+        )
 
     def open(self, code: str, message: str, probe_at: float) -> bool:
         """Open (or keep open) the circuit; True when this call opened it."""
         opened = bool(self.redis.hsetnx(self.key, "opened_at", repr(time.time())))
-        self.redis.hset(self.key, mapping={"state": "open", "code": code, "message": message,
-                                           "probe_at": repr(probe_at)})
+        self.redis.hset(
+            self.key,
+            mapping={"state": "open", "code": code, "message": message, "probe_at": repr(probe_at)},
+        )
         return opened
 
     def schedule_probe(self, at: float) -> None:

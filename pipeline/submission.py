@@ -64,8 +64,9 @@ def admit(ctx: Context, job: Job, slots: dict[str, Slot]) -> list[str]:
     """Leases for as many tasks as the key's budget allows; the job waits for the rest."""
     ctx.settings.require_runware_key()
     ttl = max(60.0, job.deadline_at - clock.now()) + ctx.settings.upload_url_margin_seconds
-    granted = ctx.budget.acquire(list(slots)[:MAX_TASKS_PER_REQUEST],
-                                 ctx.settings.runware_max_in_flight, ttl)
+    granted = ctx.budget.acquire(
+        list(slots)[:MAX_TASKS_PER_REQUEST], ctx.settings.runware_max_in_flight, ttl
+    )
     if len(granted) < len(slots):
         # Woken as soon as a lease is given back; the delayed nudge covers a lost wake-up.
         ctx.store.set_job_fields(job.id, reason="waiting: Runware in-flight budget is full")
@@ -93,37 +94,48 @@ def send(ctx: Context, job: Job, slots: dict[str, Slot], probe: bool) -> SubmitO
     return SubmitOutcome.SUBMITTED
 
 
-def refused(ctx: Context, job: Job, slots: dict[str, Slot], exc: ProviderError
-            ) -> SubmitOutcome:
+def refused(ctx: Context, job: Job, slots: dict[str, Slot], exc: ProviderError) -> SubmitOutcome:
     """The whole request was refused: the account (pause everything) or the tasks (fail)."""
     admission.release(ctx, list(slots))
     if exc.kind == ProviderError.ACCOUNT:
         admission.open_circuit(ctx, exc)
-        ctx.store.set_job_fields(job.id, reason=admission.paused_reason(
-            admission.provider_code(exc.provider_code, exc.http_status)))
+        ctx.store.set_job_fields(
+            job.id,
+            reason=admission.paused_reason(
+                admission.provider_code(exc.provider_code, exc.http_status)
+            ),
+        )
         return SubmitOutcome.PAUSED
     for task_uuid, slot in slots.items():
-        fail_slot(ctx, job.id, slot.slot, task_uuid, exc.provider_code or "rejected",
-                  exc.message)
+        fail_slot(ctx, job.id, slot.slot, task_uuid, exc.provider_code or "rejected", exc.message)
     finish_job(ctx, job.id)
     return SubmitOutcome.SUBMITTED
 
 
-def apply_outcome(ctx: Context, job: Job, slot: Slot, task_uuid: str, outcome: TaskOutcome,
-                  now: float) -> None:
+def apply_outcome(
+    ctx: Context, job: Job, slot: Slot, task_uuid: str, outcome: TaskOutcome, now: float
+) -> None:
     """One task's answer: accepted (maybe with its result already), or refused on its own."""
     if outcome.accepted:
-        ctx.store.transition_slot(job.id, slot.slot, [SlotState.PENDING], SlotState.SUBMITTED,
-                                  task_uuid=task_uuid, submitted_at=repr(now))
+        ctx.store.transition_slot(
+            job.id,
+            slot.slot,
+            [SlotState.PENDING],
+            SlotState.SUBMITTED,
+            task_uuid=task_uuid,
+            submitted_at=repr(now),
+        )
         if outcome.results:
             record_results(ctx, task_uuid, outcome.results)
         return
-    error = outcome.error or ProviderError("Runware did not acknowledge this task",
-                                           kind=ProviderError.TRANSIENT)
+    error = outcome.error or ProviderError(
+        "Runware did not acknowledge this task", kind=ProviderError.TRANSIENT
+    )
     admission.release(ctx, [task_uuid])
     if error.kind == ProviderError.PERMANENT:
-        fail_slot(ctx, job.id, slot.slot, task_uuid, error.provider_code or "rejected",
-                  error.message)
+        fail_slot(
+            ctx, job.id, slot.slot, task_uuid, error.provider_code or "rejected", error.message
+        )
     elif error.kind == ProviderError.ACCOUNT:
         admission.open_circuit(ctx, error)
     else:
@@ -140,17 +152,26 @@ def task_payload(ctx: Context, job: Job, slot: Slot, task_uuid: str) -> dict[str
     remaining = max(60, int(job.deadline_at - clock.now()))
     expires = remaining + ctx.settings.upload_url_margin_seconds
     payload: dict[str, Any] = {
-        "taskType": "imageInference", "taskUUID": task_uuid, "model": job.model,
+        "taskType": "imageInference",
+        "taskUUID": task_uuid,
+        "model": job.model,
         "positivePrompt": job.params["positivePrompt"],
     }
     for name in ("width", "height", "resolution", "outputQuality", "inputs", "safety"):
         if name in job.params:
             payload[name] = job.params[name]
-    payload.update({
-        "outputFormat": job.output_format, "outputType": "URL", "numberResults": 1,
-        "deliveryMethod": "async", "includeCost": True, "ttl": expires,
-        "webhookURL": webhook_url(ctx, task_uuid),
-        "uploadEndpoint": ctx.storage.presign_put(ctx.layout.staging(job.id, task_uuid),
-                                                  min(expires, MAX_PRESIGN_SECONDS)),
-    })
+    payload.update(
+        {
+            "outputFormat": job.output_format,
+            "outputType": "URL",
+            "numberResults": 1,
+            "deliveryMethod": "async",
+            "includeCost": True,
+            "ttl": expires,
+            "webhookURL": webhook_url(ctx, task_uuid),
+            "uploadEndpoint": ctx.storage.presign_put(
+                ctx.layout.staging(job.id, task_uuid), min(expires, MAX_PRESIGN_SECONDS)
+            ),
+        }
+    )
     return check_outgoing_task(payload)

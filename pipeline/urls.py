@@ -57,8 +57,9 @@ def non_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return not address.is_global or address.is_multicast or address.is_unspecified
 
 
-def check_outbound_url(url: str, *, allowed_hosts: Sequence[str] | None,
-                       allow_private: bool) -> CheckedURL:
+def check_outbound_url(
+    url: str, *, allowed_hosts: Sequence[str] | None, allow_private: bool
+) -> CheckedURL:
     """Refuse a URL whose scheme, host, port or resolved address is not allowed; return the
     address to connect to."""
     parts, host, port = _parse(url)
@@ -69,8 +70,9 @@ def check_outbound_url(url: str, *, allowed_hosts: Sequence[str] | None,
     effective_port = port or (443 if parts.scheme == "https" else 80)
     if allow_private:
         return CheckedURL(url=url, host=host, port=effective_port, address=None)
-    return CheckedURL(url=url, host=host, port=effective_port,
-                      address=_public_address(host, effective_port))
+    return CheckedURL(
+        url=url, host=host, port=effective_port, address=_public_address(host, effective_port)
+    )
 
 
 def _parse(url: str) -> tuple[SplitResult, str, int | None]:
@@ -111,8 +113,9 @@ def _public_address(host: str, port: int) -> str:
     return str(addresses[0])
 
 
-def pinned_request(client: httpx.Client, method: str, checked: CheckedURL,
-                   **kwargs: Any) -> httpx.Request:
+def pinned_request(
+    client: httpx.Client, method: str, checked: CheckedURL, **kwargs: Any
+) -> httpx.Request:
     """A request to the checked address, with the original Host header and TLS server name,
     so a second DNS answer (rebinding) cannot send it elsewhere."""
     headers = dict(kwargs.pop("headers", None) or {})
@@ -121,5 +124,6 @@ def pinned_request(client: httpx.Client, method: str, checked: CheckedURL,
         headers["Host"] = checked.host_header()
         if checked.url.startswith("https:"):
             extensions["sni_hostname"] = checked.host
-    return client.build_request(method, checked.pinned(), headers=headers,
-                                extensions=extensions, **kwargs)
+    return client.build_request(
+        method, checked.pinned(), headers=headers, extensions=extensions, **kwargs
+    )

@@ -18,9 +18,13 @@ from pipeline.store import RedisCircuit, RedisInFlightBudget, RedisJobStore, red
 OUTBOUND_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 
 
-def build_service(settings: Settings, *, dispatcher: Dispatcher | None = None,
-                  http: httpx.Client | None = None, runware: RunwareClient | None = None
-                  ) -> JobService:
+def build_service(
+    settings: Settings,
+    *,
+    dispatcher: Dispatcher | None = None,
+    http: httpx.Client | None = None,
+    runware: RunwareClient | None = None,
+) -> JobService:
     """The pipeline over Redis, S3, Runware and Celery as the settings name them."""
     client = redis_client(settings)
     storage = S3ObjectStorage.from_settings(settings)
@@ -45,5 +49,6 @@ def with_short_s3_timeouts(service: JobService) -> JobService:
     promotion, a readiness probe); a worker takes over when it is not enough."""
     settings = service.settings
     storage = S3ObjectStorage.from_settings(
-        settings, timeout=settings.inline_promote_timeout_seconds, attempts=1)
+        settings, timeout=settings.inline_promote_timeout_seconds, attempts=1
+    )
     return JobService(replace(service.context, storage=storage))

@@ -20,15 +20,22 @@ log = logging.getLogger(__name__)
 ROLES = ("webhooks", "api", "metrics")
 
 
-def error_response(code: str, status: int, message: str, errors: dict[str, Any] | None = None
-                   ) -> tuple[Any, int]:
-    return jsonify({"code": code, "status": status, "message": message,
-                    "errors": errors or {}}), status
+def error_response(
+    code: str, status: int, message: str, errors: dict[str, Any] | None = None
+) -> tuple[Any, int]:
+    return jsonify(
+        {"code": code, "status": status, "message": message, "errors": errors or {}}
+    ), status
 
 
-def create_app(settings: Settings | None = None, *, service: JobService | None = None,
-               inline_service: JobService | None = None, dispatcher: Dispatcher | None = None,
-               roles: Iterable[str] | None = None) -> Flask:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    service: JobService | None = None,
+    inline_service: JobService | None = None,
+    dispatcher: Dispatcher | None = None,
+    roles: Iterable[str] | None = None,
+) -> Flask:
     """The receiver; `service` and `inline_service` (the same use cases with short S3 timeouts,
     for work done while Runware waits for the webhook's answer) are built from the settings
     unless given, sending their nudges through `dispatcher` (default: the shared Celery app)."""
@@ -44,8 +51,11 @@ def create_app(settings: Settings | None = None, *, service: JobService | None =
         inline_service = with_short_s3_timeouts(service)
     app = Flask("imagine")
     app.config["MAX_CONTENT_LENGTH"] = settings.webhook_max_body_bytes
-    app.extensions["imagine"] = {"settings": settings, "service": service,
-                                 "inline": inline_service or service}
+    app.extensions["imagine"] = {
+        "settings": settings,
+        "service": service,
+        "inline": inline_service or service,
+    }
 
     from webhooks import views
 

@@ -66,8 +66,10 @@ def _job_id(raw: str) -> str:
 def _idempotency_header() -> str | None:
     value = request.headers.get("Idempotency-Key")
     if value is not None and not IDEMPOTENCY_KEY.fullmatch(value):
-        raise RequestInvalid("the Idempotency-Key header is invalid", {"Idempotency-Key": [
-            "must be 1-255 printable ASCII characters without spaces"]})
+        raise RequestInvalid(
+            "the Idempotency-Key header is invalid",
+            {"Idempotency-Key": ["must be 1-255 printable ASCII characters without spaces"]},
+        )
     return value
 
 
@@ -93,7 +95,8 @@ def readyz() -> Any:
         checks["s3"] = f"error: {type(exc).__name__}"
     ready = all(value == "ok" for value in checks.values())
     return jsonify({"status": "ready" if ready else "not_ready", "checks": checks}), (
-        200 if ready else 503)
+        200 if ready else 503
+    )
 
 
 # ---------------------------------------------------------------- Runware webhooks
@@ -108,8 +111,7 @@ def runware_webhook(task_uuid: str) -> Any:
     body = _json_body(lenient=True)
     # Short S3 timeouts: the answer never waits on a retry loop; a worker takes over.
     outcomes = _service(inline=True).receive_webhook(task_uuid, body)
-    return jsonify({"taskUUID": task_uuid,
-                    "results": [outcome.outcome for outcome in outcomes]})
+    return jsonify({"taskUUID": task_uuid, "results": [outcome.outcome for outcome in outcomes]})
 
 
 # ---------------------------------------------------------------- jobs API
@@ -151,10 +153,15 @@ def list_jobs() -> Any:
     query = load_or_422(ListQuerySchema(), request.args)
     service = _service()
     state = JobState(query["state"]) if query.get("state") else None
-    jobs, cursor = service.list_jobs(tenant, state=state, cursor=query.get("cursor"),
-                                     limit=query["limit"])
-    return jsonify({"jobs": [service.job_view(job) for job in jobs],
-                    "nextCursor": None if cursor is None else repr(cursor)})
+    jobs, cursor = service.list_jobs(
+        tenant, state=state, cursor=query.get("cursor"), limit=query["limit"]
+    )
+    return jsonify(
+        {
+            "jobs": [service.job_view(job) for job in jobs],
+            "nextCursor": None if cursor is None else repr(cursor),
+        }
+    )
 
 
 @api.post("/jobs/<job_id>/cancel")
@@ -186,6 +193,8 @@ def prometheus() -> Response:
         "# HELP imagine_queue_length Messages waiting in each Celery queue.",
         "# TYPE imagine_queue_length gauge",
     ]
-    lines += [f'imagine_queue_length{{queue="{queue}"}} {length}'
-              for queue, length in status.queue_lengths.items()]
+    lines += [
+        f'imagine_queue_length{{queue="{queue}"}} {length}'
+        for queue, length in status.queue_lengths.items()
+    ]
     return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")

@@ -1,4 +1,5 @@
 """WSGI entry point: `gunicorn webhooks.wsgi:app`."""
+
 from webhooks.app import create_app
 
 app = create_app()

@@ -48,8 +48,9 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type informat
     @property
     def service(self) -> JobService:
         if PipelineTask._service is None:
-            PipelineTask._service = build_service(self.settings,
-                                                  dispatcher=CeleryDispatcher(self.app))
+            PipelineTask._service = build_service(
+                self.settings, dispatcher=CeleryDispatcher(self.app)
+            )
         return PipelineTask._service
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -62,10 +63,15 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type informat
 
     def retry_later(self, exc: BaseException) -> Any:
         """Schedule this task again; past its retry limit Celery records the failure."""
-        limit = (getattr(self.settings, self.retries_setting) if self.retries_setting
-                 else self.max_retries)
-        log.warning("transient failure, retrying", extra={
-            "task": self.name, "error": repr(exc), "retries": self.request.retries})
+        limit = (
+            getattr(self.settings, self.retries_setting)
+            if self.retries_setting
+            else self.max_retries
+        )
+        log.warning(
+            "transient failure, retrying",
+            extra={"task": self.name, "error": repr(exc), "retries": self.request.retries},
+        )
         return self.retry(exc=exc, countdown=self.countdown(exc), max_retries=limit)
 
     def countdown(self, exc: BaseException) -> float:

@@ -67,9 +67,7 @@ def is_loopback(address: str) -> bool:
         return False
 
 
-def flower_environment(
-    environ: Mapping[str, str], argv: Sequence[str] = ()
-) -> dict[str, str]:
+def flower_environment(environ: Mapping[str, str], argv: Sequence[str] = ()) -> dict[str, str]:
     """The environment Flower runs with, or FlowerConfigError naming what is missing or unsafe."""
     for arg in argv:
         name = arg.lstrip("-").partition("=")[0].replace("-", "_").lower()
@@ -113,8 +111,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         os.environ.pop(name, None)
     os.environ.update(env)
     if not is_loopback(env["FLOWER_ADDRESS"]):
-        print(f"flower: listening on {env['FLOWER_ADDRESS']} (FLOWER_ADDRESS), not loopback",
-              file=sys.stderr)
+        print(
+            f"flower: listening on {env['FLOWER_ADDRESS']} (FLOWER_ADDRESS), not loopback",
+            file=sys.stderr,
+        )
     # Imported here, once the credentials are gone from the environment the app is built from.
     from celery.__main__ import main as celery_main
 

@@ -11,22 +11,24 @@ from workers.base import PipelineTask
 
 
 @shared_task(bind=True, base=PipelineTask, name="imagine.create_job")
-def create_job(self: PipelineTask, request: Any, tenant: str,
-               idempotency_key: str | None = None) -> str:
+def create_job(
+    self: PipelineTask, request: Any, tenant: str, idempotency_key: str | None = None
+) -> str:
     """Enqueue by name from trusted services; a refused request becomes a failed job."""
-    return self.service.create_job_from_message(request, tenant, idempotency_key,
-                                                self.request.id).id
+    return self.service.create_job_from_message(
+        request, tenant, idempotency_key, self.request.id
+    ).id
 
 
-@shared_task(bind=True, base=PipelineTask, name="imagine.submit_job",
-             retries_setting="submit_max_retries")
+@shared_task(
+    bind=True, base=PipelineTask, name="imagine.submit_job", retries_setting="submit_max_retries"
+)
 def submit_job(self: PipelineTask, job_id: str) -> str:
     return self.service.submit_job(job_id)
 
 
 # Retried until the job's deadline, which ends the wait for a missing upload.
-@shared_task(bind=True, base=PipelineTask, name="imagine.finalize_slot",
-             max_retries=None)
+@shared_task(bind=True, base=PipelineTask, name="imagine.finalize_slot", max_retries=None)
 def finalize_slot(self: PipelineTask, job_id: str, slot: int) -> str:
     return self.service.finalize_slot(job_id, slot)
 

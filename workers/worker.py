@@ -1,4 +1,5 @@
 """Worker entry point: `celery -A workers.worker worker`."""
+
 from workers.celery_app import create_worker_app
 
 app = create_worker_app()

@@ -23,16 +23,28 @@ from infra.emulator.config import ConfigError, EmulatorConfig
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line."""
-    parser = argparse.ArgumentParser(prog="python -m infra.emulator",
-                                     description="Runware API emulator")
+    parser = argparse.ArgumentParser(
+        prog="python -m infra.emulator", description="Runware API emulator"
+    )
     parser.add_argument("--host", default=os.environ.get("EMULATOR_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("EMULATOR_PORT", "8765")))
-    parser.add_argument("--api-key", action="append", default=[], dest="api_keys",
-                        help="accepted API key (repeatable); none = any non-empty key")
+    parser.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        dest="api_keys",
+        help="accepted API key (repeatable); none = any non-empty key",
+    )
     parser.add_argument("--public-url", default=None, help="base URL of hosted images")
     parser.add_argument("--seed", type=int, default=None, help="seed of the fault RNG")
-    parser.add_argument("--set", action="append", default=[], dest="settings",
-                        metavar="NAME=VALUE", help="any switch (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="settings",
+        metavar="NAME=VALUE",
+        help="any switch (repeatable)",
+    )
     return parser.parse_args(argv)
 
 

@@ -37,8 +37,9 @@ def engine() -> Engine:
     return found
 
 
-def _envelope(status: int, errors: list[dict[str, Any]],
-              headers: dict[str, str] | None = None) -> Response:
+def _envelope(
+    status: int, errors: list[dict[str, Any]], headers: dict[str, str] | None = None
+) -> Response:
     response = jsonify({"errors": errors})
     response.status_code = status
     for name, value in (headers or {}).items():
@@ -54,8 +55,12 @@ def _public_url() -> str:
 def _api_key_error(body: list[Any]) -> Response | None:
     """None when the request carries an accepted key, else the 401 answer."""
     keys: list[str] = []
-    if isinstance(body, list) and body and isinstance(body[0], dict) and (
-            body[0].get("taskType") == "authentication"):
+    if (
+        isinstance(body, list)
+        and body
+        and isinstance(body[0], dict)
+        and (body[0].get("taskType") == "authentication")
+    ):
         value = body[0].get("apiKey")
         if isinstance(value, str) and value:
             keys.append(value)
@@ -63,8 +68,12 @@ def _api_key_error(body: list[Any]) -> Response | None:
     if header[:7].lower() == "bearer " and header[7:].strip():
         keys.append(header[7:].strip())
     if not keys:
-        error = TaskError("missingApiKey", "Missing API key: send 'Authorization: Bearer <key>' "
-                          "or a leading authentication task.", "apiKey", status=401)
+        error = TaskError(
+            "missingApiKey",
+            "Missing API key: send 'Authorization: Bearer <key>' or a leading authentication task.",
+            "apiKey",
+            status=401,
+        )
         return _envelope(401, [error.item("authentication", None)])
     accepted = engine().config.api_keys
     if accepted and not any(key in accepted for key in keys):
@@ -109,8 +118,9 @@ def submit() -> Response:
     eng.count("requests")
     body = _request_tasks()
     if body is None:
-        error = TaskError("invalidRequestBody",
-                          "The request body must be a non-empty JSON array of tasks.")
+        error = TaskError(
+            "invalidRequestBody", "The request body must be a non-empty JSON array of tasks."
+        )
         return _envelope(400, [error.item(None, None)])
     refused = _api_key_error(body)
     if refused is not None:
@@ -180,13 +190,15 @@ def _inference(task: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[st
     eng = engine()
     cfg = eng.config
     if cfg.model_unavailable:
-        raise TaskError("unknownModel",
-                        f"Model '{task.get('model')}' is not available.", "model")
+        raise TaskError("unknownModel", f"Model '{task.get('model')}' is not available.", "model")
     req = catalog.validate_inference(task, cfg.model, cfg.reject_unknown_parameters)
     if not eng.reserve(req.task_uuid):
-        raise TaskError("conflictTaskUUID",
-                        f"A task with taskUUID {req.task_uuid} already exists.", "taskUUID",
-                        status=cfg.conflict_status)
+        raise TaskError(
+            "conflictTaskUUID",
+            f"A task with taskUUID {req.task_uuid} already exists.",
+            "taskUUID",
+            status=cfg.conflict_status,
+        )
     started = eng.start(req, _public_url())
     if req.delivery_method == "async":
         ack: dict[str, Any] = {"taskType": "imageInference", "taskUUID": req.task_uuid}
@@ -197,8 +209,11 @@ def _inference(task: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[st
     items, errors = eng.sync_view(started)
     if not items:
         code = errors[0]["code"] if errors else "timeoutProvider"
-        raise TaskError(code, errors[0]["message"] if errors else "Generation failed.",
-                        status=504 if code == "timeoutProvider" else 400)
+        raise TaskError(
+            code,
+            errors[0]["message"] if errors else "Generation failed.",
+            status=504 if code == "timeoutProvider" else 400,
+        )
     return items, errors
 
 
@@ -210,8 +225,9 @@ def _get_response(task: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict
         raise TaskError("missingParameter", "Missing required parameter 'taskUUID'.", "taskUUID")
     found = eng.task(task_uuid) if isinstance(task_uuid, str) else None
     if found is None:
-        raise TaskError("taskFailedOrNotFound", f"No task found with taskUUID {task_uuid}.",
-                        "taskUUID")
+        raise TaskError(
+            "taskFailedOrNotFound", f"No task found with taskUUID {task_uuid}.", "taskUUID"
+        )
     return eng.poll_view(found)
 
 
@@ -221,16 +237,22 @@ def _image_upload(task: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict
     if task_uuid is None:
         raise TaskError("missingParameter", "Missing required parameter 'taskUUID'.", "taskUUID")
     if not catalog.is_uuid(task_uuid):
-        raise TaskError("invalidTaskUUID", "Invalid value for 'taskUUID': must be a UUID.",
-                        "taskUUID")
+        raise TaskError(
+            "invalidTaskUUID", "Invalid value for 'taskUUID': must be a UUID.", "taskUUID"
+        )
     if "image" not in task:
         raise TaskError("missingParameter", "Missing required parameter 'image'.", "image")
     if not eng.reserve(task_uuid):
-        raise TaskError("conflictTaskUUID", f"A task with taskUUID {task_uuid} already exists.",
-                        "taskUUID", status=eng.config.conflict_status)
+        raise TaskError(
+            "conflictTaskUUID",
+            f"A task with taskUUID {task_uuid} already exists.",
+            "taskUUID",
+            status=eng.config.conflict_status,
+        )
     image_uuid, url = eng.upload(task["image"], _public_url())
-    return [{"taskType": "imageUpload", "taskUUID": task_uuid, "imageUUID": image_uuid,
-             "imageURL": url}], []
+    return [
+        {"taskType": "imageUpload", "taskUUID": task_uuid, "imageUUID": image_uuid, "imageURL": url}
+    ], []
 
 
 @api.get("/image/<name>")
@@ -369,8 +391,9 @@ def clear_faults() -> Response:
 
 def _http_error(exc: HTTPException) -> Response:
     code = (exc.name or "error").replace(" ", "")
-    return _envelope(exc.code or 500, [{"code": code[0].lower() + code[1:],
-                                        "message": exc.description or ""}])
+    return _envelope(
+        exc.code or 500, [{"code": code[0].lower() + code[1:], "message": exc.description or ""}]
+    )
 
 
 def create_app(config: EmulatorConfig | None = None) -> Flask:

@@ -9,15 +9,52 @@ from typing import Any
 DOCS_URL = "https://runware.ai/docs/models/xai-grok-imagine-image-pro"
 ERRORS_DOCS_URL = "https://runware.ai/docs/platform/errors"
 
-ASPECTS = ("1:1", "3:4", "4:3", "9:16", "16:9", "2:3", "3:2",
-           "9:19.5", "19.5:9", "9:20", "20:9", "1:2", "2:1")
+ASPECTS = (
+    "1:1",
+    "3:4",
+    "4:3",
+    "9:16",
+    "16:9",
+    "2:3",
+    "3:2",
+    "9:19.5",
+    "19.5:9",
+    "9:20",
+    "20:9",
+    "1:2",
+    "2:1",
+)
 DIMENSIONS: dict[str, tuple[tuple[int, int], ...]] = {
-    "1K": ((1024, 1024), (896, 1280), (1280, 896), (768, 1408), (1408, 768), (864, 1296),
-           (1296, 864), (576, 1248), (1248, 576), (576, 1280), (1280, 576), (704, 1408),
-           (1408, 704)),
-    "2K": ((2048, 2048), (1792, 2560), (2560, 1792), (1536, 2816), (2816, 1536), (1728, 2592),
-           (2592, 1728), (1152, 2496), (2496, 1152), (1152, 2560), (2560, 1152), (1408, 2816),
-           (2816, 1408)),
+    "1K": (
+        (1024, 1024),
+        (896, 1280),
+        (1280, 896),
+        (768, 1408),
+        (1408, 768),
+        (864, 1296),
+        (1296, 864),
+        (576, 1248),
+        (1248, 576),
+        (576, 1280),
+        (1280, 576),
+        (704, 1408),
+        (1408, 704),
+    ),
+    "2K": (
+        (2048, 2048),
+        (1792, 2560),
+        (2560, 1792),
+        (1536, 2816),
+        (2816, 1536),
+        (1728, 2592),
+        (2592, 1728),
+        (1152, 2496),
+        (2496, 1152),
+        (1152, 2560),
+        (2560, 1152),
+        (1408, 2816),
+        (2816, 1408),
+    ),
 }
 ALLOWED_SIZES = frozenset(size for row in DIMENSIONS.values() for size in row)
 DEFAULT_PRESET = "1K"
@@ -32,11 +69,28 @@ DELIVERY_METHODS = ("sync", "async")
 SAFETY_MODES = ("none", "fast")
 RESULT_KEYS = {"URL": "imageURL", "base64Data": "imageBase64Data", "dataURI": "imageDataURI"}
 
-INFERENCE_FIELDS = frozenset({
-    "taskType", "taskUUID", "model", "positivePrompt", "width", "height", "resolution", "inputs",
-    "outputType", "outputFormat", "outputQuality", "deliveryMethod", "webhookURL",
-    "uploadEndpoint", "includeCost", "numberResults", "ttl", "safety",
-})
+INFERENCE_FIELDS = frozenset(
+    {
+        "taskType",
+        "taskUUID",
+        "model",
+        "positivePrompt",
+        "width",
+        "height",
+        "resolution",
+        "inputs",
+        "outputType",
+        "outputFormat",
+        "outputQuality",
+        "deliveryMethod",
+        "webhookURL",
+        "uploadEndpoint",
+        "includeCost",
+        "numberResults",
+        "ttl",
+        "safety",
+    }
+)
 INPUT_FIELDS = frozenset({"referenceImages"})
 SAFETY_FIELDS = frozenset({"checkContent", "mode"})
 
@@ -44,8 +98,9 @@ SAFETY_FIELDS = frozenset({"checkContent", "mode"})
 class TaskError(Exception):
     """One task refused; `item` is its entry in the response's `errors` array."""
 
-    def __init__(self, code: str, message: str, parameter: str | None = None,
-                 status: int = 400, **extra: Any) -> None:
+    def __init__(
+        self, code: str, message: str, parameter: str | None = None, status: int = 400, **extra: Any
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -132,8 +187,9 @@ def _int_in(task: dict[str, Any], name: str, low: int, high: int | None) -> int 
     return value
 
 
-def _choice(task: dict[str, Any], name: str, allowed: tuple[str, ...], default: str,
-            fold_case: bool = False) -> str:
+def _choice(
+    task: dict[str, Any], name: str, allowed: tuple[str, ...], default: str, fold_case: bool = False
+) -> str:
     value = task.get(name)
     if value is None:
         return default
@@ -142,8 +198,12 @@ def _choice(task: dict[str, Any], name: str, allowed: tuple[str, ...], default: 
         for option in allowed:
             if value == option or (fold_case and value.upper() == option.upper()):
                 return option
-    raise TaskError(code, f"Invalid value for '{name}': must be one of {', '.join(allowed)}.",
-                    name, allowedValues=list(allowed))
+    raise TaskError(
+        code,
+        f"Invalid value for '{name}': must be one of {', '.join(allowed)}.",
+        name,
+        allowedValues=list(allowed),
+    )
 
 
 def _url(task: dict[str, Any], name: str) -> str | None:
@@ -162,13 +222,17 @@ def _bool(task: dict[str, Any], name: str, parameter: str | None = None) -> bool
         return False
     if not isinstance(value, bool):
         parameter = parameter or name
-        raise TaskError("invalid" + name[0].upper() + name[1:],
-                        f"Invalid value for '{parameter}': must be a boolean.", parameter)
+        raise TaskError(
+            "invalid" + name[0].upper() + name[1:],
+            f"Invalid value for '{parameter}': must be a boolean.",
+            parameter,
+        )
     return value
 
 
-def validate_inference(task: dict[str, Any], model: str,
-                       reject_unknown: bool = True) -> InferenceRequest:
+def validate_inference(
+    task: dict[str, Any], model: str, reject_unknown: bool = True
+) -> InferenceRequest:
     """Check one imageInference task against the model page; raise the first violation."""
     task_uuid = _task_uuid(task)
     _check_model(task, model, reject_unknown)
@@ -187,12 +251,22 @@ def validate_inference(task: dict[str, Any], model: str,
     include_cost = _bool(task, "includeCost")
     check_content = _safety(task, reject_unknown)
     return InferenceRequest(
-        task_uuid=task_uuid, model=model, prompt=prompt, width=width, height=height,
-        preset=preset, reference_images=references, output_type=output_type,
+        task_uuid=task_uuid,
+        model=model,
+        prompt=prompt,
+        width=width,
+        height=height,
+        preset=preset,
+        reference_images=references,
+        output_type=output_type,
         output_format=output_format,
         output_quality=DEFAULT_QUALITY if output_quality is None else output_quality,
-        delivery_method=delivery, webhook_url=webhook_url, upload_endpoint=upload_endpoint,
-        include_cost=include_cost, number_results=number_results or 1, ttl=ttl,
+        delivery_method=delivery,
+        webhook_url=webhook_url,
+        upload_endpoint=upload_endpoint,
+        include_cost=include_cost,
+        number_results=number_results or 1,
+        ttl=ttl,
         check_content=check_content,
     )
 
@@ -202,8 +276,9 @@ def _task_uuid(task: dict[str, Any]) -> str:
     if task_uuid is None:
         raise TaskError("missingParameter", "Missing required parameter 'taskUUID'.", "taskUUID")
     if not is_uuid(task_uuid):
-        raise TaskError("invalidTaskUUID", "Invalid value for 'taskUUID': must be a UUID.",
-                        "taskUUID")
+        raise TaskError(
+            "invalidTaskUUID", "Invalid value for 'taskUUID': must be a UUID.", "taskUUID"
+        )
     return str(task_uuid)
 
 
@@ -215,48 +290,62 @@ def _check_model(task: dict[str, Any], model: str, reject_unknown: bool) -> None
     if reject_unknown:
         for name in task:
             if name not in INFERENCE_FIELDS:
-                raise TaskError("unknownParameter",
-                                f"Unknown parameter '{name}' for model {model}.", name)
+                raise TaskError(
+                    "unknownParameter", f"Unknown parameter '{name}' for model {model}.", name
+                )
 
 
 def _prompt(task: dict[str, Any]) -> str:
     prompt = task.get("positivePrompt")
     if prompt is None:
-        raise TaskError("missingParameter", "Missing required parameter 'positivePrompt'.",
-                        "positivePrompt")
+        raise TaskError(
+            "missingParameter", "Missing required parameter 'positivePrompt'.", "positivePrompt"
+        )
     if not isinstance(prompt, str) or len(prompt) < 1:
-        raise TaskError("invalidPositivePrompt",
-                        "Invalid value for 'positivePrompt': must be at least 1 character.",
-                        "positivePrompt", min=1)
+        raise TaskError(
+            "invalidPositivePrompt",
+            "Invalid value for 'positivePrompt': must be at least 1 character.",
+            "positivePrompt",
+            min=1,
+        )
     return prompt
 
 
-def _dimensions(task: dict[str, Any], model: str,
-                references: tuple[str, ...]) -> tuple[int | None, int | None, str]:
+def _dimensions(
+    task: dict[str, Any], model: str, references: tuple[str, ...]
+) -> tuple[int | None, int | None, str]:
     """`width`, `height` and the resolution preset, checked against each other."""
     width = _int_in(task, "width", 1, None)
     height = _int_in(task, "height", 1, None)
     resolution = task.get("resolution")
     if resolution is not None and (width is not None or height is not None):
-        raise TaskError("incompatibleParameters",
-                        "'resolution' cannot be combined with 'width' and 'height'.",
-                        "resolution")
+        raise TaskError(
+            "incompatibleParameters",
+            "'resolution' cannot be combined with 'width' and 'height'.",
+            "resolution",
+        )
     if (width is None) != (height is None):
         missing = "height" if width is not None else "width"
-        raise TaskError("missingParameter",
-                        f"'width' and 'height' must be sent together; '{missing}' is missing.",
-                        missing)
+        raise TaskError(
+            "missingParameter",
+            f"'width' and 'height' must be sent together; '{missing}' is missing.",
+            missing,
+        )
     preset = _choice(task, "resolution", tuple(DIMENSIONS), DEFAULT_PRESET)
     if width is not None and height is not None and (width, height) not in ALLOWED_SIZES:
         raise TaskError(
             "unsupportedDimensions",
             f"Unsupported dimensions {width}x{height} (width x height) for model {model}: "
             "use one of the listed combinations.",
-            "width", allowedValues=[f"{w}x{h}" for w, h in sorted(ALLOWED_SIZES)])
+            "width",
+            allowedValues=[f"{w}x{h}" for w, h in sorted(ALLOWED_SIZES)],
+        )
     if width is None and resolution is None and not references:
-        raise TaskError("missingParameter",
-                        "Provide 'inputs.referenceImages', 'width' and 'height', or 'resolution'.",
-                        "resolution")
+        raise TaskError(
+            "missingParameter",
+            "Provide 'inputs.referenceImages', 'width' and 'height', or 'resolution'.",
+            "resolution",
+        )
     return width, height, preset
 
 
@@ -265,22 +354,27 @@ def _reference_images(task: dict[str, Any], reject_unknown: bool) -> tuple[str, 
     if inputs is None:
         return ()
     if not isinstance(inputs, dict):
-        raise TaskError("invalidInputs", "Invalid value for 'inputs': must be an object.",
-                        "inputs")
+        raise TaskError("invalidInputs", "Invalid value for 'inputs': must be an object.", "inputs")
     if reject_unknown:
         for name in inputs:
             if name not in INPUT_FIELDS:
-                raise TaskError("unknownParameter", f"Unknown parameter 'inputs.{name}'.",
-                                f"inputs.{name}")
+                raise TaskError(
+                    "unknownParameter", f"Unknown parameter 'inputs.{name}'.", f"inputs.{name}"
+                )
     images = inputs.get("referenceImages")
     if images is None:
         return ()
-    if (not isinstance(images, list) or not images
-            or not all(isinstance(i, str) and i for i in images)):
-        raise TaskError("invalidReferenceImages",
-                        "Invalid value for 'inputs.referenceImages': must be a non-empty array "
-                        "of image UUIDs, URLs, data URIs or base64 strings.",
-                        "inputs.referenceImages")
+    if (
+        not isinstance(images, list)
+        or not images
+        or not all(isinstance(i, str) and i for i in images)
+    ):
+        raise TaskError(
+            "invalidReferenceImages",
+            "Invalid value for 'inputs.referenceImages': must be a non-empty array "
+            "of image UUIDs, URLs, data URIs or base64 strings.",
+            "inputs.referenceImages",
+        )
     return tuple(images)
 
 
@@ -289,19 +383,22 @@ def _safety(task: dict[str, Any], reject_unknown: bool) -> bool:
     if safety is None:
         return False
     if not isinstance(safety, dict):
-        raise TaskError("invalidSafety", "Invalid value for 'safety': must be an object.",
-                        "safety")
+        raise TaskError("invalidSafety", "Invalid value for 'safety': must be an object.", "safety")
     if reject_unknown:
         for name in safety:
             if name not in SAFETY_FIELDS:
-                raise TaskError("unknownParameter", f"Unknown parameter 'safety.{name}'.",
-                                f"safety.{name}")
+                raise TaskError(
+                    "unknownParameter", f"Unknown parameter 'safety.{name}'.", f"safety.{name}"
+                )
     check = _bool(safety, "checkContent", "safety.checkContent")
     mode = safety.get("mode")
     if mode is None:
         return check
     if mode not in SAFETY_MODES:
-        raise TaskError("invalidSafetyMode",
-                        "Invalid value for 'safety.mode': must be one of none, fast.",
-                        "safety.mode", allowedValues=list(SAFETY_MODES))
+        raise TaskError(
+            "invalidSafetyMode",
+            "Invalid value for 'safety.mode': must be one of none, fast.",
+            "safety.mode",
+            allowedValues=list(SAFETY_MODES),
+        )
     return bool(mode == "fast")

@@ -186,9 +186,18 @@ class EmulatorConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
-        for name in ("latency_ms", "delay_webhook_ms", "burst", "retry_after_s",
-                     "webhook_backoff_ms", "webhook_backoff_cap_ms", "webhook_jitter_ms",
-                     "reorder_hold_ms", "image_ttl_s", "max_hosted_images"):
+        for name in (
+            "latency_ms",
+            "delay_webhook_ms",
+            "burst",
+            "retry_after_s",
+            "webhook_backoff_ms",
+            "webhook_backoff_cap_ms",
+            "webhook_jitter_ms",
+            "reorder_hold_ms",
+            "image_ttl_s",
+            "max_hosted_images",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
 
@@ -257,6 +266,9 @@ def coerce(name: str, raw: Any) -> Any:
         items = raw.split(",") if isinstance(raw, str) else raw
         if not isinstance(items, list):
             raise ConfigError(f"{name} must be a list")
-        return [_parse_scalar(name, item_kind, i.strip() if isinstance(i, str) else i)
-                for i in items if not (isinstance(i, str) and not i.strip())]
+        return [
+            _parse_scalar(name, item_kind, i.strip() if isinstance(i, str) else i)
+            for i in items
+            if not (isinstance(i, str) and not i.strip())
+        ]
     return _parse_scalar(name, hint, raw)

@@ -36,8 +36,12 @@ class QueuedFault:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON shape in GET /_emulator/faults/queue."""
-        return {"kind": self.kind, "count": self.count, "params": self.params,
-                "taskUUID": self.task_uuid}
+        return {
+            "kind": self.kind,
+            "count": self.count,
+            "params": self.params,
+            "taskUUID": self.task_uuid,
+        }
 
 
 class Faults:

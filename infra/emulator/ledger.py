@@ -27,8 +27,9 @@ class Ledger:
         self._lock = threading.Lock()
         self._charges: list[Charge] = []
 
-    def charge(self, task_uuid: str, image_uuid: str | None, index: int, cost: float,
-               outcome: str) -> Charge:
+    def charge(
+        self, task_uuid: str, image_uuid: str | None, index: int, cost: float, outcome: str
+    ) -> Charge:
         """Record one charge and return it."""
         entry = Charge(task_uuid, image_uuid, index, cost, time.time(), outcome)
         with self._lock:
@@ -55,6 +56,9 @@ class Ledger:
             row["cost"] = round(row["cost"] + charge.cost, 6)
         return {
             "entries": [asdict(c) for c in entries],
-            "totals": {"count": len(entries), "cost": round(sum(c.cost for c in entries), 6),
-                       "byTask": by_task},
+            "totals": {
+                "count": len(entries),
+                "cost": round(sum(c.cost for c in entries), 6),
+                "byTask": by_task,
+            },
         }

@@ -21,8 +21,9 @@ def _colour(rng: random.Random) -> tuple[int, int, int]:
     return (rng.randrange(256), rng.randrange(256), rng.randrange(256))
 
 
-def render_image(prompt: str, seed: int, index: int, width: int, height: int,
-                 output_format: str, quality: int) -> bytes:
+def render_image(
+    prompt: str, seed: int, index: int, width: int, height: int, output_format: str, quality: int
+) -> bytes:
     """Encode a gradient with shapes drawn from sha256(prompt, seed, index)."""
     digest = hashlib.sha256(f"{prompt}\x00{seed}\x00{index}".encode()).digest()
     rng = random.Random(digest)
@@ -30,8 +31,11 @@ def render_image(prompt: str, seed: int, index: int, width: int, height: int,
     small_w, small_h = max(1, width // 8), max(1, height // 8)
     mask = Image.linear_gradient("L").rotate(rng.choice((0, 90, 180, 270)))
     mask = mask.resize((small_w, small_h))
-    image = Image.composite(Image.new("RGB", (small_w, small_h), _colour(rng)),
-                            Image.new("RGB", (small_w, small_h), _colour(rng)), mask)
+    image = Image.composite(
+        Image.new("RGB", (small_w, small_h), _colour(rng)),
+        Image.new("RGB", (small_w, small_h), _colour(rng)),
+        mask,
+    )
     draw = ImageDraw.Draw(image)
     for _ in range(rng.randint(6, 14)):
         x0, y0 = rng.randrange(small_w), rng.randrange(small_h)

@@ -24,10 +24,26 @@ LAST_LINE = re.compile(
 def test_reduced_chaos_run_loses_nothing_and_charges_once(tmp_path: Path) -> None:
     # A process of its own: the run installs signal handlers and stops every child it started.
     result = subprocess.run(
-        [sys.executable, "-m", "infra.chaos", "--reduced", "--images", "60", "--seed", "7",
-         "--workdir", str(tmp_path / "chaos"), "--timeout", "300"],
-        cwd=supervise.REPO_ROOT, env=servers.scrubbed_environ(), capture_output=True,
-        text=True, timeout=400, check=False,
+        [
+            sys.executable,
+            "-m",
+            "infra.chaos",
+            "--reduced",
+            "--images",
+            "60",
+            "--seed",
+            "7",
+            "--workdir",
+            str(tmp_path / "chaos"),
+            "--timeout",
+            "300",
+        ],
+        cwd=supervise.REPO_ROOT,
+        env=servers.scrubbed_environ(),
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
     )
     output = result.stdout + result.stderr
     lines = result.stdout.strip().splitlines()

@@ -49,11 +49,13 @@ def inbox() -> Iterator[tuple[str, Inbox]]:
     thread.join(5)
 
 
-def test_callback_is_signed_and_describes_the_ended_job(stack: Pipeline,
-                                                        inbox: tuple[str, Inbox]) -> None:
+def test_callback_is_signed_and_describes_the_ended_job(
+    stack: Pipeline, inbox: tuple[str, Inbox]
+) -> None:
     url, box = inbox
-    created = stack.submit({"positivePrompt": "call me back", "resolution": "1K",
-                            "callbackURL": url})
+    created = stack.submit(
+        {"positivePrompt": "call me back", "resolution": "1K", "callbackURL": url}
+    )
     job = stack.wait(created["id"])
     assert job["state"] == "succeeded"
     deadline = time.monotonic() + 30
@@ -63,7 +65,8 @@ def test_callback_is_signed_and_describes_the_ended_job(stack: Pipeline,
     headers, body = box.requests[0]
     signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
     expected = base64.b64encode(
-        hmac.new(CALLBACK_SECRET.encode(), signed, hashlib.sha256).digest()).decode()
+        hmac.new(CALLBACK_SECRET.encode(), signed, hashlib.sha256).digest()
+    ).decode()
     assert headers["webhook-signature"] == f"v1,{expected}"
     assert abs(int(headers["webhook-timestamp"]) - time.time()) < 120
     event = json.loads(body)

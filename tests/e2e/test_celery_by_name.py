@@ -29,8 +29,7 @@ def find_job(stack: Pipeline, key: str, timeout: float = 30.0) -> dict[str, Any]
 def send(stack: Pipeline, *args: Any, **kwargs: Any) -> None:
     producer = Celery("client", broker=stack.env["REDIS_URL"])
     try:
-        producer.send_task("imagine.create_job", args=list(args), kwargs=kwargs,
-                           queue="submit")
+        producer.send_task("imagine.create_job", args=list(args), kwargs=kwargs, queue="submit")
     finally:
         producer.close()
 
@@ -48,10 +47,13 @@ def test_create_job_by_name(stack: Pipeline, s3_client: Any) -> None:
     assert find_job(stack, "by-name-1")["id"] == job["id"]
 
 
-def test_a_refused_request_by_name_becomes_a_failed_job_with_the_errors(stack: Pipeline
-                                                                        ) -> None:
-    send(stack, {"positivePrompt": "x", "width": 999, "height": 999, "ttl": 5}, "dev",
-         idempotency_key="by-name-refused")
+def test_a_refused_request_by_name_becomes_a_failed_job_with_the_errors(stack: Pipeline) -> None:
+    send(
+        stack,
+        {"positivePrompt": "x", "width": 999, "height": 999, "ttl": 5},
+        "dev",
+        idempotency_key="by-name-refused",
+    )
     job = stack.wait(find_job(stack, "by-name-refused")["id"])
     assert job["state"] == "failed"
     assert job["reason"].startswith("validation_failed")

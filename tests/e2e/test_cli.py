@@ -17,13 +17,22 @@ pytestmark = pytest.mark.e2e
 
 def test_submit_wait_status_and_jobs(stack: Pipeline, tmp_path: Path) -> None:
     request = tmp_path / "request.json"
-    request.write_text(json.dumps({"positivePrompt": "from the command line",
-                                   "resolution": "2K", "outputFormat": "PNG"}))
+    request.write_text(
+        json.dumps(
+            {"positivePrompt": "from the command line", "resolution": "2K", "outputFormat": "PNG"}
+        )
+    )
 
     def imagine(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], env=stack.env,
-                              cwd=supervise.REPO_ROOT, capture_output=True, text=True,
-                              timeout=120, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", *args],
+            env=stack.env,
+            cwd=supervise.REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
 
     submitted = imagine("submit", str(request), "--tenant", "ops", "--wait")
     assert submitted.returncode == 0, submitted.stderr

@@ -17,9 +17,15 @@ pytestmark = pytest.mark.e2e
 
 
 def imagine(stack: Pipeline, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], env=stack.env,
-                          cwd=supervise.REPO_ROOT, capture_output=True, text=True, timeout=60,
-                          check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        env=stack.env,
+        cwd=supervise.REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def metric(stack: Pipeline, name: str) -> float:
@@ -30,8 +36,9 @@ def metric(stack: Pipeline, name: str) -> float:
     raise AssertionError(f"no metric {name}")
 
 
-def test_unavailable_model_pauses_submission_until_a_probe_succeeds(stack: Pipeline,
-                                                                    s3_client: Any) -> None:
+def test_unavailable_model_pauses_submission_until_a_probe_succeeds(
+    stack: Pipeline, s3_client: Any
+) -> None:
     stack.emulator(model_unavailable=True)
     first = stack.submit({"positivePrompt": "paused one", "resolution": "1K"})
     second = stack.submit({"positivePrompt": "paused two", "resolution": "1K"})
@@ -47,8 +54,9 @@ def test_unavailable_model_pauses_submission_until_a_probe_succeeds(stack: Pipel
     assert metric(stack, "imagine_circuit_open") == 0
 
 
-def test_spent_retry_budget_dead_letters_then_replay_stores(stack: Pipeline,
-                                                            s3_client: Any) -> None:
+def test_spent_retry_budget_dead_letters_then_replay_stores(
+    stack: Pipeline, s3_client: Any
+) -> None:
     stack.emulator(item_error_rate=1.0, item_error_permanent_share=0.0)
     created = stack.submit({"positivePrompt": "flaky provider", "resolution": "1K"})
     job = stack.wait(created["id"])
@@ -64,16 +72,16 @@ def test_spent_retry_budget_dead_letters_then_replay_stores(stack: Pipeline,
     assert created["id"] in replay.stdout
     job = stack.wait(created["id"], until=lambda j: j["state"] == "succeeded")
     check_stored_job(s3_client, stack, job, 1024, 1024, "JPG")
-    manifest = json.loads(s3_client.get_object(Bucket=stack.bucket,
-                                               Key=job["manifestKey"])["Body"].read())
+    manifest = json.loads(
+        s3_client.get_object(Bucket=stack.bucket, Key=job["manifestKey"])["Body"].read()
+    )
     assert manifest["manifestVersion"] == 2
     assert f"{created['id']} slot 0" not in imagine(stack, "dlq", "list").stdout
 
 
 def test_cancelled_job_discards_late_results(stack: Pipeline, s3_client: Any) -> None:
     stack.emulator(latency_ms=1500)
-    created = stack.submit({"positivePrompt": "cancel me", "resolution": "1K",
-                            "numberResults": 2})
+    created = stack.submit({"positivePrompt": "cancel me", "resolution": "1K", "numberResults": 2})
     stack.wait(created["id"], until=lambda j: all(s["state"] == "submitted" for s in j["slots"]))
     with stack.client() as client:
         cancelled = client.post(f"/v1/jobs/{created['id']}/cancel")
@@ -81,38 +89,43 @@ def test_cancelled_job_discards_late_results(stack: Pipeline, s3_client: Any) ->
         assert cancelled.json()["state"] == "cancelled"
         again = client.post(f"/v1/jobs/{created['id']}/cancel")
         assert again.status_code == 409
-    job = stack.wait(created["id"], timeout=30,
-                     until=lambda j: all(s["state"] == "discarded" for s in j["slots"]))
+    job = stack.wait(
+        created["id"],
+        timeout=30,
+        until=lambda j: all(s["state"] == "discarded" for s in j["slots"]),
+    )
     assert job["state"] == "cancelled"
     assert job_keys(s3_client, stack.bucket, created["id"]) == [
-        f"jobs/{created['id']}/manifest.json"]
+        f"jobs/{created['id']}/manifest.json"
+    ]
 
 
-def test_job_times_out_at_its_deadline_without_any_webhook(stack: Pipeline,
-                                                           s3_client: Any) -> None:
+def test_job_times_out_at_its_deadline_without_any_webhook(stack: Pipeline, s3_client: Any) -> None:
     stack.emulator(deliveries=False, latency_ms=120_000)
-    created = stack.submit({"positivePrompt": "never answered", "resolution": "1K",
-                            "deadlineSeconds": 30})
+    created = stack.submit(
+        {"positivePrompt": "never answered", "resolution": "1K", "deadlineSeconds": 30}
+    )
     job = stack.wait(created["id"], timeout=60)
     assert job["state"] == "timed_out"
     assert job["slots"][0]["state"] == "failed"
     assert job["slots"][0]["error"]["code"] == "deadline"
-    manifest = json.loads(s3_client.get_object(Bucket=stack.bucket,
-                                               Key=job["manifestKey"])["Body"].read())
+    manifest = json.loads(
+        s3_client.get_object(Bucket=stack.bucket, Key=job["manifestKey"])["Body"].read()
+    )
     assert manifest["state"] == "timed_out"
 
 
 def test_images_in_flight_never_exceed_the_key_budget(stack: Pipeline, s3_client: Any) -> None:
     budget = int(stack.env.get("RUNWARE_MAX_IN_FLIGHT", "4"))
     stack.emulator(latency_ms=800)
-    created = stack.submit({"positivePrompt": "budgeted", "resolution": "1K",
-                            "numberResults": 10})
+    created = stack.submit({"positivePrompt": "budgeted", "resolution": "1K", "numberResults": 10})
     job = stack.wait(created["id"])
     check_stored_job(s3_client, stack, job, 1024, 1024, "JPG")
     intervals = []
     for slot in job["slots"]:
-        task = httpx.get(f"{stack.emulator_url}/_emulator/tasks/{slot['taskUUID']}",
-                         timeout=10).json()
+        task = httpx.get(
+            f"{stack.emulator_url}/_emulator/tasks/{slot['taskUUID']}", timeout=10
+        ).json()
         first_webhook = min(hook["at"] for hook in task["slots"][0]["webhooks"])
         intervals.append((task["createdAt"], first_webhook))
     events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
@@ -127,19 +140,36 @@ def test_duplicate_error_webhooks_cost_one_attempt_only(stack: Pipeline) -> None
     from pipeline.signing import webhook_token
 
     stack.emulator(deliveries=False)
-    created = stack.submit({"positivePrompt": "one failure, told three times",
-                            "resolution": "1K"})
+    created = stack.submit({"positivePrompt": "one failure, told three times", "resolution": "1K"})
     job = stack.wait(created["id"], until=lambda j: j["slots"][0]["state"] == "submitted")
     first = job["slots"][0]["taskUUID"]
     token = webhook_token(stack.env["WEBHOOK_SECRETS"].split(",")[0], first)
-    failure = {"errors": [{"code": "timeoutProvider", "message": "The provider timed out.",
-                           "taskUUID": first, "taskType": "imageInference"}]}
-    answers = [httpx.post(f"{stack.receiver_url}/webhooks/runware/{first}",
-                          params={"token": token}, json=failure, timeout=10).json()["results"]
-               for _ in range(3)]
+    failure = {
+        "errors": [
+            {
+                "code": "timeoutProvider",
+                "message": "The provider timed out.",
+                "taskUUID": first,
+                "taskType": "imageInference",
+            }
+        ]
+    }
+    answers = [
+        httpx.post(
+            f"{stack.receiver_url}/webhooks/runware/{first}",
+            params={"token": token},
+            json=failure,
+            timeout=10,
+        ).json()["results"]
+        for _ in range(3)
+    ]
     assert answers == [["retrying"], ["stale"], ["stale"]]
-    job = stack.wait(created["id"], until=lambda j: j["slots"][0]["state"] == "submitted"
-                     and j["slots"][0]["taskUUID"] != first)
+    job = stack.wait(
+        created["id"],
+        until=lambda j: (
+            j["slots"][0]["state"] == "submitted" and j["slots"][0]["taskUUID"] != first
+        ),
+    )
     assert job["slots"][0]["attempt"] == 2
     with stack.client() as client:
         assert client.post(f"/v1/jobs/{created['id']}/cancel").status_code == 200

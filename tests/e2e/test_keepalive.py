@@ -16,13 +16,17 @@ POLL_FOR = 60.0
 
 
 def test_polling_every_2_seconds_keeps_one_connection_for_a_minute(stack: Pipeline) -> None:
-    job = stack.submit({"positivePrompt": "a lighthouse polled by a patient client",
-                        "resolution": "1K"})
+    job = stack.submit(
+        {"positivePrompt": "a lighthouse polled by a patient client", "resolution": "1K"}
+    )
     local_addresses: set[tuple[str, int]] = set()
     polls = 0
     # A plain client, without the retry transport the shipped clients use: any close is seen.
-    with httpx.Client(base_url=stack.receiver_url, timeout=15,
-                      headers={"Authorization": f"Bearer {stack.api_key}"}) as client:
+    with httpx.Client(
+        base_url=stack.receiver_url,
+        timeout=15,
+        headers={"Authorization": f"Bearer {stack.api_key}"},
+    ) as client:
         ends = time.monotonic() + POLL_FOR
         while time.monotonic() < ends:
             response = client.get(f"/v1/jobs/{job['id']}")

@@ -16,18 +16,28 @@ pytestmark = pytest.mark.e2e
 
 def test_logs_carry_no_credentials(stack: Pipeline, s3_client: Any) -> None:
     stack.emulator(put_order="after")  # exercises the deferred promotion and its logging too
-    created = stack.submit({"positivePrompt": "quiet logs", "resolution": "1K",
-                            "numberResults": 2})
+    created = stack.submit({"positivePrompt": "quiet logs", "resolution": "1K", "numberResults": 2})
     job = stack.wait(created["id"])
     assert job["state"] == "succeeded"
     task_uuid = job["slots"][0]["taskUUID"]
-    forged = httpx.post(f"{stack.receiver_url}/webhooks/runware/{task_uuid}",
-                        params={"token": "forged-token-value"}, json={}, timeout=10)
+    forged = httpx.post(
+        f"{stack.receiver_url}/webhooks/runware/{task_uuid}",
+        params={"token": "forged-token-value"},
+        json={},
+        timeout=10,
+    )
     assert forged.status_code == 401
-    secrets = ["token=", "X-Amz-Signature", "forged-token-value", stack.api_key,
-               stack.env["RUNWARE_API_KEY"], *stack.env["WEBHOOK_SECRETS"].split(",")]
-    ours = [service for service in stack.services
-            if service.name in {"receiver", "worker-e2e", "beat"}]
+    secrets = [
+        "token=",
+        "X-Amz-Signature",
+        "forged-token-value",
+        stack.api_key,
+        stack.env["RUNWARE_API_KEY"],
+        *stack.env["WEBHOOK_SECRETS"].split(","),
+    ]
+    ours = [
+        service for service in stack.services if service.name in {"receiver", "worker-e2e", "beat"}
+    ]
     assert len(ours) == 3
     for service in ours:
         text = service.process.log_text()
@@ -52,10 +62,11 @@ def test_task_failures_and_the_pipelines_lines_reach_the_worker_log(stack: Pipel
     while f"imagine.finalize_slot[{failing.id}] raised" not in worker.process.log_text():
         assert time.monotonic() < deadline, "the task failure never reached the worker log"
         time.sleep(0.2)
-    lines = [json.loads(line) for line in worker.process.log_text().splitlines()
-             if line.startswith("{")]
-    failure = next(line for line in lines
-                   if f"[{failing.id}] raised" in line["message"])
+    lines = [
+        json.loads(line) for line in worker.process.log_text().splitlines() if line.startswith("{")
+    ]
+    failure = next(line for line in lines if f"[{failing.id}] raised" in line["message"])
     assert failure["level"] == "ERROR" and "TypeError" in failure.get("exc", failure["message"])
-    assert any(line.get("job_id") == created["id"] and line["message"] == "image stored"
-               for line in lines)
+    assert any(
+        line.get("job_id") == created["id"] and line["message"] == "image stored" for line in lines
+    )

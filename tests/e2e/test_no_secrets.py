@@ -36,8 +36,9 @@ class Flower:
 @pytest.fixture(scope="module")
 def flower(pipeline: Pipeline, tmp_workdir: Path) -> Iterator[Flower]:
     basic_auth = servers.flower_basic_auth()
-    service = servers.start_flower(tmp_workdir / "flower", pipeline.env,
-                                     basic_auth=basic_auth, log_dir=tmp_workdir / "logs")
+    service = servers.start_flower(
+        tmp_workdir / "flower", pipeline.env, basic_auth=basic_auth, log_dir=tmp_workdir / "logs"
+    )
     assert service.url is not None
     user, _, password = basic_auth.partition(":")
     try:
@@ -79,8 +80,9 @@ def _poll(check: Any, timeout: float, what: str) -> Any:
         time.sleep(0.2)
 
 
-def _configured_secrets(env: dict[str, str], flower_password: str,
-                        task_uuids: list[str]) -> dict[str, str]:
+def _configured_secrets(
+    env: dict[str, str], flower_password: str, task_uuids: list[str]
+) -> dict[str, str]:
     """Every secret the pipeline was given or derived, by a name for the failure message."""
     found = {"RUNWARE_API_KEY": env["RUNWARE_API_KEY"], "CALLBACK_SECRET": env["CALLBACK_SECRET"],
              "Flower password": flower_password}  # fmt: skip
@@ -110,15 +112,22 @@ def _inspect(env: dict[str, str], command: str, node: str) -> str:
     return result.stdout + result.stderr
 
 
-def test_no_secret_in_logs_flower_or_inspect(stack: Pipeline, flower: Flower,
-                                             tmp_workdir: Path, callback_url: str) -> None:
+def test_no_secret_in_logs_flower_or_inspect(
+    stack: Pipeline, flower: Flower, tmp_workdir: Path, callback_url: str
+) -> None:
     with httpx.Client(base_url=flower.url, auth=flower.auth, timeout=30) as client:
         workers = _poll(lambda: client.get("/api/workers").json(), 60, "Flower to see a worker")
         (node,) = [name for name in workers if name.startswith("e2e@")]
 
         stack.emulator(put_order="after")
-        created = stack.submit({"positivePrompt": "keep it secret", "resolution": "1K",
-                                "numberResults": 2, "callbackURL": callback_url})
+        created = stack.submit(
+            {
+                "positivePrompt": "keep it secret",
+                "resolution": "1K",
+                "numberResults": 2,
+                "callbackURL": callback_url,
+            }
+        )
         job = stack.wait(created["id"])
         assert job["state"] == "succeeded", job
         job_id = job["id"]
@@ -134,10 +143,17 @@ def test_no_secret_in_logs_flower_or_inspect(stack: Pipeline, flower: Flower,
 
         ran = _poll(tasks_of_the_job, 60, "Flower to show the job's tasks")
         pages: dict[str, str] = {}
-        paths = ["/", "/workers", f"/worker/{node}", "/tasks", "/api/tasks", "/api/workers",
-                 "/broker",
-                 "/tasks/datatable?draw=1&start=0&length=500&search%5Bvalue%5D="
-                 "&order%5B0%5D%5Bcolumn%5D=0&columns%5B0%5D%5Bdata%5D=received"]
+        paths = [
+            "/",
+            "/workers",
+            f"/worker/{node}",
+            "/tasks",
+            "/api/tasks",
+            "/api/workers",
+            "/broker",
+            "/tasks/datatable?draw=1&start=0&length=500&search%5Bvalue%5D="
+            "&order%5B0%5D%5Bcolumn%5D=0&columns%5B0%5D%5Bdata%5D=received",
+        ]
         paths += [f"/task/{uuid}" for uuid in ran] + [f"/api/task/info/{uuid}" for uuid in ran]
         for path in paths:
             response = client.get(path)
@@ -145,8 +161,9 @@ def test_no_secret_in_logs_flower_or_inspect(stack: Pipeline, flower: Flower,
             pages[path] = response.text
             anonymous = httpx.get(flower.url + path, timeout=30)
             assert anonymous.status_code == 401, (path, anonymous.status_code)
-            wrong = httpx.get(flower.url + path, auth=(flower.auth[0], "not-the-password"),
-                              timeout=30)
+            wrong = httpx.get(
+                flower.url + path, auth=(flower.auth[0], "not-the-password"), timeout=30
+            )
             assert wrong.status_code == 401, (path, wrong.status_code)
 
     # What was collected is what an operator sees: the worker, its queues, the job's tasks.
@@ -157,8 +174,9 @@ def test_no_secret_in_logs_flower_or_inspect(stack: Pipeline, flower: Flower,
     assert all(uuid in pages["/api/tasks"] for uuid in ran)
     assert job_id in "".join(pages[f"/task/{uuid}"] for uuid in ran)
 
-    inspected = {command: _inspect(stack.env, command, node)
-                 for command in ("conf", "registered", "stats")}
+    inspected = {
+        command: _inspect(stack.env, command, node) for command in ("conf", "registered", "stats")
+    }
     assert "task_acks_late" in inspected["conf"] and "broker_url" in inspected["conf"]
     assert "imagine.submit_job" in inspected["registered"]
     assert node in inspected["stats"] and "pool" in inspected["stats"]
@@ -170,9 +188,11 @@ def test_no_secret_in_logs_flower_or_inspect(stack: Pipeline, flower: Flower,
     assert all(uuid in logs["worker-e2e.log"] for uuid in ran)  # the worker logged the job's tasks
     assert "imagine.reconcile" in logs["beat.log"]
 
-    collected = {**{f"log {name}": text for name, text in logs.items()},
-                 **{f"Flower {path}": text for path, text in pages.items()},
-                 **{f"inspect {command}": text for command, text in inspected.items()}}
+    collected = {
+        **{f"log {name}": text for name, text in logs.items()},
+        **{f"Flower {path}": text for path, text in pages.items()},
+        **{f"inspect {command}": text for command, text in inspected.items()},
+    }
     sizes = {source: len(text.encode()) for source, text in collected.items()}
     print(f"collected {sum(sizes.values())} bytes: {json.dumps(sizes)}")
     secrets = _configured_secrets(stack.env, flower.auth[1], task_uuids)

@@ -66,24 +66,37 @@ def install_s3rver(prefix: Path = S3RVER_CACHE) -> Path:
     """The package directory of s3rver under prefix, installed with npm when absent."""
     for tool in ("node", "npm"):
         if shutil.which(tool) is None:
-            pytest.fail(f"{tool} is not on PATH; the presigned-URL tests need node and npm to run "
-                        f"s3rver", pytrace=False)
+            pytest.fail(
+                f"{tool} is not on PATH; the presigned-URL tests need node and npm to run s3rver",
+                pytrace=False,
+            )
     prefix.mkdir(parents=True, exist_ok=True)
-    command = ["npm", "install", "--no-audit", "--no-fund", "--prefix", str(prefix),
-               f"{S3RVER_PACKAGE}@{S3RVER_VERSION}"]
+    command = [
+        "npm",
+        "install",
+        "--no-audit",
+        "--no-fund",
+        "--prefix",
+        str(prefix),
+        f"{S3RVER_PACKAGE}@{S3RVER_VERSION}",
+    ]
     # Two pytest runs on one fresh checkout must not run npm in the same directory at once.
     with (prefix.parent / "s3rver.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if _installed_version(prefix) != S3RVER_VERSION:
             try:
-                done = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                                      check=False)
+                done = subprocess.run(
+                    command, capture_output=True, text=True, timeout=300, check=False
+                )
             except subprocess.TimeoutExpired:
                 pytest.fail(f"`{' '.join(command)}` did not finish in 300 s", pytrace=False)
             if done.returncode != 0 or _installed_version(prefix) != S3RVER_VERSION:
                 output = (done.stdout + done.stderr).strip()[-2000:]
-                pytest.fail(f"could not install s3rver: `{' '.join(command)}` exited "
-                            f"{done.returncode}\n{output}", pytrace=False)
+                pytest.fail(
+                    f"could not install s3rver: `{' '.join(command)}` exited "
+                    f"{done.returncode}\n{output}",
+                    pytrace=False,
+                )
     return prefix / "node_modules" / S3RVER_PACKAGE
 
 
@@ -92,9 +105,14 @@ def s3rver_client(endpoint: str) -> Any:
     import boto3
     from botocore.config import Config
 
-    return boto3.client("s3", endpoint_url=endpoint, region_name=S3RVER_REGION,
-                        aws_access_key_id=S3RVER_KEY, aws_secret_access_key=S3RVER_KEY,
-                        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=S3RVER_REGION,
+        aws_access_key_id=S3RVER_KEY,
+        aws_secret_access_key=S3RVER_KEY,
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -107,12 +125,16 @@ def s3rver_service(tmp_workdir: Path) -> Iterator[supervise.Service]:
     for _ in range(3):
         port = supervise.free_port()
         process = supervise.ManagedProcess(
-            "s3rver", ["node", "-e", _LAUNCH, str(package), "127.0.0.1", str(port), str(data)],
-            log_dir=tmp_workdir / "logs", env=env, cwd=data,
+            "s3rver",
+            ["node", "-e", _LAUNCH, str(package), "127.0.0.1", str(port), str(data)],
+            log_dir=tmp_workdir / "logs",
+            env=env,
+            cwd=data,
         ).start()
         try:
-            supervise.wait_for_http(f"http://127.0.0.1:{port}/", 30, expect_status=None,
-                                    process=process)
+            supervise.wait_for_http(
+                f"http://127.0.0.1:{port}/", 30, expect_status=None, process=process
+            )
         except supervise.ProcessError:
             process.stop(timeout=5)
             if "EADDRINUSE" in process.tail(20):

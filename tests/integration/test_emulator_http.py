@@ -73,8 +73,9 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
         def _take(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length)
-            receiver.record(Received(self.command, self.path, dict(self.headers), body,
-                                     time.monotonic()))
+            receiver.record(
+                Received(self.command, self.path, dict(self.headers), body, time.monotonic())
+            )
             status = receiver.status_for(self.path.split("?")[0])
             self.send_response(status)
             self.send_header("Content-Length", "0")
@@ -108,8 +109,9 @@ class Emulator:
     client: httpx.Client
 
     def submit(self, *tasks: dict[str, Any]) -> httpx.Response:
-        return self.client.post(f"{self.url}/v1", json=list(tasks),
-                                headers={"Authorization": f"Bearer {KEY}"})
+        return self.client.post(
+            f"{self.url}/v1", json=list(tasks), headers={"Authorization": f"Bearer {KEY}"}
+        )
 
     def configure(self, **changes: Any) -> None:
         response = self.client.patch(f"{self.url}/_emulator/config", json=changes)
@@ -125,8 +127,9 @@ class Emulator:
 
 @pytest.fixture
 def emulator() -> Iterator[Emulator]:
-    config = EmulatorConfig(api_keys=[KEY], seed=11, webhook_backoff_ms=10,
-                            webhook_jitter_ms=0, reorder_hold_ms=300)
+    config = EmulatorConfig(
+        api_keys=[KEY], seed=11, webhook_backoff_ms=10, webhook_jitter_ms=0, reorder_hold_ms=300
+    )
     app = create_app(config)
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
@@ -153,9 +156,14 @@ def wait_for(condition: Callable[[], Any], timeout: float = 15.0) -> Any:
 def task(receiver: Receiver, **overrides: Any) -> dict[str, Any]:
     task_uuid = str(uuid.uuid4())
     body: dict[str, Any] = {
-        "taskType": "imageInference", "taskUUID": task_uuid, "model": MODEL,
-        "positivePrompt": "a glass city under rain", "width": 1024, "height": 1024,
-        "deliveryMethod": "async", "includeCost": True,
+        "taskType": "imageInference",
+        "taskUUID": task_uuid,
+        "model": MODEL,
+        "positivePrompt": "a glass city under rain",
+        "width": 1024,
+        "height": 1024,
+        "deliveryMethod": "async",
+        "includeCost": True,
         "webhookURL": f"{receiver.url}/hook/{task_uuid}?token=abc",
         "uploadEndpoint": f"{receiver.url}/put/{task_uuid}?X-Amz-Signature=x",
     }
@@ -186,8 +194,9 @@ def test_put_order(emulator: Emulator, receiver: Receiver, order: str) -> None:
 
 
 @pytest.mark.parametrize(("envelope", "status_field"), [("wrapped", False), ("flat", True)])
-def test_webhook_envelope(emulator: Emulator, receiver: Receiver, envelope: str,
-                          status_field: bool) -> None:
+def test_webhook_envelope(
+    emulator: Emulator, receiver: Receiver, envelope: str, status_field: bool
+) -> None:
     emulator.configure(envelope=envelope, webhook_status_field=status_field)
     body = task(receiver)
     emulator.submit(body)
@@ -204,12 +213,16 @@ def test_webhook_envelope(emulator: Emulator, receiver: Receiver, envelope: str,
     assert ("status" in item) == status_field
 
 
-@pytest.mark.parametrize(("plan", "statuses", "outcome"), [
-    ([500], [500, 500, 500, 500], "exhausted"),
-    ([500, 503, 200], [500, 503, 200], "delivered"),
-])
-def test_webhook_retries(emulator: Emulator, receiver: Receiver, plan: list[int],
-                         statuses: list[int], outcome: str) -> None:
+@pytest.mark.parametrize(
+    ("plan", "statuses", "outcome"),
+    [
+        ([500], [500, 500, 500, 500], "exhausted"),
+        ([500, 503, 200], [500, 503, 200], "delivered"),
+    ],
+)
+def test_webhook_retries(
+    emulator: Emulator, receiver: Receiver, plan: list[int], statuses: list[int], outcome: str
+) -> None:
     emulator.configure(webhook_attempts=4)
     body = task(receiver)
     receiver.plans[f"/hook/{body['taskUUID']}"] = list(plan)
@@ -224,8 +237,10 @@ def test_webhook_retries(emulator: Emulator, receiver: Receiver, plan: list[int]
 def test_error_webhook_placements(emulator: Emulator, receiver: Receiver) -> None:
     first, second = task(receiver), task(receiver)
     for body in (first, second):
-        emulator.client.post(f"{emulator.url}/_emulator/faults/queue", json={
-            "kind": "item_error", "taskUUID": body["taskUUID"], "code": "timeoutProvider"})
+        emulator.client.post(
+            f"{emulator.url}/_emulator/faults/queue",
+            json={"kind": "item_error", "taskUUID": body["taskUUID"], "code": "timeoutProvider"},
+        )
     emulator.submit(first)
     emulator.flush()
     emulator.configure(error_placement="item")
@@ -234,7 +249,10 @@ def test_error_webhook_placements(emulator: Emulator, receiver: Receiver) -> Non
     (hook,) = receiver.of("POST", f"/hook/{first['taskUUID']}")
     (error,) = hook.json()["errors"]
     assert (error["code"], error["status"], error["taskUUID"]) == (
-        "timeoutProvider", "error", first["taskUUID"])
+        "timeoutProvider",
+        "error",
+        first["taskUUID"],
+    )
     (hook,) = receiver.of("POST", f"/hook/{second['taskUUID']}")
     (item,) = hook.json()["data"]
     assert (item["status"], item["error"]["code"]) == ("error", "timeoutProvider")
@@ -262,9 +280,14 @@ def test_one_webhook_per_image(emulator: Emulator, receiver: Receiver) -> None:
 def test_get_response_is_cumulative(emulator: Emulator, receiver: Receiver) -> None:
     emulator.configure(latency_min_ms=100, latency_max_ms=900, deliveries=False)
     body = task(receiver, numberResults=4)
-    emulator.client.post(f"{emulator.url}/_emulator/faults/queue", json={
-        "kind": "item_error", "taskUUID": body["taskUUID"],
-        "code": "providerContentPolicyViolation"})
+    emulator.client.post(
+        f"{emulator.url}/_emulator/faults/queue",
+        json={
+            "kind": "item_error",
+            "taskUUID": body["taskUUID"],
+            "code": "providerContentPolicyViolation",
+        },
+    )
     emulator.submit(body)
     poll = {"taskType": "getResponse", "taskUUID": body["taskUUID"]}
     seen: list[list[str]] = []
@@ -290,8 +313,10 @@ def test_get_response_is_cumulative(emulator: Emulator, receiver: Receiver) -> N
 def test_ledger(emulator: Emulator, receiver: Receiver) -> None:
     plain = task(receiver, numberResults=2)
     failed = task(receiver)
-    emulator.client.post(f"{emulator.url}/_emulator/faults/queue", json={
-        "kind": "item_error", "taskUUID": failed["taskUUID"]})
+    emulator.client.post(
+        f"{emulator.url}/_emulator/faults/queue",
+        json={"kind": "item_error", "taskUUID": failed["taskUUID"]},
+    )
     emulator.submit(plain, failed)
     emulator.flush()
     ledger = emulator.control("ledger")
@@ -301,12 +326,15 @@ def test_ledger(emulator: Emulator, receiver: Receiver) -> None:
     assert {e["outcome"] for e in ledger["entries"]} == {"success"}
     emulator.configure(charge_errored_items=True)
     charged = task(receiver)
-    emulator.client.post(f"{emulator.url}/_emulator/faults/queue", json={
-        "kind": "item_error", "taskUUID": charged["taskUUID"]})
+    emulator.client.post(
+        f"{emulator.url}/_emulator/faults/queue",
+        json={"kind": "item_error", "taskUUID": charged["taskUUID"]},
+    )
     emulator.submit(charged)
     emulator.flush()
-    mine = emulator.client.get(f"{emulator.url}/_emulator/ledger",
-                               params={"taskUUID": charged["taskUUID"]}).json()
+    mine = emulator.client.get(
+        f"{emulator.url}/_emulator/ledger", params={"taskUUID": charged["taskUUID"]}
+    ).json()
     assert [(e["outcome"], e["cost"]) for e in mine["entries"]] == [("error", 0.07)]
     emulator.client.post(f"{emulator.url}/_emulator/reset")
     assert emulator.control("ledger")["totals"]["count"] == 0
@@ -315,8 +343,10 @@ def test_ledger(emulator: Emulator, receiver: Receiver) -> None:
 def test_queued_webhook_faults(emulator: Emulator, receiver: Receiver) -> None:
     body = task(receiver, numberResults=3)
     for kind in ("drop_webhook", "duplicate_webhook"):
-        emulator.client.post(f"{emulator.url}/_emulator/faults/queue",
-                             json={"kind": kind, "count": 1, "taskUUID": body["taskUUID"]})
+        emulator.client.post(
+            f"{emulator.url}/_emulator/faults/queue",
+            json={"kind": kind, "count": 1, "taskUUID": body["taskUUID"]},
+        )
     emulator.submit(body)
     emulator.flush()
     hooks = receiver.of("POST", f"/hook/{body['taskUUID']}")
@@ -327,12 +357,13 @@ def test_queued_webhook_faults(emulator: Emulator, receiver: Receiver) -> None:
     assert len(receiver.of("PUT", f"/put/{body['taskUUID']}")) == 3
 
 
-def test_reordered_webhook_arrives_after_the_next(emulator: Emulator,
-                                                  receiver: Receiver) -> None:
+def test_reordered_webhook_arrives_after_the_next(emulator: Emulator, receiver: Receiver) -> None:
     emulator.configure(render_workers=4)
     first = task(receiver)
-    emulator.client.post(f"{emulator.url}/_emulator/faults/queue",
-                         json={"kind": "reorder_webhook", "taskUUID": first["taskUUID"]})
+    emulator.client.post(
+        f"{emulator.url}/_emulator/faults/queue",
+        json={"kind": "reorder_webhook", "taskUUID": first["taskUUID"]},
+    )
     emulator.submit(first)
     wait_for(lambda: emulator.control("stats")["held_webhooks"] == 1)
     second = task(receiver)
@@ -344,8 +375,9 @@ def test_reordered_webhook_arrives_after_the_next(emulator: Emulator,
 
 def test_upload_fault_truncates(emulator: Emulator, receiver: Receiver) -> None:
     body = task(receiver)
-    emulator.client.post(f"{emulator.url}/_emulator/faults/queue",
-                         json={"kind": "upload_fail", "mode": "truncate"})
+    emulator.client.post(
+        f"{emulator.url}/_emulator/faults/queue", json={"kind": "upload_fail", "mode": "truncate"}
+    )
     emulator.submit(body)
     emulator.flush()
     (put,) = receiver.of("PUT", f"/put/{body['taskUUID']}")
@@ -357,8 +389,10 @@ def test_upload_fault_truncates(emulator: Emulator, receiver: Receiver) -> None:
 
 
 def test_queued_submit_error(emulator: Emulator, receiver: Receiver) -> None:
-    emulator.client.post(f"{emulator.url}/_emulator/faults/queue",
-                         json={"kind": "submit_error", "status": 504, "retry_after_s": 2})
+    emulator.client.post(
+        f"{emulator.url}/_emulator/faults/queue",
+        json={"kind": "submit_error", "status": 504, "retry_after_s": 2},
+    )
     body = task(receiver)
     refused = emulator.submit(body)
     assert refused.status_code == 504
@@ -371,9 +405,25 @@ def test_queued_submit_error(emulator: Emulator, receiver: Receiver) -> None:
 def test_cli_serves_and_stops_on_sigterm(receiver: Receiver) -> None:
     env = {**os.environ, "EMULATOR_SEED": "3"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "infra.emulator", "--host", "127.0.0.1", "--port", "0",
-         "--api-key", KEY, "--set", "envelope=flat"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        [
+            sys.executable,
+            "-m",
+            "infra.emulator",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--api-key",
+            KEY,
+            "--set",
+            "envelope=flat",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         assert process.stdout is not None
         line = process.stdout.readline().strip()
@@ -383,8 +433,9 @@ def test_cli_serves_and_stops_on_sigterm(receiver: Receiver) -> None:
             config = client.get(f"{url}/_emulator/config").json()
             assert (config["seed"], config["envelope"], config["api_keys"]) == (3, "flat", [KEY])
             body = task(receiver)
-            response = client.post(f"{url}/v1", json=[
-                {"taskType": "authentication", "apiKey": KEY}, body])
+            response = client.post(
+                f"{url}/v1", json=[{"taskType": "authentication", "apiKey": KEY}, body]
+            )
             assert response.status_code == 200
             assert client.post(f"{url}/_emulator/flush", json={"timeout_s": 20}).json()["idle"]
         (hook,) = receiver.of("POST", f"/hook/{body['taskUUID']}")

@@ -26,14 +26,16 @@ KEY = LAYOUT.staging(JOB, TASK)
 IMAGE = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 
 
-def storage_with(endpoint: str, bucket: str, secret: str,
-                 monkeypatch: pytest.MonkeyPatch) -> S3ObjectStorage:
+def storage_with(
+    endpoint: str, bucket: str, secret: str, monkeypatch: pytest.MonkeyPatch
+) -> S3ObjectStorage:
     # boto3's default session keeps the credentials it resolved first; start one afresh.
     monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3RVER_KEY)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
-    settings = Settings.from_env({"S3_ENDPOINT_URL": endpoint, "S3_BUCKET": bucket,
-                                  "S3_PREFIX": LAYOUT.prefix})
+    settings = Settings.from_env(
+        {"S3_ENDPOINT_URL": endpoint, "S3_BUCKET": bucket, "S3_PREFIX": LAYOUT.prefix}
+    )
     return S3ObjectStorage.from_settings(settings, timeout=10, attempts=1)
 
 
@@ -57,8 +59,10 @@ def storage(s3rver_bucket: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> 
 
 def contents(admin: Any, bucket: str) -> dict[str, bytes]:
     listed = admin.list_objects_v2(Bucket=bucket).get("Contents", [])
-    return {item["Key"]: admin.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
-            for item in listed}
+    return {
+        item["Key"]: admin.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+        for item in listed
+    }
 
 
 def error_code(response: httpx.Response) -> str | None:
@@ -73,15 +77,17 @@ def moved(url: str, key: str) -> str:
     return parts._replace(path=f"/{bucket}/{key}").geturl()
 
 
-def test_a_put_to_its_own_key_stores_the_bytes(storage: S3ObjectStorage, admin: Any,
-                                               bucket: str) -> None:
+def test_a_put_to_its_own_key_stores_the_bytes(
+    storage: S3ObjectStorage, admin: Any, bucket: str
+) -> None:
     response = httpx.put(storage.presign_put(KEY, 900), content=IMAGE)
     assert response.status_code == 200, response.text
     assert contents(admin, bucket) == {KEY: IMAGE}
 
 
-def test_the_server_checks_signatures(s3rver_bucket: tuple[str, str], admin: Any,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_server_checks_signatures(
+    s3rver_bucket: tuple[str, str], admin: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Without this the refusals below would prove nothing about the URL."""
     endpoint, bucket = s3rver_bucket
     wrong_secret = storage_with(endpoint, bucket, "not-the-secret", monkeypatch)
@@ -97,29 +103,35 @@ def test_the_server_checks_signatures(s3rver_bucket: tuple[str, str], admin: Any
     assert contents(admin, bucket) == {}
 
 
-@pytest.mark.parametrize("other", [
-    LAYOUT.staging(JOB, OTHER_TASK),        # another task's staging key
-    LAYOUT.final(JOB, 0, "PNG"),            # a final image, written only by the pipeline
-    LAYOUT.manifest(JOB),                   # the manifest consumers trigger on
-    f"{KEY}/x",                             # below the key
-    KEY.removeprefix(LAYOUT.prefix),        # outside the configured prefix
-])
-def test_the_url_writes_no_other_key(storage: S3ObjectStorage, admin: Any, bucket: str,
-                                     other: str) -> None:
+@pytest.mark.parametrize(
+    "other",
+    [
+        LAYOUT.staging(JOB, OTHER_TASK),  # another task's staging key
+        LAYOUT.final(JOB, 0, "PNG"),  # a final image, written only by the pipeline
+        LAYOUT.manifest(JOB),  # the manifest consumers trigger on
+        f"{KEY}/x",  # below the key
+        KEY.removeprefix(LAYOUT.prefix),  # outside the configured prefix
+    ],
+)
+def test_the_url_writes_no_other_key(
+    storage: S3ObjectStorage, admin: Any, bucket: str, other: str
+) -> None:
     response = httpx.put(moved(storage.presign_put(KEY, 900), other), content=b"not yours")
     assert response.status_code == 403
     assert error_code(response) == "SignatureDoesNotMatch"
     assert contents(admin, bucket) == {}
 
 
-def test_the_url_writes_nothing_in_another_bucket(storage: S3ObjectStorage, admin: Any,
-                                                  bucket: str) -> None:
+def test_the_url_writes_nothing_in_another_bucket(
+    storage: S3ObjectStorage, admin: Any, bucket: str
+) -> None:
     other_bucket = f"{bucket}-other"
     admin.create_bucket(Bucket=other_bucket)
     url = storage.presign_put(KEY, 900)
     parts = urlsplit(url)
-    response = httpx.put(parts._replace(path=f"/{other_bucket}/{KEY}").geturl(),
-                         content=b"not yours")
+    response = httpx.put(
+        parts._replace(path=f"/{other_bucket}/{KEY}").geturl(), content=b"not yours"
+    )
     assert response.status_code == 403
     assert error_code(response) == "SignatureDoesNotMatch"
     assert contents(admin, other_bucket) == {}
@@ -127,8 +139,9 @@ def test_the_url_writes_nothing_in_another_bucket(storage: S3ObjectStorage, admi
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD", "DELETE", "POST"])
-def test_the_put_url_neither_reads_nor_deletes(storage: S3ObjectStorage, admin: Any, bucket: str,
-                                               method: str) -> None:
+def test_the_put_url_neither_reads_nor_deletes(
+    storage: S3ObjectStorage, admin: Any, bucket: str, method: str
+) -> None:
     admin.put_object(Bucket=bucket, Key=KEY, Body=IMAGE)
     response = httpx.request(method, storage.presign_put(KEY, 900))
     assert response.status_code == 403
@@ -138,8 +151,7 @@ def test_the_put_url_neither_reads_nor_deletes(storage: S3ObjectStorage, admin: 
     assert contents(admin, bucket) == {KEY: IMAGE}
 
 
-def test_a_put_after_expiry_is_refused(storage: S3ObjectStorage, admin: Any,
-                                       bucket: str) -> None:
+def test_a_put_after_expiry_is_refused(storage: S3ObjectStorage, admin: Any, bucket: str) -> None:
     # X-Amz-Date has whole seconds, so 2 s leaves at least one for the first PUT.
     url = storage.presign_put(KEY, 2)
     response = httpx.put(url, content=IMAGE)
@@ -157,10 +169,12 @@ def test_a_put_after_expiry_is_refused(storage: S3ObjectStorage, admin: Any,
     assert contents(admin, bucket) == {}
 
 
-@pytest.mark.parametrize("content_type", [None, "image/jpeg", "image/png", "image/webp",
-                                          "application/octet-stream"])
-def test_any_content_type_is_accepted(storage: S3ObjectStorage, admin: Any, bucket: str,
-                                      content_type: str | None) -> None:
+@pytest.mark.parametrize(
+    "content_type", [None, "image/jpeg", "image/png", "image/webp", "application/octet-stream"]
+)
+def test_any_content_type_is_accepted(
+    storage: S3ObjectStorage, admin: Any, bucket: str, content_type: str | None
+) -> None:
     headers = {"Content-Type": content_type} if content_type else {}
     response = httpx.put(storage.presign_put(KEY, 900), content=IMAGE, headers=headers)
     assert response.status_code == 200, response.text

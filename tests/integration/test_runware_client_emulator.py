@@ -49,17 +49,25 @@ def configure(control: httpx.Client, **switches: Any) -> None:
 
 def inference(unused_url: str, **overrides: Any) -> dict[str, Any]:
     task: dict[str, Any] = {
-        "taskType": "imageInference", "taskUUID": str(uuid.uuid4()), "model": MODEL,
-        "positivePrompt": "a red fox in the snow", "resolution": "1K",
-        "deliveryMethod": "async", "webhookURL": f"{unused_url}/webhooks/runware/x?token=t",
-        "outputType": "URL", "outputFormat": "PNG", "includeCost": True, "numberResults": 1,
+        "taskType": "imageInference",
+        "taskUUID": str(uuid.uuid4()),
+        "model": MODEL,
+        "positivePrompt": "a red fox in the snow",
+        "resolution": "1K",
+        "deliveryMethod": "async",
+        "webhookURL": f"{unused_url}/webhooks/runware/x?token=t",
+        "outputType": "URL",
+        "outputFormat": "PNG",
+        "includeCost": True,
+        "numberResults": 1,
     }
     task.update(overrides)
     return task
 
 
-def poll_until_done(runware: RunwareClient, task_uuid: str, count: int = 1,
-                    timeout: float = 20.0) -> list[ProviderResult]:
+def poll_until_done(
+    runware: RunwareClient, task_uuid: str, count: int = 1, timeout: float = 20.0
+) -> list[ProviderResult]:
     """getResponse until `count` items finished, within a deadline."""
     deadline = time.monotonic() + timeout
     results: list[ProviderResult] = []
@@ -79,8 +87,9 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 @pytest.mark.parametrize("ack_status", [False, True])
-def test_an_async_task_is_accepted(runware: RunwareClient, control: httpx.Client,
-                                   unused_url: str, ack_status: bool) -> None:
+def test_an_async_task_is_accepted(
+    runware: RunwareClient, control: httpx.Client, unused_url: str, ack_status: bool
+) -> None:
     configure(control, ack_status=ack_status)
     task = inference(unused_url)
 
@@ -96,7 +105,8 @@ def test_an_async_task_is_accepted(runware: RunwareClient, control: httpx.Client
 
 
 def test_one_invalid_task_is_refused_and_the_other_accepted(
-        runware: RunwareClient, control: httpx.Client, unused_url: str) -> None:
+    runware: RunwareClient, control: httpx.Client, unused_url: str
+) -> None:
     good = inference(unused_url)
     bad = inference(unused_url, width=1000, height=1000)
     del bad["resolution"]
@@ -118,8 +128,8 @@ def test_one_invalid_task_is_refused_and_the_other_accepted(
 
 @pytest.mark.parametrize("conflict_status", [400, 409, 200])
 def test_resubmitting_a_task_uuid_counts_as_accepted(
-        runware: RunwareClient, control: httpx.Client, unused_url: str,
-        conflict_status: int) -> None:
+    runware: RunwareClient, control: httpx.Client, unused_url: str, conflict_status: int
+) -> None:
     configure(control, conflict_status=conflict_status)
     task = inference(unused_url)
     assert runware.submit([task])[task["taskUUID"]].accepted
@@ -132,7 +142,8 @@ def test_resubmitting_a_task_uuid_counts_as_accepted(
 
 
 def test_a_conflict_beside_a_new_task_accepts_both(
-        runware: RunwareClient, control: httpx.Client, unused_url: str) -> None:
+    runware: RunwareClient, control: httpx.Client, unused_url: str
+) -> None:
     configure(control, conflict_status=409)
     old = inference(unused_url)
     runware.submit([old])
@@ -145,7 +156,8 @@ def test_a_conflict_beside_a_new_task_accepts_both(
 
 
 def test_a_wrong_api_key_is_an_account_error(
-        emulator: str, control: httpx.Client, unused_url: str) -> None:
+    emulator: str, control: httpx.Client, unused_url: str
+) -> None:
     wrong = RunwareClient(httpx.Client(timeout=10), "not-the-key", f"{emulator}/v1")
     try:
         with pytest.raises(ProviderError) as raised:
@@ -160,7 +172,8 @@ def test_a_wrong_api_key_is_an_account_error(
 
 
 def test_an_unavailable_model_is_an_account_error(
-        runware: RunwareClient, control: httpx.Client, unused_url: str) -> None:
+    runware: RunwareClient, control: httpx.Client, unused_url: str
+) -> None:
     configure(control, model_unavailable=True)
     task = inference(unused_url)
 
@@ -174,7 +187,8 @@ def test_an_unavailable_model_is_an_account_error(
 
 
 def test_a_rate_limited_submit_is_transient_with_its_retry_after(
-        runware: RunwareClient, control: httpx.Client, unused_url: str) -> None:
+    runware: RunwareClient, control: httpx.Client, unused_url: str
+) -> None:
     configure(control, burst=1, burst_status=429, retry_after_s=3)
     task = inference(unused_url)
 
@@ -190,10 +204,12 @@ def test_a_rate_limited_submit_is_transient_with_its_retry_after(
 
 
 @pytest.mark.parametrize("status", [503, 504])
-def test_a_queued_submit_fault_is_transient(runware: RunwareClient, control: httpx.Client,
-                                            unused_url: str, status: int) -> None:
-    queued = control.post("/faults/queue", json={"kind": "submit_error", "status": status,
-                                                 "retry_after_s": 2})
+def test_a_queued_submit_fault_is_transient(
+    runware: RunwareClient, control: httpx.Client, unused_url: str, status: int
+) -> None:
+    queued = control.post(
+        "/faults/queue", json={"kind": "submit_error", "status": status, "retry_after_s": 2}
+    )
     assert queued.status_code == 200, queued.text
     task = inference(unused_url)
 
@@ -201,13 +217,17 @@ def test_a_queued_submit_fault_is_transient(runware: RunwareClient, control: htt
         runware.submit([task])
 
     assert (raised.value.kind, raised.value.http_status, raised.value.retry_after) == (
-        ProviderError.TRANSIENT, status, 2)
+        ProviderError.TRANSIENT,
+        status,
+        2,
+    )
     assert control.get("/faults/queue").json()["queue"] == []
     assert runware.submit([task])[task["taskUUID"]].accepted
 
 
 def test_get_response_after_completion_returns_the_images(
-        runware: RunwareClient, control: httpx.Client, unused_url: str) -> None:
+    runware: RunwareClient, control: httpx.Client, unused_url: str
+) -> None:
     task = inference(unused_url, numberResults=2)
     assert runware.submit([task])[task["taskUUID"]].accepted
 
@@ -228,7 +248,8 @@ def test_get_response_after_completion_returns_the_images(
 
 
 def test_get_response_while_processing_reports_processing(
-        runware: RunwareClient, control: httpx.Client, unused_url: str) -> None:
+    runware: RunwareClient, control: httpx.Client, unused_url: str
+) -> None:
     configure(control, latency_ms=5_000)
     task = inference(unused_url)
     assert runware.submit([task])[task["taskUUID"]].accepted
@@ -236,11 +257,13 @@ def test_get_response_while_processing_reports_processing(
     results = runware.get_response(task["taskUUID"])
 
     assert [(r.task_uuid, r.status, r.image_uuid) for r in results] == [
-        (task["taskUUID"], "processing", None)]
+        (task["taskUUID"], "processing", None)
+    ]
 
 
 def test_get_response_of_an_unknown_task_reports_it_not_found(
-        runware: RunwareClient, control: httpx.Client) -> None:
+    runware: RunwareClient, control: httpx.Client
+) -> None:
     task_uuid = str(uuid.uuid4())
 
     results = runware.get_response(task_uuid)
@@ -250,9 +273,11 @@ def test_get_response_of_an_unknown_task_reports_it_not_found(
 
 @pytest.mark.parametrize("placement", ["errors", "item"])
 def test_a_failed_item_polls_as_an_error_in_either_placement(
-        runware: RunwareClient, control: httpx.Client, unused_url: str, placement: str) -> None:
-    configure(control, item_error_rate=1, item_error_permanent_share=1,
-              poll_error_placement=placement)
+    runware: RunwareClient, control: httpx.Client, unused_url: str, placement: str
+) -> None:
+    configure(
+        control, item_error_rate=1, item_error_permanent_share=1, poll_error_placement=placement
+    )
     task = inference(unused_url)
     assert runware.submit([task])[task["taskUUID"]].accepted
 
@@ -268,10 +293,9 @@ def test_a_failed_item_polls_as_an_error_in_either_placement(
 
 @pytest.mark.parametrize(("charge", "charged"), [(False, 0), (True, 1)])
 def test_the_ledger_charges_failed_items_only_when_told(
-        runware: RunwareClient, control: httpx.Client, unused_url: str, charge: bool,
-        charged: int) -> None:
-    configure(control, item_error_rate=1, item_error_permanent_share=1,
-              charge_errored_items=charge)
+    runware: RunwareClient, control: httpx.Client, unused_url: str, charge: bool, charged: int
+) -> None:
+    configure(control, item_error_rate=1, item_error_permanent_share=1, charge_errored_items=charge)
     task = inference(unused_url)
     assert runware.submit([task])[task["taskUUID"]].accepted
     (result,) = poll_until_done(runware, task["taskUUID"])
@@ -284,7 +308,10 @@ def test_the_ledger_charges_failed_items_only_when_told(
     if charged:
         (entry,) = ledger["entries"]
         assert (entry["taskUUID"], entry["imageUUID"], entry["outcome"]) == (
-            task["taskUUID"], None, "error")
+            task["taskUUID"],
+            None,
+            "error",
+        )
         assert entry["cost"] == pytest.approx(0.07)
         assert ledger["totals"]["byTask"][task["taskUUID"]]["count"] == 1
     else:
@@ -292,7 +319,8 @@ def test_the_ledger_charges_failed_items_only_when_told(
 
 
 def test_an_accepted_task_with_deliveries_on_is_not_blocked_by_a_dead_webhook(
-        runware: RunwareClient, control: httpx.Client, unused_url: str) -> None:
+    runware: RunwareClient, control: httpx.Client, unused_url: str
+) -> None:
     configure(control, deliveries=True, webhook_attempts=1)
     task = inference(unused_url)
     assert runware.submit([task])[task["taskUUID"]].accepted
@@ -300,5 +328,9 @@ def test_an_accepted_task_with_deliveries_on_is_not_blocked_by_a_dead_webhook(
     (result,) = poll_until_done(runware, task["taskUUID"])
 
     assert result.ok
-    wait_for(lambda: control.get(f"/tasks/{task['taskUUID']}").json()["slots"][0][
-        "webhookOutcome"] == "exhausted")
+    wait_for(
+        lambda: (
+            control.get(f"/tasks/{task['taskUUID']}").json()["slots"][0]["webhookOutcome"]
+            == "exhausted"
+        )
+    )

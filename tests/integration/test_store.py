@@ -21,18 +21,29 @@ RETENTION = 3600
 API_KEY = "runware-key-under-test"
 
 
-def make_job(tenant: str = "acme", slots: int = 2, *, idempotency_key: str | None = None,
-             created_at: float | None = None, deadline: float = 900.0) -> Job:
+def make_job(
+    tenant: str = "acme",
+    slots: int = 2,
+    *,
+    idempotency_key: str | None = None,
+    created_at: float | None = None,
+    deadline: float = 900.0,
+) -> Job:
     now = time.time() if created_at is None else created_at
     return Job(
-        id=str(uuid.uuid4()), tenant=tenant, state="queued", model=MODEL,
+        id=str(uuid.uuid4()),
+        tenant=tenant,
+        state="queued",
+        model=MODEL,
         params={"model": MODEL, "positivePrompt": "a red fox", "numberResults": slots},
-        slot_count=slots, output_format="PNG", created_at=now, updated_at=now,
-        deadline_at=now + deadline, idempotency_key=idempotency_key,
+        slot_count=slots,
+        output_format="PNG",
+        created_at=now,
+        updated_at=now,
+        deadline_at=now + deadline,
+        idempotency_key=idempotency_key,
         metadata={"order": "42"},
     )
-
-
 
 
 @pytest.fixture
@@ -49,7 +60,8 @@ def second_client(redis_server: str, redis_client: redis.Redis) -> Iterator[redi
 
 
 def test_create_job_writes_the_job_its_pending_slots_and_indexes(
-        store: RedisJobStore, redis_client: redis.Redis) -> None:
+    store: RedisJobStore, redis_client: redis.Redis
+) -> None:
     job = make_job(slots=3)
 
     job_id, stored_hash = store.create_job(job, "hash-1")
@@ -61,8 +73,13 @@ def test_create_job_writes_the_job_its_pending_slots_and_indexes(
     assert raw["slot_count"] == "3"
     for n in range(3):
         slot = redis_client.hgetall(store.slot_key(job.id, n))
-        assert slot == {"state": "pending", "slot": str(n), "attempt": "1", "job_id": job.id,
-                        "updated_at": repr(job.created_at)}
+        assert slot == {
+            "state": "pending",
+            "slot": str(n),
+            "attempt": "1",
+            "job_id": job.id,
+            "updated_at": repr(job.created_at),
+        }
     assert not redis_client.exists(store.slot_key(job.id, 3))
     assert redis_client.zscore(store.tenant_key("acme"), job.id) == job.created_at
     assert redis_client.zscore(store.active_key, job.id) == job.deadline_at
@@ -74,11 +91,15 @@ def test_create_job_writes_the_job_its_pending_slots_and_indexes(
     assert loaded.params == job.params
     assert loaded.metadata == {"order": "42"}
     assert [(s.slot, s.state, s.attempt, s.task_uuid) for s in loaded.slots] == [
-        (0, "pending", 1, None), (1, "pending", 1, None), (2, "pending", 1, None)]
+        (0, "pending", 1, None),
+        (1, "pending", 1, None),
+        (2, "pending", 1, None),
+    ]
 
 
 def test_the_same_idempotency_key_returns_the_first_job_and_its_body_hash(
-        store: RedisJobStore, redis_client: redis.Redis) -> None:
+    store: RedisJobStore, redis_client: redis.Redis
+) -> None:
     first = make_job(idempotency_key="order-42")
     again = make_job(idempotency_key="order-42")
 
@@ -102,11 +123,14 @@ def test_another_tenants_idempotency_key_makes_a_new_job(store: RedisJobStore) -
     loaded = store.get_job(theirs.id)
     assert loaded is not None and loaded.tenant == "globex"
     assert store.create_job(make_job("globex", idempotency_key="order-42"), "hash-c") == (
-        theirs.id, "hash-b")
+        theirs.id,
+        "hash-b",
+    )
 
 
 def test_an_idempotency_key_whose_job_expired_makes_a_new_job(
-        store: RedisJobStore, redis_client: redis.Redis) -> None:
+    store: RedisJobStore, redis_client: redis.Redis
+) -> None:
     first = make_job(idempotency_key="order-42")
     store.create_job(first, "hash-first")
     redis_client.delete(store.job_key(first.id))
@@ -122,16 +146,26 @@ def test_slot_transitions_are_monotonic(store: RedisJobStore) -> None:
     task_uuid = store.mint_task_uuid(job.id, 0, 1, str(uuid.uuid4()))
     assert task_uuid is not None
 
-    assert store.transition_slot(job.id, 0, ["pending"], "submitted", task_uuid=task_uuid,
-                                 submitted_at=repr(time.time()))
-    assert store.transition_slot(job.id, 0, ["submitted"], "received", task_uuid=task_uuid,
-                                 image_uuid="img-1", cost=0.07)
-    assert store.transition_slot(job.id, 0, ["received"], "stored", task_uuid=task_uuid,
-                                 final_key=f"jobs/{job.id}/00.png", size=1234)
+    assert store.transition_slot(
+        job.id, 0, ["pending"], "submitted", task_uuid=task_uuid, submitted_at=repr(time.time())
+    )
+    assert store.transition_slot(
+        job.id, 0, ["submitted"], "received", task_uuid=task_uuid, image_uuid="img-1", cost=0.07
+    )
+    assert store.transition_slot(
+        job.id,
+        0,
+        ["received"],
+        "stored",
+        task_uuid=task_uuid,
+        final_key=f"jobs/{job.id}/00.png",
+        size=1234,
+    )
 
     # A late or repeated message finds the slot stored and changes nothing.
-    assert not store.transition_slot(job.id, 0, ["submitted"], "received", task_uuid=task_uuid,
-                                     image_uuid="img-late")
+    assert not store.transition_slot(
+        job.id, 0, ["submitted"], "received", task_uuid=task_uuid, image_uuid="img-late"
+    )
     assert not store.transition_slot(job.id, 0, ["pending"], "submitted", task_uuid=task_uuid)
     slot = store.get_slot(job.id, 0)
     assert slot is not None
@@ -146,8 +180,9 @@ def test_a_transition_guarded_by_another_task_uuid_is_refused(store: RedisJobSto
     task_uuid = store.mint_task_uuid(job.id, 0, 1, str(uuid.uuid4()))
     assert task_uuid is not None
 
-    assert not store.transition_slot(job.id, 0, ["pending"], "submitted",
-                                     task_uuid=str(uuid.uuid4()))
+    assert not store.transition_slot(
+        job.id, 0, ["pending"], "submitted", task_uuid=str(uuid.uuid4())
+    )
     slot = store.get_slot(job.id, 0)
     assert slot is not None and slot.state == "pending"
 
@@ -157,14 +192,20 @@ def test_a_transition_guarded_by_another_task_uuid_is_refused(store: RedisJobSto
 def test_a_transition_clears_fields_given_as_none(store: RedisJobStore) -> None:
     job = make_job(slots=1)
     store.create_job(job, "h")
-    assert store.transition_slot(job.id, 0, ["pending"], "failed", error_code="timeoutProvider",
-                                 error_message="slow")
-    assert store.transition_slot(job.id, 0, ["failed"], "pending", attempt=2, error_code=None,
-                                 error_message=None)
+    assert store.transition_slot(
+        job.id, 0, ["pending"], "failed", error_code="timeoutProvider", error_message="slow"
+    )
+    assert store.transition_slot(
+        job.id, 0, ["failed"], "pending", attempt=2, error_code=None, error_message=None
+    )
     slot = store.get_slot(job.id, 0)
     assert slot is not None
     assert (slot.state, slot.attempt, slot.error_code, slot.error_message) == (
-        "pending", 2, None, None)
+        "pending",
+        2,
+        None,
+        None,
+    )
 
 
 def test_job_transitions_are_monotonic_and_missing_records_refuse(store: RedisJobStore) -> None:
@@ -184,7 +225,8 @@ def test_job_transitions_are_monotonic_and_missing_records_refuse(store: RedisJo
 
 
 def test_concurrent_transitions_on_one_slot_apply_exactly_once(
-        store: RedisJobStore, redis_server: str) -> None:
+    store: RedisJobStore, redis_server: str
+) -> None:
     job = make_job(slots=1)
     store.create_job(job, "h")
     task_uuid = store.mint_task_uuid(job.id, 0, 1, str(uuid.uuid4()))
@@ -194,8 +236,9 @@ def test_concurrent_transitions_on_one_slot_apply_exactly_once(
     def attempt(n: int) -> bool:
         worker = RedisJobStore(clients[n], retention_seconds=RETENTION)
         start.wait(timeout=10)
-        return worker.transition_slot(job.id, 0, ["pending"], "submitted",
-                                      task_uuid=task_uuid, image_uuid=f"worker-{n}")
+        return worker.transition_slot(
+            job.id, 0, ["pending"], "submitted", task_uuid=task_uuid, image_uuid=f"worker-{n}"
+        )
 
     try:
         with ThreadPoolExecutor(8) as pool:
@@ -227,7 +270,8 @@ def test_mint_task_uuid_is_idempotent_per_attempt(store: RedisJobStore) -> None:
 
 
 def test_a_new_attempt_mints_a_new_task_uuid_and_keeps_the_old_one_indexed(
-        store: RedisJobStore) -> None:
+    store: RedisJobStore,
+) -> None:
     job = make_job(slots=1)
     store.create_job(job, "h")
     first, second = str(uuid.uuid4()), str(uuid.uuid4())
@@ -239,8 +283,7 @@ def test_a_new_attempt_mints_a_new_task_uuid_and_keeps_the_old_one_indexed(
     assert store.find_task(second) is None
 
     # The provider failed the image: the slot reopens as attempt 2.
-    assert store.transition_slot(job.id, 0, ["submitted"], "pending", task_uuid=first,
-                                 attempt=2)
+    assert store.transition_slot(job.id, 0, ["submitted"], "pending", task_uuid=first, attempt=2)
     assert store.mint_task_uuid(job.id, 0, 2, second) == second
     assert store.mint_task_uuid(job.id, 0, 2, str(uuid.uuid4())) == second
 
@@ -258,7 +301,8 @@ def test_find_task_of_an_unknown_uuid_is_none(store: RedisJobStore) -> None:
 
 
 def test_retire_job_sets_retention_ttls_and_leaves_the_active_set(
-        store: RedisJobStore, redis_client: redis.Redis) -> None:
+    store: RedisJobStore, redis_client: redis.Redis
+) -> None:
     job = make_job(slots=2)
     keep = make_job(slots=1)
     store.create_job(job, "h")
@@ -310,7 +354,8 @@ def test_list_jobs_pages_newest_first_with_a_cursor(store: RedisJobStore) -> Non
 
 
 def test_list_jobs_filters_by_state_across_pages(
-        store: RedisJobStore, redis_client: redis.Redis) -> None:
+    store: RedisJobStore, redis_client: redis.Redis
+) -> None:
     base = time.time() - 100
     jobs = [make_job("acme", 1, created_at=base + n) for n in range(7)]
     for job in jobs:
@@ -337,7 +382,8 @@ def test_list_jobs_filters_by_state_across_pages(
 
 
 def test_a_lease_budget_is_shared_by_every_worker(
-        redis_client: redis.Redis, second_client: redis.Redis) -> None:
+    redis_client: redis.Redis, second_client: redis.Redis
+) -> None:
     mine = RedisInFlightBudget(redis_client, API_KEY)
     other = RedisInFlightBudget(second_client, API_KEY)
 
@@ -357,8 +403,7 @@ def test_a_lease_budget_is_shared_by_every_worker(
     assert mine.release([]) == 0
 
 
-def test_a_lapsed_lease_is_reclaimed(redis_client: redis.Redis,
-                                     second_client: redis.Redis) -> None:
+def test_a_lapsed_lease_is_reclaimed(redis_client: redis.Redis, second_client: redis.Redis) -> None:
     crashed = RedisInFlightBudget(second_client, API_KEY)
     live = RedisInFlightBudget(redis_client, API_KEY)
     assert crashed.acquire(["a", "b"], 3, 30) == ["a", "b"]
@@ -375,8 +420,9 @@ def test_a_new_attempt_retires_the_old_task_uuid(store: RedisJobStore) -> None:
     old = store.mint_task_uuid(job.id, 0, 1, "11111111-1111-4111-8111-111111111111")
     assert old is not None
     assert store.transition_slot(job.id, 0, ["pending"], "submitted", task_uuid=old)
-    assert store.new_attempt(job.id, 0, ["pending", "submitted"], 2, task_uuid=old,
-                             error_code="timeoutProvider")
+    assert store.new_attempt(
+        job.id, 0, ["pending", "submitted"], 2, task_uuid=old, error_code="timeoutProvider"
+    )
     slot = store.get_slot(job.id, 0)
     assert slot is not None
     assert (slot.state, slot.attempt, slot.task_uuid) == ("pending", 2, None)

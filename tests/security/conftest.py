@@ -49,9 +49,16 @@ class Outbound:
         self.requests.append(request)
         if str(request.url).startswith(RUNWARE_URL):
             tasks = json.loads(request.content)
-            return httpx.Response(200, json={"data": [
-                {"taskType": "imageInference", "taskUUID": task["taskUUID"]}
-                for task in tasks if task.get("taskType") == "imageInference"]})
+            return httpx.Response(
+                200,
+                json={
+                    "data": [
+                        {"taskType": "imageInference", "taskUUID": task["taskUUID"]}
+                        for task in tasks
+                        if task.get("taskType") == "imageInference"
+                    ]
+                },
+            )
         return httpx.Response(200, content=b"ok")
 
 
@@ -78,8 +85,12 @@ class Harness:
 
     # --- what an attack must leave as it was ---
     def snapshot(self) -> dict[str, Any]:
-        return {"redis": self._redis_dump(), "s3": self.s3_keys(),
-                "outbound": len(self.outbound.requests), "dispatched": list(self.dispatcher.sent)}
+        return {
+            "redis": self._redis_dump(),
+            "s3": self.s3_keys(),
+            "outbound": len(self.outbound.requests),
+            "dispatched": list(self.dispatcher.sent),
+        }
 
     def assert_unchanged(self, before: dict[str, Any]) -> None:
         after = self.snapshot()
@@ -120,15 +131,33 @@ class Harness:
         token = webhook_token(WEBHOOK_SECRET, task_uuid) if token is None else token
         return f"/webhooks/runware/{task_uuid}?token={token}"
 
-    def webhook(self, task_uuid: str, body: Any = None, *, token: str | None = None,
-                raw: bytes | None = None, content_type: str = "application/json",
-                headers: dict[str, str] | None = None) -> TestResponse:
+    def webhook(
+        self,
+        task_uuid: str,
+        body: Any = None,
+        *,
+        token: str | None = None,
+        raw: bytes | None = None,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> TestResponse:
         data = raw if raw is not None else json.dumps(body).encode()
-        return self.client.post(self.webhook_url(task_uuid, token), data=data,
-                                content_type=content_type, headers=headers or {})
+        return self.client.post(
+            self.webhook_url(task_uuid, token),
+            data=data,
+            content_type=content_type,
+            headers=headers or {},
+        )
 
-    def api(self, method: str, path: str, *, key: str | None = ACME_KEY,
-            headers: dict[str, str] | None = None, **kwargs: Any) -> TestResponse:
+    def api(
+        self,
+        method: str,
+        path: str,
+        *,
+        key: str | None = ACME_KEY,
+        headers: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> TestResponse:
         all_headers = dict(headers or {})
         if key is not None:
             all_headers.setdefault("Authorization", f"Bearer {key}")
@@ -147,8 +176,9 @@ class Harness:
     def succeeded_job(self, tenant: str = "acme") -> tuple[str, str]:
         """A job whose image was uploaded, reported and stored: (job id, taskUUID)."""
         job_id, task_uuid = self.submitted_job(tenant)
-        self.s3.put_object(Bucket=self.bucket, Key=self.service.layout.staging(job_id, task_uuid),
-                           Body=jpeg())
+        self.s3.put_object(
+            Bucket=self.bucket, Key=self.service.layout.staging(job_id, task_uuid), Body=jpeg()
+        )
         answer = self.webhook(task_uuid, success_body(task_uuid))
         assert answer.status_code == 200, answer.json
         job = self.store.get_job(job_id)
@@ -158,9 +188,18 @@ class Harness:
     def failed_job(self, tenant: str = "acme") -> tuple[str, str]:
         """A job whose image the provider refused for good: (job id, taskUUID)."""
         job_id, task_uuid = self.submitted_job(tenant)
-        answer = self.webhook(task_uuid, {"errors": [{
-            "taskUUID": task_uuid, "code": "providerContentPolicyViolation",
-            "message": "refused"}]})
+        answer = self.webhook(
+            task_uuid,
+            {
+                "errors": [
+                    {
+                        "taskUUID": task_uuid,
+                        "code": "providerContentPolicyViolation",
+                        "message": "refused",
+                    }
+                ]
+            },
+        )
         assert answer.status_code == 200, answer.json
         job = self.store.get_job(job_id)
         assert job is not None and job.state == "failed", job
@@ -168,9 +207,19 @@ class Harness:
 
 
 def success_body(task_uuid: str, **fields: Any) -> dict[str, Any]:
-    return {"data": [{"taskType": "imageInference", "taskUUID": task_uuid,
-                      "imageUUID": str(uuid.uuid4()), "seed": 7, "cost": 0.07,
-                      "imageURL": "https://im.runware.ai/image/x.jpg", **fields}]}
+    return {
+        "data": [
+            {
+                "taskType": "imageInference",
+                "taskUUID": task_uuid,
+                "imageUUID": str(uuid.uuid4()),
+                "seed": 7,
+                "cost": 0.07,
+                "imageURL": "https://im.runware.ai/image/x.jpg",
+                **fields,
+            }
+        ]
+    }
 
 
 def assert_error(answer: TestResponse, status: int, code: str | None = None) -> dict[str, Any]:
@@ -189,15 +238,23 @@ def assert_error(answer: TestResponse, status: int, code: str | None = None) -> 
 def security_settings(redis_server: str, s3_server: str, s3_bucket: str) -> Settings:
     # A database of its own: the end-to-end suite's worker and beat, still running on database 0
     # of the same server, must neither see these jobs nor show up in the snapshots.
-    return Settings.from_env({
-        "REDIS_URL": f"{redis_server.rsplit('/', 1)[0]}/1",
-        "S3_ENDPOINT_URL": s3_server, "S3_BUCKET": s3_bucket,
-        "S3_PREFIX": f"security-{uuid.uuid4().hex[:8]}/", "RUNWARE_API_KEY": RUNWARE_KEY,
-        "RUNWARE_API_URL": RUNWARE_URL, "WEBHOOK_SECRETS": f"{WEBHOOK_SECRET},{OLD_WEBHOOK_SECRET}",
-        "API_KEYS": f"acme:{ACME_KEY},globex:{GLOBEX_KEY}", "CALLBACK_SECRET": CALLBACK_SECRET,
-        "ALLOW_PRIVATE_URLS": "false", "RUNWARE_IMAGE_HOSTS": "im.runware.ai",
-        "WEBHOOK_MAX_BODY_BYTES": "65536", "LOG_FORMAT": "text",
-    })
+    return Settings.from_env(
+        {
+            "REDIS_URL": f"{redis_server.rsplit('/', 1)[0]}/1",
+            "S3_ENDPOINT_URL": s3_server,
+            "S3_BUCKET": s3_bucket,
+            "S3_PREFIX": f"security-{uuid.uuid4().hex[:8]}/",
+            "RUNWARE_API_KEY": RUNWARE_KEY,
+            "RUNWARE_API_URL": RUNWARE_URL,
+            "WEBHOOK_SECRETS": f"{WEBHOOK_SECRET},{OLD_WEBHOOK_SECRET}",
+            "API_KEYS": f"acme:{ACME_KEY},globex:{GLOBEX_KEY}",
+            "CALLBACK_SECRET": CALLBACK_SECRET,
+            "ALLOW_PRIVATE_URLS": "false",
+            "RUNWARE_IMAGE_HOSTS": "im.runware.ai",
+            "WEBHOOK_MAX_BODY_BYTES": "65536",
+            "LOG_FORMAT": "text",
+        }
+    )
 
 
 @pytest.fixture
@@ -207,11 +264,24 @@ def harness(security_settings: Settings, s3_client: Any, s3_bucket: str) -> Iter
     outbound = Outbound()
     dispatcher = RecordingDispatcher()
     http = httpx.Client(transport=httpx.MockTransport(outbound.handle))
-    service = build_service(security_settings, dispatcher=dispatcher, http=http,
-                            runware=RunwareClient(http, RUNWARE_KEY, RUNWARE_URL))
+    service = build_service(
+        security_settings,
+        dispatcher=dispatcher,
+        http=http,
+        runware=RunwareClient(http, RUNWARE_KEY, RUNWARE_URL),
+    )
     app = create_app(security_settings, service=service, inline_service=service)
-    yield Harness(settings=security_settings, client=app.test_client(), service=service,
-                  store=service.store, redis=own_redis, s3=s3_client, bucket=s3_bucket,
-                  prefix=security_settings.s3_prefix, outbound=outbound, dispatcher=dispatcher)
+    yield Harness(
+        settings=security_settings,
+        client=app.test_client(),
+        service=service,
+        store=service.store,
+        redis=own_redis,
+        s3=s3_client,
+        bucket=s3_bucket,
+        prefix=security_settings.s3_prefix,
+        outbound=outbound,
+        dispatcher=dispatcher,
+    )
     http.close()
     own_redis.close()

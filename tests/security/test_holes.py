@@ -17,12 +17,19 @@ JOB = {"positivePrompt": "a lighthouse at dawn", "width": 1024, "height": 1024}
 
 
 def test_a_live_slots_account_error_pauses_submission_without_repeating_provider_text(
-        harness: Harness) -> None:
+    harness: Harness,
+) -> None:
     """A live failure may open the circuit; what other tenants see names the code only."""
     _job, task = harness.submitted_job("acme")
     waiting, _ = harness.service.create_job(JOB, "globex")
-    answer = harness.webhook(task, {"errors": [{
-        "taskUUID": task, "code": "insufficientCredits", "message": "ATTACKER TEXT <b>"}]})
+    answer = harness.webhook(
+        task,
+        {
+            "errors": [
+                {"taskUUID": task, "code": "insufficientCredits", "message": "ATTACKER TEXT <b>"}
+            ]
+        },
+    )
     assert answer.status_code == 200
     assert harness.circuit()["state"] == "open"
     assert harness.service.submit_job(waiting.id) == "paused"
@@ -34,8 +41,18 @@ def test_a_live_slots_account_error_pauses_submission_without_repeating_provider
 def test_a_provider_code_that_is_not_an_identifier_is_not_repeated(harness: Harness) -> None:
     _job, task = harness.submitted_job("acme")
     waiting, _ = harness.service.create_job(JOB, "globex")
-    harness.webhook(task, {"data": [{"taskUUID": task, "status": "error", "error": {
-        "code": "Credits <script>alert(1)</script>", "message": "x"}}]})
+    harness.webhook(
+        task,
+        {
+            "data": [
+                {
+                    "taskUUID": task,
+                    "status": "error",
+                    "error": {"code": "Credits <script>alert(1)</script>", "message": "x"},
+                }
+            ]
+        },
+    )
     harness.service.submit_job(waiting.id)
     job = harness.store.get_job(waiting.id)
     assert job is not None and "<script>" not in (job.reason or "")
@@ -47,12 +64,11 @@ def _later(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
     monkeypatch.setattr("pipeline.clock.now", lambda: real() + seconds)
 
 
-def test_a_malformed_image_url_does_not_stop_the_reconciler(harness: Harness,
-                                                            monkeypatch: pytest.MonkeyPatch
-                                                            ) -> None:
+def test_a_malformed_image_url_does_not_stop_the_reconciler(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
     bad_job, bad_task = harness.submitted_job(deadlineSeconds=40)
-    harness.webhook(bad_task, success_body(bad_task,
-                                           imageURL="http://127.0.0.1:99999/x.jpg"))
+    harness.webhook(bad_task, success_body(bad_task, imageURL="http://127.0.0.1:99999/x.jpg"))
     silent_job, _task = harness.submitted_job(deadlineSeconds=40)
     _later(monkeypatch, 120)
     counts = harness.service.reconcile()
@@ -64,7 +80,8 @@ def test_a_malformed_image_url_does_not_stop_the_reconciler(harness: Harness,
 
 
 def test_one_unreadable_job_does_not_stop_the_reconciler_for_the_others(
-        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
     broken, _ = harness.submitted_job(deadlineSeconds=40)
     silent, _ = harness.submitted_job(deadlineSeconds=40)
     original = harness.store.get_job
@@ -96,8 +113,7 @@ def test_a_callback_is_refused_at_enqueue_when_it_could_not_be_signed(harness: H
 
 
 def test_a_callback_is_never_sent_unsigned(harness: Harness) -> None:
-    job, _ = harness.service.create_job({**JOB, "callbackURL": "https://93.184.216.34/cb"},
-                                        "acme")
+    job, _ = harness.service.create_job({**JOB, "callbackURL": "https://93.184.216.34/cb"}, "acme")
     harness.service.cancel_job(job.id, "acme")
     sent = len(harness.outbound.requests)
     assert _service_without_callback_secret(harness).send_callback(job.id) == "refused:unsigned"
@@ -109,9 +125,11 @@ def test_a_callback_is_never_sent_unsigned(harness: Harness) -> None:
 
 
 def test_the_api_refuses_a_callback_it_could_not_sign_with_one_error_shape(
-        harness: Harness) -> None:
-    harness.client.application.extensions["imagine"]["service"] = (
-        _service_without_callback_secret(harness))
+    harness: Harness,
+) -> None:
+    harness.client.application.extensions["imagine"]["service"] = _service_without_callback_secret(
+        harness
+    )
     before = harness.snapshot()
     answer = harness.api("POST", "/v1/jobs", json={**JOB, "callbackURL": "https://93.184.216.34/"})
     body = assert_error(answer, 422, "validation_failed")

@@ -39,9 +39,10 @@ class SlowClient(threading.Thread):
 
     def run(self) -> None:
         with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
-            sock.sendall(f"POST {self.path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                         "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
-                         .encode())
+            sock.sendall(
+                f"POST {self.path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n".encode()
+            )
             self.connected.set()
             while not self.stop.is_set():
                 readable, _, _ = select.select([sock], [], [], 1.0)
@@ -65,22 +66,34 @@ class SlowClient(threading.Thread):
 
 
 @pytest.fixture
-def receiver(tmp_path: Path, redis_server: str, s3_server: str, s3_bucket: str,
-             emulator_service: supervise.Service, emulator_api_key: str
-             ) -> Iterator[tuple[supervise.Service, dict[str, str]]]:
+def receiver(
+    tmp_path: Path,
+    redis_server: str,
+    s3_server: str,
+    s3_bucket: str,
+    emulator_service: supervise.Service,
+    emulator_api_key: str,
+) -> Iterator[tuple[supervise.Service, dict[str, str]]]:
     """A receiver of this test's own, with a short body deadline (the default is 30 s)."""
     assert emulator_service.url is not None
     port = supervise.free_port()
-    env = servers.pipeline_env(redis_server, s3_server, s3_bucket, emulator_service.url,
-                                 emulator_api_key, port,
-                                 extra={"RECEIVER_BODY_TIMEOUT_SECONDS": str(BODY_SECONDS)})
+    env = servers.pipeline_env(
+        redis_server,
+        s3_server,
+        s3_bucket,
+        emulator_service.url,
+        emulator_api_key,
+        port,
+        extra={"RECEIVER_BODY_TIMEOUT_SECONDS": str(BODY_SECONDS)},
+    )
     service = servers.start_receiver(tmp_path / "receiver", env, port, log_dir=tmp_path / "logs")
     yield service, env
     service.stop()
 
 
 def test_slow_clients_leave_healthz_answering_and_are_closed(
-        receiver: tuple[supervise.Service, dict[str, str]]) -> None:
+    receiver: tuple[supervise.Service, dict[str, str]],
+) -> None:
     service, env = receiver
     assert service.port is not None and service.url is not None
     secret = env["WEBHOOK_SECRETS"].split(",")[0]
@@ -88,8 +101,10 @@ def test_slow_clients_leave_healthz_answering_and_are_closed(
     # view (a valid token for a task nobody knows), so both the drain and the read are bounded.
     half = SLOW_CLIENTS // 2
     clients = [SlowClient(service.port, lambda _: "x") for _ in range(half)]
-    clients += [SlowClient(service.port, lambda task: webhook_token(secret, task))
-                for _ in range(SLOW_CLIENTS - half)]
+    clients += [
+        SlowClient(service.port, lambda task: webhook_token(secret, task))
+        for _ in range(SLOW_CLIENTS - half)
+    ]
     for client in clients:
         client.start()
     try:

@@ -98,8 +98,9 @@ def resolver(table: dict[str, list[str]]) -> Callable[..., Any]:
             answers = []
             for address in table[host]:
                 family = socket.AF_INET6 if ":" in address else socket.AF_INET
-                sockaddr = (address, int(port or 0), 0, 0) if ":" in address else (
-                    address, int(port or 0))
+                sockaddr = (
+                    (address, int(port or 0), 0, 0) if ":" in address else (address, int(port or 0))
+                )
                 answers.append((family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", sockaddr))
             return answers
         return REAL_GETADDRINFO(host, port, *args, **kwargs)
@@ -131,18 +132,26 @@ def test_callback_url_refused_at_creation(harness: Harness, url: str) -> None:
     harness.assert_unchanged(before)
 
 
-@pytest.mark.parametrize("addresses", [["127.0.0.1"], ["169.254.169.254"], ["10.1.2.3"],
-                                       [PUBLIC_IP, "127.0.0.1"], ["::1", PUBLIC_IP]],
-                         ids=["loopback", "metadata", "private", "public-and-loopback",
-                              "v6-loopback-and-public"])
+@pytest.mark.parametrize(
+    "addresses",
+    [
+        ["127.0.0.1"],
+        ["169.254.169.254"],
+        ["10.1.2.3"],
+        [PUBLIC_IP, "127.0.0.1"],
+        ["::1", PUBLIC_IP],
+    ],
+    ids=["loopback", "metadata", "private", "public-and-loopback", "v6-loopback-and-public"],
+)
 def test_callback_name_resolving_to_a_private_address_refused(
-        harness: Harness, dns: Callable[[dict[str, list[str]]], None],
-        addresses: list[str]) -> None:
+    harness: Harness, dns: Callable[[dict[str, list[str]]], None], addresses: list[str]
+) -> None:
     """A public-looking name is judged by every address it resolves to."""
     dns({"hooks.attacker.example": addresses})
     before = harness.snapshot()
-    answer = harness.api("POST", "/v1/jobs",
-                         json=job_body(callbackURL="https://hooks.attacker.example/cb"))
+    answer = harness.api(
+        "POST", "/v1/jobs", json=job_body(callbackURL="https://hooks.attacker.example/cb")
+    )
     body = assert_error(answer, 422, "validation_failed")
     assert set(body["errors"]) == {"callbackURL"}, body
     harness.assert_unchanged(before)
@@ -150,8 +159,9 @@ def test_callback_name_resolving_to_a_private_address_refused(
 
 def test_callback_name_that_does_not_resolve_refused(harness: Harness) -> None:
     before = harness.snapshot()
-    answer = harness.api("POST", "/v1/jobs",
-                         json=job_body(callbackURL="https://no-such-host.invalid/cb"))
+    answer = harness.api(
+        "POST", "/v1/jobs", json=job_body(callbackURL="https://no-such-host.invalid/cb")
+    )
     body = assert_error(answer, 422, "validation_failed")
     assert set(body["errors"]) == {"callbackURL"}, body
     harness.assert_unchanged(before)
@@ -160,8 +170,12 @@ def test_callback_name_that_does_not_resolve_refused(harness: Harness) -> None:
 def test_callback_header_idempotency_key_does_not_bypass_the_check(harness: Harness) -> None:
     """A refused callback with an idempotency key leaves no key behind either."""
     before = harness.snapshot()
-    answer = harness.api("POST", "/v1/jobs", headers={"Idempotency-Key": "ssrf-1"},
-                         json=job_body(callbackURL="http://169.254.169.254/"))
+    answer = harness.api(
+        "POST",
+        "/v1/jobs",
+        headers={"Idempotency-Key": "ssrf-1"},
+        json=job_body(callbackURL="http://169.254.169.254/"),
+    )
     assert_error(answer, 422, "validation_failed")
     harness.assert_unchanged(before)
 
@@ -200,7 +214,8 @@ def test_callback_sent_to_the_checked_literal_address(harness: Harness) -> None:
 
 
 def test_callback_pinned_to_the_address_checked_with_host_and_sni_kept(
-        harness: Harness, dns: Callable[[dict[str, list[str]]], None]) -> None:
+    harness: Harness, dns: Callable[[dict[str, list[str]]], None]
+) -> None:
     dns({"hooks.customer.example": [PUBLIC_IP]})
     job_id = ended_job_with_callback(harness, "https://hooks.customer.example/cb")
     before = len(harness.outbound.requests)
@@ -212,7 +227,8 @@ def test_callback_pinned_to_the_address_checked_with_host_and_sni_kept(
 
 
 def test_callback_rebinding_between_creation_and_send_refused(
-        harness: Harness, dns: Callable[[dict[str, list[str]]], None]) -> None:
+    harness: Harness, dns: Callable[[dict[str, list[str]]], None]
+) -> None:
     """The name passed at creation; by send time it points at the metadata service."""
     dns({"hooks.rebind.example": [PUBLIC_IP]})
     job_id = ended_job_with_callback(harness, "http://hooks.rebind.example/cb")
@@ -223,7 +239,8 @@ def test_callback_rebinding_between_creation_and_send_refused(
 
 
 def test_callback_each_send_resolves_once_and_connects_there(
-        harness: Harness, dns: Callable[[dict[str, list[str]]], None]) -> None:
+    harness: Harness, dns: Callable[[dict[str, list[str]]], None]
+) -> None:
     """A second send after the name moved goes to the new public address, never re-resolved
     between check and connect."""
     dns({"hooks.moving.example": [PUBLIC_IP]})
@@ -236,11 +253,19 @@ def test_callback_each_send_resolves_once_and_connects_there(
     assert sent.headers["Host"] == "hooks.moving.example"
 
 
-@pytest.mark.parametrize("stored", [
-    "http://127.0.0.1:6379/", "http://169.254.169.254/latest/meta-data/",
-    "http://100.100.100.200/latest/meta-data/", "http://[::ffff:10.0.0.1]/cb",
-    "http://93.184.216.34:99999/cb", "gopher://93.184.216.34/_x", "http://localhost/cb",
-], ids=["redis", "metadata", "cgnat", "mapped-private", "bad-port", "gopher", "localhost"])
+@pytest.mark.parametrize(
+    "stored",
+    [
+        "http://127.0.0.1:6379/",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://100.100.100.200/latest/meta-data/",
+        "http://[::ffff:10.0.0.1]/cb",
+        "http://93.184.216.34:99999/cb",
+        "gopher://93.184.216.34/_x",
+        "http://localhost/cb",
+    ],
+    ids=["redis", "metadata", "cgnat", "mapped-private", "bad-port", "gopher", "localhost"],
+)
 def test_callback_rewritten_in_the_store_refused_at_send(harness: Harness, stored: str) -> None:
     """An old record, or one changed behind the API's back, is checked again before sending."""
     job_id = ended_job_with_callback(harness, f"http://{PUBLIC_IP}/cb")
@@ -291,14 +316,17 @@ def received_with_image_url(harness: Harness, image_url: str) -> tuple[str, str]
 
 def final_image_keys(harness: Harness, job_id: str) -> list[str]:
     prefix = f"{harness.prefix}jobs/{job_id}/"
-    return [key for key in harness.s3_keys()
-            if key.startswith(prefix) and not key.endswith("manifest.json")]
+    return [
+        key
+        for key in harness.s3_keys()
+        if key.startswith(prefix) and not key.endswith("manifest.json")
+    ]
 
 
-@pytest.mark.parametrize("image_url", list(REFUSED_IMAGE_URLS.values()),
-                         ids=list(REFUSED_IMAGE_URLS))
-def test_image_url_never_fetched_outside_the_allow_list(harness: Harness,
-                                                         image_url: str) -> None:
+@pytest.mark.parametrize(
+    "image_url", list(REFUSED_IMAGE_URLS.values()), ids=list(REFUSED_IMAGE_URLS)
+)
+def test_image_url_never_fetched_outside_the_allow_list(harness: Harness, image_url: str) -> None:
     job_id, _ = received_with_image_url(harness, image_url)
     before = harness.snapshot()
     outcome = harness.service.promote_slot(job_id, 0, allow_fetch=True)
@@ -313,13 +341,20 @@ def test_image_url_never_fetched_outside_the_allow_list(harness: Harness,
         assert slot.state == "failed" and slot.error_code == "image_rejected", slot
 
 
-@pytest.mark.parametrize("addresses", [["127.0.0.1"], ["169.254.169.254"], ["100.100.100.200"],
-                                       [PUBLIC_IP, "10.0.0.1"], ["::ffff:127.0.0.1"]],
-                         ids=["loopback", "metadata", "cgnat", "public-and-private",
-                              "mapped-loopback"])
+@pytest.mark.parametrize(
+    "addresses",
+    [
+        ["127.0.0.1"],
+        ["169.254.169.254"],
+        ["100.100.100.200"],
+        [PUBLIC_IP, "10.0.0.1"],
+        ["::ffff:127.0.0.1"],
+    ],
+    ids=["loopback", "metadata", "cgnat", "public-and-private", "mapped-loopback"],
+)
 def test_allowed_image_host_resolving_to_a_private_address_never_fetched(
-        harness: Harness, dns: Callable[[dict[str, list[str]]], None],
-        addresses: list[str]) -> None:
+    harness: Harness, dns: Callable[[dict[str, list[str]]], None], addresses: list[str]
+) -> None:
     """An allow-listed name is not enough: a poisoned answer for it is refused too."""
     job_id, _ = received_with_image_url(harness, "https://im.runware.ai/image/x.jpg")
     dns({"im.runware.ai": addresses})
@@ -330,7 +365,8 @@ def test_allowed_image_host_resolving_to_a_private_address_never_fetched(
 
 
 def test_allowed_image_host_without_dns_answer_is_refused(
-        harness: Harness, dns: Callable[[dict[str, list[str]]], None]) -> None:
+    harness: Harness, dns: Callable[[dict[str, list[str]]], None]
+) -> None:
     """In a sandbox with no DNS the allowed host does not resolve: refused, nothing sent."""
     job_id, _ = received_with_image_url(harness, "https://im.runware.ai/image/x.jpg")
     dns({"im.runware.ai": []})
@@ -354,13 +390,18 @@ class ImageHost:
 def fetching_service(harness: Harness, host: ImageHost, **settings: Any) -> JobService:
     """The harness's use cases with an image host that serves JPEGs, and other settings."""
     http = httpx.Client(transport=httpx.MockTransport(host.handle))
-    return JobService(dataclasses.replace(
-        harness.service.context, http=http,
-        settings=dataclasses.replace(harness.settings, **settings)))
+    return JobService(
+        dataclasses.replace(
+            harness.service.context,
+            http=http,
+            settings=dataclasses.replace(harness.settings, **settings),
+        )
+    )
 
 
 def test_allowed_image_host_fetched_at_the_checked_address_with_host_kept(
-        harness: Harness, dns: Callable[[dict[str, list[str]]], None]) -> None:
+    harness: Harness, dns: Callable[[dict[str, list[str]]], None]
+) -> None:
     """The positive control: the allowed host, resolving to a public address, is fetched from
     that address (not re-resolved), with its own Host header and TLS name, and stored."""
     job_id, _ = received_with_image_url(harness, "https://im.runware.ai/image/x.jpg")
@@ -381,8 +422,9 @@ def test_literal_public_image_host_in_the_allow_list_is_fetched(harness: Harness
     RUNWARE_IMAGE_HOSTS, private addresses still refused."""
     job_id, _ = received_with_image_url(harness, f"http://{PUBLIC_IP}:8443/image/x.jpg")
     host = ImageHost()
-    service = fetching_service(harness, host, runware_image_hosts=(PUBLIC_IP,),
-                               allow_private_urls=False)
+    service = fetching_service(
+        harness, host, runware_image_hosts=(PUBLIC_IP,), allow_private_urls=False
+    )
     assert service.promote_slot(job_id, 0, allow_fetch=True) == "stored"
     [fetch] = host.requests
     assert str(fetch.url) == f"http://{PUBLIC_IP}:8443/image/x.jpg"
@@ -395,8 +437,9 @@ def test_private_address_in_the_allow_list_still_refused(harness: Harness) -> No
     ALLOW_PRIVATE_URLS is false."""
     job_id, _ = received_with_image_url(harness, "http://10.0.0.7/image/x.jpg")
     host = ImageHost()
-    service = fetching_service(harness, host, runware_image_hosts=("10.0.0.7",),
-                               allow_private_urls=False)
+    service = fetching_service(
+        harness, host, runware_image_hosts=("10.0.0.7",), allow_private_urls=False
+    )
     assert service.promote_slot(job_id, 0, allow_fetch=True) == "rejected"
     assert host.requests == []
     assert final_image_keys(harness, job_id) == []

@@ -23,8 +23,15 @@ from tests.security.conftest import (
 pytestmark = pytest.mark.security
 
 REQUEST = {"positivePrompt": PROMPT, "resolution": "1K"}
-JOB_STATES = ["queued", "running", "succeeded", "partially_succeeded", "failed", "cancelled",
-              "timed_out"]
+JOB_STATES = [
+    "queued",
+    "running",
+    "succeeded",
+    "partially_succeeded",
+    "failed",
+    "cancelled",
+    "timed_out",
+]
 
 
 def acme_jobs(harness: Harness) -> dict[str, str]:
@@ -36,8 +43,13 @@ def acme_jobs(harness: Harness) -> dict[str, str]:
     failed, _ = harness.failed_job("acme")
     cancelled, _ = harness.submitted_job("acme")
     harness.service.cancel_job(cancelled, "acme")
-    return {"queued": queued.id, "running": running, "succeeded": succeeded, "failed": failed,
-            "cancelled": cancelled}
+    return {
+        "queued": queued.id,
+        "running": running,
+        "succeeded": succeeded,
+        "failed": failed,
+        "cancelled": cancelled,
+    }
 
 
 def same_as_missing(harness: Harness, method: str, path: str, job_id: str) -> None:
@@ -47,11 +59,13 @@ def same_as_missing(harness: Harness, method: str, path: str, job_id: str) -> No
     absent = harness.api(method, path.format(missing), key=GLOBEX_KEY)
     foreign_body = assert_error(foreign, 404, "not_found")
     absent_body = assert_error(absent, 404, "not_found")
-    assert foreign_body["message"].replace(job_id, "<id>") == \
-        absent_body["message"].replace(missing, "<id>")
+    assert foreign_body["message"].replace(job_id, "<id>") == absent_body["message"].replace(
+        missing, "<id>"
+    )
     assert foreign_body["errors"] == absent_body["errors"]
-    assert {k: v for k, v in foreign.headers.items() if k != "Content-Length"} == \
-        {k: v for k, v in absent.headers.items() if k != "Content-Length"}
+    assert {k: v for k, v in foreign.headers.items() if k != "Content-Length"} == {
+        k: v for k, v in absent.headers.items() if k != "Content-Length"
+    }
 
 
 # ------------------------------------------------------------------ another tenant's jobs
@@ -90,15 +104,15 @@ def test_other_tenant_lists_none_of_the_jobs(harness: Harness, state: str | None
 def test_other_tenants_cursor_lists_only_own_jobs(harness: Harness) -> None:
     """A cursor taken from acme's listing, given with globex's key, pages globex's jobs."""
     jobs = acme_jobs(harness)
-    own = [harness.service.create_job(dict(REQUEST), "globex")[0].id
-           for _ in range(2)]
+    own = [harness.service.create_job(dict(REQUEST), "globex")[0].id for _ in range(2)]
     page = harness.api("GET", "/v1/jobs", query_string={"limit": 1}).get_json()
     assert page["nextCursor"] is not None
     before = harness.snapshot()
     seen: list[str] = []
     for cursor in [page["nextCursor"], "1e12", "0", "-1e12"]:
-        answer = harness.api("GET", "/v1/jobs", key=GLOBEX_KEY,
-                             query_string={"cursor": cursor, "limit": 200})
+        answer = harness.api(
+            "GET", "/v1/jobs", key=GLOBEX_KEY, query_string={"cursor": cursor, "limit": 200}
+        )
         assert answer.status_code == 200, answer.get_json()
         seen += [job["id"] for job in answer.get_json()["jobs"]]
     assert set(seen) <= set(own)
@@ -139,8 +153,12 @@ UNAUTHORIZED: dict[str, dict[str, str]] = {
     "api-key-header": {"X-API-Key": ACME_KEY},
 }
 
-ENDPOINTS = [("GET", "/v1/jobs/{job}"), ("POST", "/v1/jobs/{job}/cancel"), ("GET", "/v1/jobs"),
-             ("POST", "/v1/jobs")]
+ENDPOINTS = [
+    ("GET", "/v1/jobs/{job}"),
+    ("POST", "/v1/jobs/{job}/cancel"),
+    ("GET", "/v1/jobs"),
+    ("POST", "/v1/jobs"),
+]
 
 
 @pytest.mark.parametrize("headers", list(UNAUTHORIZED.values()), ids=list(UNAUTHORIZED))
@@ -151,8 +169,7 @@ def test_bad_credentials_refused_everywhere(harness: Harness, headers: dict[str,
         kwargs: dict[str, Any] = {}
         if path == "/v1/jobs" and method == "POST":
             kwargs["json"] = dict(REQUEST)
-        answer = harness.api(method, path.format(job=job_id), key=None, headers=headers,
-                             **kwargs)
+        answer = harness.api(method, path.format(job=job_id), key=None, headers=headers, **kwargs)
         assert_error(answer, 401, "unauthorized")
     harness.assert_unchanged(before)
 
@@ -164,25 +181,30 @@ def test_unauthorized_answer_does_not_depend_on_the_job(harness: Harness) -> Non
     existing = harness.api("GET", f"/v1/jobs/{job_id}", key="wrong")
     missing = harness.api("GET", f"/v1/jobs/{uuid.uuid4()}", key="wrong")
     malformed = harness.api("GET", "/v1/jobs/not-a-uuid", key="wrong")
-    bodies = [assert_error(answer, 401, "unauthorized") for answer in (existing, missing,
-                                                                       malformed)]
+    bodies = [
+        assert_error(answer, 401, "unauthorized") for answer in (existing, missing, malformed)
+    ]
     assert bodies[0] == bodies[1] == bodies[2]
     harness.assert_unchanged(before)
 
 
-@pytest.mark.parametrize("header", [f"bearer {ACME_KEY}", f"BEARER {ACME_KEY}",
-                                    f"Bearer   {ACME_KEY}", f"Bearer {ACME_KEY}   "],
-                         ids=["lowercase", "uppercase", "extra-spaces", "trailing-spaces"])
-def test_scheme_case_and_padding_accepted_for_the_right_key(harness: Harness,
-                                                             header: str) -> None:
+@pytest.mark.parametrize(
+    "header",
+    [f"bearer {ACME_KEY}", f"BEARER {ACME_KEY}", f"Bearer   {ACME_KEY}", f"Bearer {ACME_KEY}   "],
+    ids=["lowercase", "uppercase", "extra-spaces", "trailing-spaces"],
+)
+def test_scheme_case_and_padding_accepted_for_the_right_key(harness: Harness, header: str) -> None:
     """RFC 7235 schemes are case-insensitive; padding around the key is not part of it. The
     key itself still has to match exactly, and it names its own tenant only."""
     job_id, _ = harness.submitted_job("acme")
-    answer = harness.api("GET", f"/v1/jobs/{job_id}", key=None,
-                         headers={"Authorization": header})
+    answer = harness.api("GET", f"/v1/jobs/{job_id}", key=None, headers={"Authorization": header})
     assert answer.status_code == 200, answer.get_json()
-    foreign = harness.api("GET", f"/v1/jobs/{job_id}", key=None,
-                          headers={"Authorization": header.replace(ACME_KEY, GLOBEX_KEY)})
+    foreign = harness.api(
+        "GET",
+        f"/v1/jobs/{job_id}",
+        key=None,
+        headers={"Authorization": header.replace(ACME_KEY, GLOBEX_KEY)},
+    )
     assert_error(foreign, 404, "not_found")
 
 
@@ -211,7 +233,8 @@ def test_idempotency_keys_are_per_tenant(harness: Harness, where: str) -> None:
 
 
 def test_idempotency_key_with_another_body_conflicts_only_within_the_tenant(
-        harness: Harness) -> None:
+    harness: Harness,
+) -> None:
     headers = {"Idempotency-Key": "order-43"}
     first = harness.api("POST", "/v1/jobs", json=dict(REQUEST), headers=headers)
     assert first.status_code == 202
@@ -222,8 +245,12 @@ def test_idempotency_key_with_another_body_conflicts_only_within_the_tenant(
     assert first.get_json()["id"] not in str(body)
     harness.assert_unchanged(before)
     # the same key and that other body are a new job for globex
-    assert harness.api("POST", "/v1/jobs", key=GLOBEX_KEY, json=other_body,
-                       headers=headers).status_code == 202
+    assert (
+        harness.api(
+            "POST", "/v1/jobs", key=GLOBEX_KEY, json=other_body, headers=headers
+        ).status_code
+        == 202
+    )
 
 
 # ------------------------------------------------------------------ webhook tokens

@@ -36,8 +36,9 @@ BAD_TOKENS: dict[str, Callable[[str], str]] = {
 
 
 @pytest.mark.parametrize("make_token", BAD_TOKENS.values(), ids=BAD_TOKENS.keys())
-def test_a_bad_token_is_refused_before_anything_is_read(harness: Harness,
-                                                        make_token: Callable[[str], str]) -> None:
+def test_a_bad_token_is_refused_before_anything_is_read(
+    harness: Harness, make_token: Callable[[str], str]
+) -> None:
     _job, task = harness.submitted_job()
     before = harness.snapshot()
     answer = harness.webhook(task, success_body(task), token=make_token(task))
@@ -56,8 +57,11 @@ def test_a_missing_token_is_refused(harness: Harness) -> None:
 def test_a_token_in_a_header_instead_of_the_url_is_refused(harness: Harness) -> None:
     _job, task = harness.submitted_job()
     before = harness.snapshot()
-    answer = harness.client.post(f"/webhooks/runware/{task}", json=success_body(task), headers={
-        "Authorization": f"Bearer {webhook_token(WEBHOOK_SECRET, task)}"})
+    answer = harness.client.post(
+        f"/webhooks/runware/{task}",
+        json=success_body(task),
+        headers={"Authorization": f"Bearer {webhook_token(WEBHOOK_SECRET, task)}"},
+    )
     assert_error(answer, 401, "unauthorized")
     harness.assert_unchanged(before)
 
@@ -65,10 +69,10 @@ def test_a_token_in_a_header_instead_of_the_url_is_refused(harness: Harness) -> 
 def test_a_token_under_the_previous_secret_is_still_accepted(harness: Harness) -> None:
     """Rotation: the control case that the refusals above are about the token alone."""
     job_id, task = harness.submitted_job()
-    answer = harness.webhook(task, success_body(task),
-                             token=webhook_token(OLD_WEBHOOK_SECRET, task))
-    assert answer.status_code == 200 and answer.json == {"taskUUID": task,
-                                                         "results": ["received"]}
+    answer = harness.webhook(
+        task, success_body(task), token=webhook_token(OLD_WEBHOOK_SECRET, task)
+    )
+    assert answer.status_code == 200 and answer.json == {"taskUUID": task, "results": ["received"]}
     slot = harness.store.get_slot(job_id, 0)
     assert slot is not None and slot.state == "received"
 
@@ -81,17 +85,29 @@ def test_a_valid_token_for_a_task_the_pipeline_never_made_is_404(harness: Harnes
     harness.assert_unchanged(before)
 
 
-@pytest.mark.parametrize("task", [
-    "abc", "x:slot:0", "1607528b-b740-4975-8cc1-6dc6b2d18f60:slot:0",
-    "1607528B-B740-4975-8CC1-6DC6B2D18F60", "1607528bb7404975 8cc16dc6b2d18f60",
-    "{1607528b-b740-4975-8cc1-6dc6b2d18f60}", "*", "..%2f..%2fjob",
-])
-def test_a_task_path_that_is_not_a_uuid_never_reaches_the_store(harness: Harness,
-                                                                 task: str) -> None:
+@pytest.mark.parametrize(
+    "task",
+    [
+        "abc",
+        "x:slot:0",
+        "1607528b-b740-4975-8cc1-6dc6b2d18f60:slot:0",
+        "1607528B-B740-4975-8CC1-6DC6B2D18F60",
+        "1607528bb7404975 8cc16dc6b2d18f60",
+        "{1607528b-b740-4975-8cc1-6dc6b2d18f60}",
+        "*",
+        "..%2f..%2fjob",
+    ],
+)
+def test_a_task_path_that_is_not_a_uuid_never_reaches_the_store(
+    harness: Harness, task: str
+) -> None:
     harness.submitted_job()
     before = harness.snapshot()
-    answer = harness.webhook(task, {"data": [{"taskUUID": task, "imageUUID": "i"}]},
-                             token=webhook_token(WEBHOOK_SECRET, task))
+    answer = harness.webhook(
+        task,
+        {"data": [{"taskUUID": task, "imageUUID": "i"}]},
+        token=webhook_token(WEBHOOK_SECRET, task),
+    )
     assert_error(answer, 404)
     harness.assert_unchanged(before)
 
@@ -107,28 +123,41 @@ def test_a_body_naming_another_task_than_the_url_is_refused(harness: Harness) ->
 
 REPLAYS: dict[str, Callable[[str], Any]] = {
     "success again": lambda task: success_body(task, imageUUID="replayed-image"),
-    "account error (credits)": lambda task: {"errors": [{
-        "taskUUID": task, "code": "insufficientCredits", "message": "ATTACKER TEXT"}]},
-    "account error (api key)": lambda task: {"errors": [{
-        "taskUUID": task, "code": "invalidApiKey", "message": "ATTACKER TEXT"}]},
-    "model gone": lambda task: {"errors": [{
-        "taskUUID": task, "code": "unknownModel", "message": "ATTACKER TEXT"}]},
-    "transient error": lambda task: {"errors": [{
-        "taskUUID": task, "code": "timeoutProvider", "message": "ATTACKER TEXT"}]},
-    "permanent error": lambda task: {"errors": [{
-        "taskUUID": task, "code": "providerContentPolicyViolation", "message": "x"}]},
-    "nested error item": lambda task: {"data": [{
-        "taskUUID": task, "status": "error",
-        "error": {"code": "insufficientCredits", "message": "ATTACKER TEXT"}}]},
-    "untied error": lambda task: {"errors": [{"code": "insufficientCredits",
-                                              "message": "ATTACKER TEXT"}]},
+    "account error (credits)": lambda task: {
+        "errors": [{"taskUUID": task, "code": "insufficientCredits", "message": "ATTACKER TEXT"}]
+    },
+    "account error (api key)": lambda task: {
+        "errors": [{"taskUUID": task, "code": "invalidApiKey", "message": "ATTACKER TEXT"}]
+    },
+    "model gone": lambda task: {
+        "errors": [{"taskUUID": task, "code": "unknownModel", "message": "ATTACKER TEXT"}]
+    },
+    "transient error": lambda task: {
+        "errors": [{"taskUUID": task, "code": "timeoutProvider", "message": "ATTACKER TEXT"}]
+    },
+    "permanent error": lambda task: {
+        "errors": [{"taskUUID": task, "code": "providerContentPolicyViolation", "message": "x"}]
+    },
+    "nested error item": lambda task: {
+        "data": [
+            {
+                "taskUUID": task,
+                "status": "error",
+                "error": {"code": "insufficientCredits", "message": "ATTACKER TEXT"},
+            }
+        ]
+    },
+    "untied error": lambda task: {
+        "errors": [{"code": "insufficientCredits", "message": "ATTACKER TEXT"}]
+    },
 }
 
 
 @pytest.mark.parametrize("ended", ["succeeded", "failed", "cancelled"])
 @pytest.mark.parametrize("make_body", REPLAYS.values(), ids=REPLAYS.keys())
 def test_a_replayed_webhook_url_changes_nothing_once_the_job_has_ended(
-        harness: Harness, ended: str, make_body: Callable[[str], Any]) -> None:
+    harness: Harness, ended: str, make_body: Callable[[str], Any]
+) -> None:
     if ended == "succeeded":
         _job, task = harness.succeeded_job()
     elif ended == "failed":
@@ -140,8 +169,9 @@ def test_a_replayed_webhook_url_changes_nothing_once_the_job_has_ended(
         # from then on the slot has ended like any other.
         late = harness.webhook(task, success_body(task))
         assert late.status_code == 200 and late.json["results"] == ["discarded"]
-    waiting, _ = harness.service.create_job({"positivePrompt": "b", "width": 1024,
-                                             "height": 1024}, "globex")
+    waiting, _ = harness.service.create_job(
+        {"positivePrompt": "b", "width": 1024, "height": 1024}, "globex"
+    )
     before = harness.snapshot()
     answer = harness.webhook(task, make_body(task))
     assert answer.status_code == 200, answer.json

@@ -31,12 +31,24 @@ class FakeService:
         return [SlotResult("job-1", 0, ResultOutcome.RECEIVED)]
 
 
-def make_client(service: FakeService, roles: tuple[str, ...] = ("webhooks", "api", "metrics"),
-                ) -> FlaskClient:
-    settings = Settings.from_env({"WEBHOOK_SECRETS": SECRET, "API_KEYS": "acme:k",
-                                  "WEBHOOK_MAX_BODY_BYTES": "2048", "LOG_FORMAT": "text"})
-    app = create_app(settings, service=service, inline_service=service,  # type: ignore[arg-type]
-                     roles=roles)
+def make_client(
+    service: FakeService,
+    roles: tuple[str, ...] = ("webhooks", "api", "metrics"),
+) -> FlaskClient:
+    settings = Settings.from_env(
+        {
+            "WEBHOOK_SECRETS": SECRET,
+            "API_KEYS": "acme:k",
+            "WEBHOOK_MAX_BODY_BYTES": "2048",
+            "LOG_FORMAT": "text",
+        }
+    )
+    app = create_app(
+        settings,
+        service=service,
+        inline_service=service,  # type: ignore[arg-type]
+        roles=roles,
+    )
     return app.test_client()
 
 

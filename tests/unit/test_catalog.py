@@ -15,12 +15,33 @@ SPEC = get_model(AIR)
 
 # The dimension table of runware-api.md §7, written out so the catalog is checked against it.
 TABLE_1K = [
-    (1024, 1024), (896, 1280), (1280, 896), (768, 1408), (1408, 768), (864, 1296), (1296, 864),
-    (576, 1248), (1248, 576), (576, 1280), (1280, 576), (704, 1408), (1408, 704),
+    (1024, 1024),
+    (896, 1280),
+    (1280, 896),
+    (768, 1408),
+    (1408, 768),
+    (864, 1296),
+    (1296, 864),
+    (576, 1248),
+    (1248, 576),
+    (576, 1280),
+    (1280, 576),
+    (704, 1408),
+    (1408, 704),
 ]
 TABLE_2K = [
-    (2048, 2048), (1792, 2560), (2560, 1792), (1536, 2816), (2816, 1536), (1728, 2592),
-    (2592, 1728), (1152, 2496), (2496, 1152), (1152, 2560), (2560, 1152), (1408, 2816),
+    (2048, 2048),
+    (1792, 2560),
+    (2560, 1792),
+    (1536, 2816),
+    (2816, 1536),
+    (1728, 2592),
+    (2592, 1728),
+    (1152, 2496),
+    (2496, 1152),
+    (1152, 2560),
+    (2560, 1152),
+    (1408, 2816),
     (2816, 1408),
 ]
 
@@ -41,14 +62,18 @@ def test_every_listed_size_is_accepted(width: int, height: int) -> None:
     assert SPEC.validate(params(width=width, height=height)) == {}
 
 
-@pytest.mark.parametrize(("width", "height", "preset"),
-                         [(w, h, "1K") for w, h in TABLE_1K] + [(w, h, "2K") for w, h in TABLE_2K])
+@pytest.mark.parametrize(
+    ("width", "height", "preset"),
+    [(w, h, "1K") for w, h in TABLE_1K] + [(w, h, "2K") for w, h in TABLE_2K],
+)
 def test_each_size_belongs_to_its_preset(width: int, height: int, preset: str) -> None:
     assert SPEC.preset_of(width, height) == preset
 
 
-@pytest.mark.parametrize(("width", "height"), [(1024, 1025), (1280, 720), (896, 1024), (512, 512),
-                                               (1024, 2048), (4096, 4096)])
+@pytest.mark.parametrize(
+    ("width", "height"),
+    [(1024, 1025), (1280, 720), (896, 1024), (512, 512), (1024, 2048), (4096, 4096)],
+)
 def test_an_unlisted_size_is_refused_naming_width(width: int, height: int) -> None:
     errors = SPEC.validate(params(width=width, height=height))
     assert list(errors) == ["width"]
@@ -88,10 +113,15 @@ def test_each_violation_is_refused_naming_the_field(
         {"width": None, "height": None, "resolution": "1K"},
         {"width": None, "height": None, "resolution": "2K"},
         {"width": None, "height": None, "inputs": {"referenceImages": ["https://x/a.png"]}},
-        {"numberResults": 1}, {"numberResults": 20},
-        {"outputQuality": 20}, {"outputQuality": 99},
-        {"outputFormat": "JPG"}, {"outputFormat": "PNG"}, {"outputFormat": "WEBP"},
-        {"safety": {"mode": "none"}}, {"safety": {"mode": "fast", "checkContent": True}},
+        {"numberResults": 1},
+        {"numberResults": 20},
+        {"outputQuality": 20},
+        {"outputQuality": 99},
+        {"outputFormat": "JPG"},
+        {"outputFormat": "PNG"},
+        {"outputFormat": "WEBP"},
+        {"safety": {"mode": "none"}},
+        {"safety": {"mode": "fast", "checkContent": True}},
     ],
 )
 def test_boundaries_and_alternatives_are_accepted(overrides: dict[str, Any]) -> None:

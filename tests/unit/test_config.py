@@ -36,14 +36,24 @@ def test_an_empty_environment_gives_the_defaults() -> None:
 
 
 def test_the_contract_variables_are_read() -> None:
-    settings = Settings.from_env({
-        "REDIS_URL": "redis://127.0.0.1:6390/2", "S3_BUCKET": "b", "S3_PREFIX": "images/",
-        "S3_ENDPOINT_URL": "http://127.0.0.1:9000/", "RUNWARE_API_KEY": " rw ",
-        "RUNWARE_API_URL": "http://127.0.0.1:9100/v1", "RUNWARE_MAX_IN_FLIGHT": "2",
-        "RUNWARE_IMAGE_HOSTS": "im.runware.ai, 127.0.0.1:9100 ,", "ALLOW_PRIVATE_URLS": "true",
-        "PUBLIC_BASE_URL": "http://127.0.0.1:8001/", "WEBHOOK_SECRETS": f"{SECRET},{'t' * 20}",
-        "DEFAULT_DEADLINE_SECONDS": "120", "LOG_LEVEL": "debug", "LOG_FORMAT": "text",
-    })
+    settings = Settings.from_env(
+        {
+            "REDIS_URL": "redis://127.0.0.1:6390/2",
+            "S3_BUCKET": "b",
+            "S3_PREFIX": "images/",
+            "S3_ENDPOINT_URL": "http://127.0.0.1:9000/",
+            "RUNWARE_API_KEY": " rw ",
+            "RUNWARE_API_URL": "http://127.0.0.1:9100/v1",
+            "RUNWARE_MAX_IN_FLIGHT": "2",
+            "RUNWARE_IMAGE_HOSTS": "im.runware.ai, 127.0.0.1:9100 ,",
+            "ALLOW_PRIVATE_URLS": "true",
+            "PUBLIC_BASE_URL": "http://127.0.0.1:8001/",
+            "WEBHOOK_SECRETS": f"{SECRET},{'t' * 20}",
+            "DEFAULT_DEADLINE_SECONDS": "120",
+            "LOG_LEVEL": "debug",
+            "LOG_FORMAT": "text",
+        }
+    )
     assert settings.redis_url == settings.broker_url == "redis://127.0.0.1:6390/2"
     assert settings.s3_prefix == "images/"
     assert settings.s3_endpoint_url == "http://127.0.0.1:9000"
@@ -59,13 +69,21 @@ def test_the_contract_variables_are_read() -> None:
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("RUNWARE_MAX_IN_FLIGHT", "four"), ("RUNWARE_MAX_IN_FLIGHT", "0"),
-     ("DEFAULT_DEADLINE_SECONDS", "1.5"), ("DEFAULT_DEADLINE_SECONDS", "10"),
-     ("RECONCILE_GRACE_SECONDS", "soon"), ("CELERY_VISIBILITY_TIMEOUT", "-1"),
-     ("RECONCILE_INTERVAL_SECONDS", "fast"), ("RUNWARE_TIMEOUT_SECONDS", "0.5"),
-     ("ALLOW_PRIVATE_URLS", "maybe"), ("REDIS_URL", "localhost:6379"),
-     ("PUBLIC_BASE_URL", "ftp://example.com"), ("S3_ENDPOINT_URL", "127.0.0.1:9000"),
-     ("LOG_FORMAT", "xml")],
+    [
+        ("RUNWARE_MAX_IN_FLIGHT", "four"),
+        ("RUNWARE_MAX_IN_FLIGHT", "0"),
+        ("DEFAULT_DEADLINE_SECONDS", "1.5"),
+        ("DEFAULT_DEADLINE_SECONDS", "10"),
+        ("RECONCILE_GRACE_SECONDS", "soon"),
+        ("CELERY_VISIBILITY_TIMEOUT", "-1"),
+        ("RECONCILE_INTERVAL_SECONDS", "fast"),
+        ("RUNWARE_TIMEOUT_SECONDS", "0.5"),
+        ("ALLOW_PRIVATE_URLS", "maybe"),
+        ("REDIS_URL", "localhost:6379"),
+        ("PUBLIC_BASE_URL", "ftp://example.com"),
+        ("S3_ENDPOINT_URL", "127.0.0.1:9000"),
+        ("LOG_FORMAT", "xml"),
+    ],
 )
 def test_a_bad_value_names_the_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
@@ -73,8 +91,9 @@ def test_a_bad_value_names_the_variable(name: str, value: str) -> None:
 
 
 def test_blank_values_fall_back_to_defaults() -> None:
-    settings = Settings.from_env({"RUNWARE_MAX_IN_FLIGHT": " ", "S3_BUCKET": "",
-                                  "ALLOW_PRIVATE_URLS": ""})
+    settings = Settings.from_env(
+        {"RUNWARE_MAX_IN_FLIGHT": " ", "S3_BUCKET": "", "ALLOW_PRIVATE_URLS": ""}
+    )
     assert settings.runware_max_in_flight == 4
     assert settings.s3_bucket == "imagine-pipeline"
     assert settings.allow_private_urls is False
@@ -90,12 +109,17 @@ def test_api_keys_map_keys_to_tenants() -> None:
     settings = Settings.from_env({"API_KEYS": "acme:key-1, globex:key-2,acme:key-3"})
     keys = settings.api_keys
     assert [keys.tenant_for(key) for key in ("key-1", "key-2", "key-3", "key-4")] == [
-        "acme", "globex", "acme", None]
+        "acme",
+        "globex",
+        "acme",
+        None,
+    ]
     assert keys.tenants() == ["acme", "globex"]
 
 
-@pytest.mark.parametrize("value", ["acme", "acme:", ":key", "acme:key,globex", " : ",
-                                   "acme:key,globex:key"])
+@pytest.mark.parametrize(
+    "value", ["acme", "acme:", ":key", "acme:key,globex", " : ", "acme:key,globex:key"]
+)
 def test_malformed_api_keys_are_refused(value: str) -> None:
     with pytest.raises(SettingsError, match="API_KEYS"):
         Settings.from_env({"API_KEYS": value})
@@ -117,16 +141,17 @@ def test_the_runware_key_is_required_to_submit() -> None:
 
 
 @pytest.mark.parametrize(("cap", "visibility"), [("3600", "3600"), ("600", "300")])
-def test_the_backoff_cap_must_stay_below_the_visibility_timeout(cap: str,
-                                                                visibility: str) -> None:
+def test_the_backoff_cap_must_stay_below_the_visibility_timeout(cap: str, visibility: str) -> None:
     with pytest.raises(SettingsError, match="RETRY_BACKOFF_CAP_SECONDS"):
-        Settings.from_env({"RETRY_BACKOFF_CAP_SECONDS": cap,
-                           "CELERY_VISIBILITY_TIMEOUT": visibility})
+        Settings.from_env(
+            {"RETRY_BACKOFF_CAP_SECONDS": cap, "CELERY_VISIBILITY_TIMEOUT": visibility}
+        )
 
 
 def test_a_backoff_cap_below_the_visibility_timeout_is_accepted() -> None:
-    settings = Settings.from_env({"RETRY_BACKOFF_CAP_SECONDS": "299",
-                                  "CELERY_VISIBILITY_TIMEOUT": "300"})
+    settings = Settings.from_env(
+        {"RETRY_BACKOFF_CAP_SECONDS": "299", "CELERY_VISIBILITY_TIMEOUT": "300"}
+    )
     assert (settings.retry_backoff_cap_seconds, settings.visibility_timeout_seconds) == (299, 300)
 
 
@@ -142,8 +167,9 @@ def test_env_example_documents_every_setting() -> None:
     root = Path(__file__).resolve().parents[2]
     source = (root / "pipeline" / "config.py").read_text()
     read = set(re.findall(r'env,\s*"([A-Z0-9_]+)"', source))
-    documented = set(re.findall(r"^#?\s*([A-Z0-9_]+)=", (root / ".env.example").read_text(),
-                                re.MULTILINE))
+    documented = set(
+        re.findall(r"^#?\s*([A-Z0-9_]+)=", (root / ".env.example").read_text(), re.MULTILINE)
+    )
     assert read, "no settings found in pipeline/config.py"
     assert read - documented == set()
 
@@ -152,11 +178,14 @@ def test_the_receiver_keeps_idle_connections_longer_than_a_load_balancer() -> No
     settings = Settings.from_env({})
     assert settings.receiver_keepalive_seconds == 75  # above the usual 60 s balancer idle timeout
     assert settings.receiver_body_timeout_seconds == 30.0
-    tuned = Settings.from_env({"RECEIVER_KEEPALIVE_SECONDS": "620",
-                               "RECEIVER_BODY_TIMEOUT_SECONDS": "5"})
+    tuned = Settings.from_env(
+        {"RECEIVER_KEEPALIVE_SECONDS": "620", "RECEIVER_BODY_TIMEOUT_SECONDS": "5"}
+    )
     assert (tuned.receiver_keepalive_seconds, tuned.receiver_body_timeout_seconds) == (620, 5.0)
-    for name, value in [("RECEIVER_KEEPALIVE_SECONDS", "0"),
-                        ("RECEIVER_KEEPALIVE_SECONDS", "long"),
-                        ("RECEIVER_BODY_TIMEOUT_SECONDS", "0.5")]:
+    for name, value in [
+        ("RECEIVER_KEEPALIVE_SECONDS", "0"),
+        ("RECEIVER_KEEPALIVE_SECONDS", "long"),
+        ("RECEIVER_BODY_TIMEOUT_SECONDS", "0.5"),
+    ]:
         with pytest.raises(SettingsError, match=name):
             Settings.from_env({name: value})

@@ -250,8 +250,11 @@ def test_k8s_flower_listens_on_loopback_or_behind_a_network_policy() -> None:
                 assert not _selects(peer.get("podSelector", {"x": 1}), receiver_labels), peer
                 assert peer.get("namespaceSelector", {}).get("matchLabels"), peer
     assert policies, "add the NetworkPolicy even for loopback: it guards a later FLOWER_ADDRESS"
-    exposing = [doc for doc in _k8s_documents()
-                if doc["kind"] in {"Service", "Ingress"} and "flower" in json.dumps(doc)]
+    exposing = [
+        doc
+        for doc in _k8s_documents()
+        if doc["kind"] in {"Service", "Ingress"} and "flower" in json.dumps(doc)
+    ]
     assert not exposing, "Flower gets neither a Service nor an Ingress"
 
 

@@ -42,8 +42,12 @@ def client(app: Flask) -> FlaskClient:
 
 def task(**overrides: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "taskType": "imageInference", "taskUUID": str(uuid.uuid4()), "model": MODEL,
-        "positivePrompt": "a lighthouse at dusk", "width": 1024, "height": 1024,
+        "taskType": "imageInference",
+        "taskUUID": str(uuid.uuid4()),
+        "model": MODEL,
+        "positivePrompt": "a lighthouse at dusk",
+        "width": 1024,
+        "height": 1024,
         "deliveryMethod": "async",
     }
     for name, value in overrides.items():
@@ -73,8 +77,9 @@ def test_every_listed_size_is_accepted(client: FlaskClient, width: int, height: 
     body = task(width=width, height=height)
     response = post(client, [body])
     assert response.status_code == 200
-    assert response.get_json() == {"data": [{"taskType": "imageInference",
-                                             "taskUUID": body["taskUUID"]}]}
+    assert response.get_json() == {
+        "data": [{"taskType": "imageInference", "taskUUID": body["taskUUID"]}]
+    }
 
 
 VIOLATIONS = [
@@ -113,8 +118,9 @@ VIOLATIONS = [
 
 
 @pytest.mark.parametrize(("change", "code", "parameter"), VIOLATIONS)
-def test_violations_are_refused(client: FlaskClient, change: dict[str, Any], code: str,
-                                parameter: str) -> None:
+def test_violations_are_refused(
+    client: FlaskClient, change: dict[str, Any], code: str, parameter: str
+) -> None:
     body = task(**change)
     response = post(client, [body])
     assert response.status_code == 400
@@ -170,14 +176,23 @@ def test_authentication_task_is_echoed(client: FlaskClient) -> None:
 
 
 def test_wrong_key_is_401(client: FlaskClient) -> None:
-    for headers, tasks in (({"Authorization": "Bearer nope"}, [task()]),
-                           ({}, [{"taskType": "authentication", "apiKey": "nope"}, task()])):
+    for headers, tasks in (
+        ({"Authorization": "Bearer nope"}, [task()]),
+        ({}, [{"taskType": "authentication", "apiKey": "nope"}, task()]),
+    ):
         response = post(client, tasks, headers=headers)
         assert response.status_code == 401
-        assert response.get_json() == {"errors": [{
-            "code": "invalidApiKey", "message": "Invalid API key.", "parameter": "apiKey",
-            "taskType": "authentication",
-            "documentation": "https://runware.ai/docs/platform/errors"}]}
+        assert response.get_json() == {
+            "errors": [
+                {
+                    "code": "invalidApiKey",
+                    "message": "Invalid API key.",
+                    "parameter": "apiKey",
+                    "taskType": "authentication",
+                    "documentation": "https://runware.ai/docs/platform/errors",
+                }
+            ]
+        }
 
 
 def test_missing_key_is_401(client: FlaskClient) -> None:
@@ -203,12 +218,20 @@ def fixture_requests() -> list[dict[str, Any]]:
 
 
 def test_model_page_examples_async_with_webhook(client: FlaskClient) -> None:
-    tasks = [{**r, "deliveryMethod": "async", "webhookURL": "https://hooks.example/runware",
-              "includeCost": True} for r in fixture_requests()]
+    tasks = [
+        {
+            **r,
+            "deliveryMethod": "async",
+            "webhookURL": "https://hooks.example/runware",
+            "includeCost": True,
+        }
+        for r in fixture_requests()
+    ]
     response = post(client, tasks)
     assert response.status_code == 200
     assert response.get_json()["data"] == [
-        {"taskType": "imageInference", "taskUUID": t["taskUUID"]} for t in tasks]
+        {"taskType": "imageInference", "taskUUID": t["taskUUID"]} for t in tasks
+    ]
 
 
 def test_model_page_examples_sync(client: FlaskClient) -> None:
@@ -255,8 +278,7 @@ def test_costs(client: FlaskClient) -> None:
     assert [i["cost"] for i in plain.get_json()["data"]] == [0.07, 0.07]
     ref = png_data_uri(64, 64)
     one = task(deliveryMethod="sync", includeCost=True, inputs={"referenceImages": [ref]})
-    two = task(deliveryMethod="sync", includeCost=True,
-               inputs={"referenceImages": [ref, ref]})
+    two = task(deliveryMethod="sync", includeCost=True, inputs={"referenceImages": [ref, ref]})
     assert post(client, [one]).get_json()["data"][0]["cost"] == 0.072
     assert post(client, [two]).get_json()["data"][0]["cost"] == 0.074
     no_cost = post(client, [task(deliveryMethod="sync")]).get_json()["data"][0]
@@ -267,17 +289,26 @@ def test_costs(client: FlaskClient) -> None:
     assert totals["byTask"][one["taskUUID"]] == {"count": 1, "cost": 0.072}
 
 
-@pytest.mark.parametrize(("resolution", "reference", "size"), [
-    ("1K", None, (1024, 1024)),
-    ("2K", None, (2048, 2048)),
-    (None, (1600, 900), (1408, 768)),
-    ("2K", (600, 1200), (1408, 2816)),
-    (None, "not-an-image", (1024, 1024)),
-])
-def test_sizes_without_width_and_height(client: FlaskClient, resolution: str | None,
-                                        reference: Any, size: tuple[int, int]) -> None:
-    extra: dict[str, Any] = {"width": None, "height": None, "deliveryMethod": "sync",
-                             "outputType": "base64Data", "outputFormat": "PNG"}
+@pytest.mark.parametrize(
+    ("resolution", "reference", "size"),
+    [
+        ("1K", None, (1024, 1024)),
+        ("2K", None, (2048, 2048)),
+        (None, (1600, 900), (1408, 768)),
+        ("2K", (600, 1200), (1408, 2816)),
+        (None, "not-an-image", (1024, 1024)),
+    ],
+)
+def test_sizes_without_width_and_height(
+    client: FlaskClient, resolution: str | None, reference: Any, size: tuple[int, int]
+) -> None:
+    extra: dict[str, Any] = {
+        "width": None,
+        "height": None,
+        "deliveryMethod": "sync",
+        "outputType": "base64Data",
+        "outputFormat": "PNG",
+    }
     if resolution:
         extra["resolution"] = resolution
     if reference is not None:
@@ -289,8 +320,14 @@ def test_sizes_without_width_and_height(client: FlaskClient, resolution: str | N
 
 
 def test_data_uri_output_and_safety(client: FlaskClient) -> None:
-    body = task(deliveryMethod="sync", outputType="dataURI", outputFormat="WEBP",
-                safety={"checkContent": True}, width=1408, height=704)
+    body = task(
+        deliveryMethod="sync",
+        outputType="dataURI",
+        outputFormat="WEBP",
+        safety={"checkContent": True},
+        width=1408,
+        height=704,
+    )
     item = post(client, [body]).get_json()["data"][0]
     assert item["NSFWContent"] is False
     header, payload = item["imageDataURI"].split(",", 1)
@@ -314,12 +351,15 @@ def test_get_response_unknown_task(client: FlaskClient) -> None:
 
 
 @pytest.mark.parametrize("placement", ["errors", "item"])
-def test_get_response_after_item_errors(app: Flask, client: FlaskClient,
-                                        placement: str) -> None:
+def test_get_response_after_item_errors(app: Flask, client: FlaskClient, placement: str) -> None:
     client.patch("/_emulator/config", json={"poll_error_placement": placement})
     body = task(numberResults=3)
-    queued = {"kind": "item_error", "count": 1, "taskUUID": body["taskUUID"],
-              "code": "providerContentPolicyViolation"}
+    queued = {
+        "kind": "item_error",
+        "count": 1,
+        "taskUUID": body["taskUUID"],
+        "code": "providerContentPolicyViolation",
+    }
     assert client.post("/_emulator/faults/queue", json=queued).status_code == 200
     post(client, [body])
     assert app.extensions["runware_emulator"].wait_idle(10)
@@ -359,12 +399,20 @@ def test_burst_refuses_whole_submits_with_retry_after(client: FlaskClient) -> No
 
 
 def test_image_upload_feeds_reference_images(client: FlaskClient) -> None:
-    upload = {"taskType": "imageUpload", "taskUUID": str(uuid.uuid4()),
-              "image": png_data_uri(900, 1600)}
+    upload = {
+        "taskType": "imageUpload",
+        "taskUUID": str(uuid.uuid4()),
+        "image": png_data_uri(900, 1600),
+    }
     item = post(client, [upload]).get_json()["data"][0]
     assert item["taskType"] == "imageUpload"
-    body = task(width=None, height=None, deliveryMethod="sync", outputType="base64Data",
-                inputs={"referenceImages": [item["imageUUID"]]})
+    body = task(
+        width=None,
+        height=None,
+        deliveryMethod="sync",
+        outputType="base64Data",
+        inputs={"referenceImages": [item["imageUUID"]]},
+    )
     result = post(client, [body]).get_json()["data"][0]
     image = Image.open(io.BytesIO(base64.b64decode(result["imageBase64Data"])))
     assert image.size == (768, 1408)
@@ -378,10 +426,15 @@ def test_config_patch_is_all_or_nothing(client: FlaskClient) -> None:
 
 
 def test_config_from_env() -> None:
-    config = EmulatorConfig.from_env({"EMULATOR_API_KEYS": "a,b", "EMULATOR_SEED": "5",
-                                      "EMULATOR_DELIVERIES": "off",
-                                      "EMULATOR_SUBMIT_ERROR_STATUSES": "429,503",
-                                      "EMULATOR_LATENCY_MIN_MS": "none"})
+    config = EmulatorConfig.from_env(
+        {
+            "EMULATOR_API_KEYS": "a,b",
+            "EMULATOR_SEED": "5",
+            "EMULATOR_DELIVERIES": "off",
+            "EMULATOR_SUBMIT_ERROR_STATUSES": "429,503",
+            "EMULATOR_LATENCY_MIN_MS": "none",
+        }
+    )
     assert (config.api_keys, config.seed, config.deliveries) == (["a", "b"], 5, False)
     assert config.submit_error_statuses == [429, 503]
     with pytest.raises(ConfigError):
@@ -421,8 +474,7 @@ def test_controls_list_tasks_and_report_idle(app: Flask, client: FlaskClient) ->
     assert app.extensions["runware_emulator"].wait_idle(10)
     assert client.get("/_emulator/idle").get_json() == {"idle": True, "pending": 0}
     (summary,) = client.get("/_emulator/tasks").get_json()["tasks"]
-    assert (summary["taskUUID"], summary["statuses"]) == (body["taskUUID"],
-                                                          ["success", "success"])
+    assert (summary["taskUUID"], summary["statuses"]) == (body["taskUUID"], ["success", "success"])
     detail = client.get(f"/_emulator/tasks/{body['taskUUID']}").get_json()
     assert [s["webhookOutcome"] for s in detail["slots"]] == ["none", "none"]
     assert client.get(f"/_emulator/tasks/{uuid.uuid4()}").status_code == 404

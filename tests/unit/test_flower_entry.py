@@ -43,8 +43,15 @@ def test_credentials_and_the_address_never_come_from_argv(arg: str) -> None:
 
 
 def test_binds_loopback_unless_told_otherwise_and_drops_pipeline_credentials() -> None:
-    env = flower_environment({"FLOWER_BASIC_AUTH": GOOD, "RUNWARE_API_KEY": "rk",
-                              "WEBHOOK_SECRETS": "ws", "API_KEYS": "t:k", "REDIS_URL": "redis://r"})
+    env = flower_environment(
+        {
+            "FLOWER_BASIC_AUTH": GOOD,
+            "RUNWARE_API_KEY": "rk",
+            "WEBHOOK_SECRETS": "ws",
+            "API_KEYS": "t:k",
+            "REDIS_URL": "redis://r",
+        }
+    )
     assert env["FLOWER_ADDRESS"] == "127.0.0.1"
     assert env["FLOWER_BASIC_AUTH"] == GOOD and env["REDIS_URL"] == "redis://r"
     assert not {"RUNWARE_API_KEY", "WEBHOOK_SECRETS", "API_KEYS"} & set(env)

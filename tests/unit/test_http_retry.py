@@ -68,8 +68,9 @@ class Server:
 
 @pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS", "PUT", "DELETE"])
 @pytest.mark.parametrize("fail", [_disconnected, _reset, _broken_pipe])
-def test_an_idempotent_request_is_sent_again_once(method: str, fail: Callable[[], Exception]
-                                                  ) -> None:
+def test_an_idempotent_request_is_sent_again_once(
+    method: str, fail: Callable[[], Exception]
+) -> None:
     server = Server(fail)
     with server.client() as client:
         response = client.request(method, "/v1/jobs/j1")
@@ -87,15 +88,15 @@ def test_a_second_disconnect_reaches_the_caller() -> None:
 def test_a_post_with_an_idempotency_key_is_sent_again_with_the_same_body() -> None:
     server = Server(_disconnected)
     with server.client() as client:
-        response = client.post("/v1/jobs", json={"positivePrompt": "a lighthouse"},
-                               headers={"Idempotency-Key": "k1"})
+        response = client.post(
+            "/v1/jobs", json={"positivePrompt": "a lighthouse"}, headers={"Idempotency-Key": "k1"}
+        )
     assert response.json() == {"attempt": 2}
     assert server.bodies[0] == server.bodies[1] == b'{"positivePrompt":"a lighthouse"}'
 
 
 @pytest.mark.parametrize("fail", [_disconnected, _reset])
-def test_a_post_without_an_idempotency_key_is_not_sent_again(fail: Callable[[], Exception]
-                                                             ) -> None:
+def test_a_post_without_an_idempotency_key_is_not_sent_again(fail: Callable[[], Exception]) -> None:
     server = Server(fail)
     with server.client() as client, pytest.raises(httpx.TransportError):
         client.post("/v1/jobs", json={"positivePrompt": "a lighthouse"})
@@ -113,12 +114,15 @@ def test_a_streamed_body_is_not_sent_again() -> None:
     assert len(server.bodies) == 1
 
 
-@pytest.mark.parametrize("fail", [
-    _malformed,
-    lambda: httpx.ReadTimeout("timed out"),
-    lambda: httpx.ConnectError("connection refused"),
-    lambda: httpx.ReadError("read failed"),
-])
+@pytest.mark.parametrize(
+    "fail",
+    [
+        _malformed,
+        lambda: httpx.ReadTimeout("timed out"),
+        lambda: httpx.ConnectError("connection refused"),
+        lambda: httpx.ReadError("read failed"),
+    ],
+)
 def test_other_failures_are_not_retried(fail: Callable[[], Exception]) -> None:
     server = Server(fail)
     with server.client() as client, pytest.raises(httpx.TransportError):

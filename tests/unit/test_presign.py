@@ -28,8 +28,14 @@ SECRET_KEY = "presign-unit-test-secret"
 BUCKET = "imagine-test"
 ENDPOINT = "https://s3.example.test"
 WEEK = 7 * 86400
-SIGV4_PARAMS = {"X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires",
-                "X-Amz-SignedHeaders", "X-Amz-Signature"}
+SIGV4_PARAMS = {
+    "X-Amz-Algorithm",
+    "X-Amz-Credential",
+    "X-Amz-Date",
+    "X-Amz-Expires",
+    "X-Amz-SignedHeaders",
+    "X-Amz-Signature",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -42,14 +48,21 @@ def _known_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def settings(**env: str) -> Settings:
-    return Settings.from_env({"S3_BUCKET": BUCKET, "S3_PREFIX": "images/",
-                              "WEBHOOK_SECRETS": "webhook-secret-0123456789",
-                              "PUBLIC_BASE_URL": "https://hooks.example.com", **env})
+    return Settings.from_env(
+        {
+            "S3_BUCKET": BUCKET,
+            "S3_PREFIX": "images/",
+            "WEBHOOK_SECRETS": "webhook-secret-0123456789",
+            "PUBLIC_BASE_URL": "https://hooks.example.com",
+            **env,
+        }
+    )
 
 
 def storage(endpoint: str | None = ENDPOINT) -> S3ObjectStorage:
     return S3ObjectStorage.from_settings(
-        settings(**({"S3_ENDPOINT_URL": endpoint} if endpoint else {})))
+        settings(**({"S3_ENDPOINT_URL": endpoint} if endpoint else {}))
+    )
 
 
 def query(url: str) -> dict[str, str]:
@@ -61,23 +74,36 @@ def query(url: str) -> dict[str, str]:
 def sigv4_signature(method: str, url: str, secret: str) -> str:
     """SigV4 of a presigned request, computed here from the AWS spec rather than by botocore."""
     parts = urlsplit(url)
-    params = sorted((name, value) for name, value in parse_qsl(parts.query, keep_blank_values=True)
-                    if name != "X-Amz-Signature")
-    canonical_query = "&".join(f"{quote(name, safe='-_.~')}={quote(value, safe='-_.~')}"
-                               for name, value in params)
+    params = sorted(
+        (name, value)
+        for name, value in parse_qsl(parts.query, keep_blank_values=True)
+        if name != "X-Amz-Signature"
+    )
+    canonical_query = "&".join(
+        f"{quote(name, safe='-_.~')}={quote(value, safe='-_.~')}" for name, value in params
+    )
     fields = dict(params)
     signed = fields["X-Amz-SignedHeaders"].split(";")
     headers = {"host": parts.netloc}
-    canonical_request = "\n".join([
-        method, parts.path, canonical_query,
-        "".join(f"{name}:{headers[name]}\n" for name in signed), ";".join(signed),
-        "UNSIGNED-PAYLOAD",
-    ])
+    canonical_request = "\n".join(
+        [
+            method,
+            parts.path,
+            canonical_query,
+            "".join(f"{name}:{headers[name]}\n" for name in signed),
+            ";".join(signed),
+            "UNSIGNED-PAYLOAD",
+        ]
+    )
     _, date, region, service, terminator = fields["X-Amz-Credential"].split("/")
-    string_to_sign = "\n".join([
-        "AWS4-HMAC-SHA256", fields["X-Amz-Date"], f"{date}/{region}/{service}/{terminator}",
-        hashlib.sha256(canonical_request.encode()).hexdigest(),
-    ])
+    string_to_sign = "\n".join(
+        [
+            "AWS4-HMAC-SHA256",
+            fields["X-Amz-Date"],
+            f"{date}/{region}/{service}/{terminator}",
+            hashlib.sha256(canonical_request.encode()).hexdigest(),
+        ]
+    )
     key = f"AWS4{secret}".encode()
     for part in (date, region, service, terminator):
         key = hmac.new(key, part.encode(), hashlib.sha256).digest()
@@ -87,12 +113,16 @@ def sigv4_signature(method: str, url: str, secret: str) -> str:
 # --- presign_put ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("endpoint", "host", "path_prefix"), [
-    (ENDPOINT, "s3.example.test", f"/{BUCKET}/"),            # S3-compatible server: path style
-    (None, f"{BUCKET}.s3.amazonaws.com", "/"),                # real S3: the bucket in the host
-])
-def test_a_presigned_put_names_exactly_its_staging_key(endpoint: str | None, host: str,
-                                                       path_prefix: str) -> None:
+@pytest.mark.parametrize(
+    ("endpoint", "host", "path_prefix"),
+    [
+        (ENDPOINT, "s3.example.test", f"/{BUCKET}/"),  # S3-compatible server: path style
+        (None, f"{BUCKET}.s3.amazonaws.com", "/"),  # real S3: the bucket in the host
+    ],
+)
+def test_a_presigned_put_names_exactly_its_staging_key(
+    endpoint: str | None, host: str, path_prefix: str
+) -> None:
     key = KeyLayout("images/").staging(JOB, TASK)
     url = storage(endpoint).presign_put(key, 900)
     parts = urlsplit(url)
@@ -107,8 +137,12 @@ def test_a_presigned_put_names_exactly_its_staging_key(endpoint: str | None, hos
     assert params["X-Amz-SignedHeaders"] == "host"
     assert params["X-Amz-Expires"] == "900"
     access_key, _, region, service, terminator = params["X-Amz-Credential"].split("/")
-    assert (access_key, region, service, terminator) == (ACCESS_KEY, "us-east-1", "s3",
-                                                         "aws4_request")
+    assert (access_key, region, service, terminator) == (
+        ACCESS_KEY,
+        "us-east-1",
+        "s3",
+        "aws4_request",
+    )
 
 
 def test_the_signature_covers_the_put_method_and_the_one_key() -> None:
@@ -119,8 +153,13 @@ def test_the_signature_covers_the_put_method_and_the_one_key() -> None:
     assert sigv4_signature("PUT", url, SECRET_KEY) == signature
     for method in ("GET", "HEAD", "DELETE", "POST"):
         assert sigv4_signature(method, url, SECRET_KEY) != signature, method
-    for other in (layout.staging(JOB, OTHER_TASK), layout.final(JOB, 0, "PNG"),
-                  layout.manifest(JOB), f"{key}/x", key.removeprefix("images/")):
+    for other in (
+        layout.staging(JOB, OTHER_TASK),
+        layout.final(JOB, 0, "PNG"),
+        layout.manifest(JOB),
+        f"{key}/x",
+        key.removeprefix("images/"),
+    ):
         moved = url.replace(f"/{key}?", f"/{other}?")
         assert moved != url
         assert sigv4_signature("PUT", moved, SECRET_KEY) != signature, other
@@ -131,18 +170,39 @@ def test_the_signature_covers_the_put_method_and_the_one_key() -> None:
 
 def job_context(**env: str) -> Context:
     # The store, dispatcher, circuit and budget are never touched while a payload is built.
-    return Context(settings=settings(S3_ENDPOINT_URL=ENDPOINT, **env), store=MagicMock(),
-                   storage=storage(), dispatcher=MagicMock(), circuit=MagicMock(),
-                   budget=MagicMock(), http=MagicMock())
+    return Context(
+        settings=settings(S3_ENDPOINT_URL=ENDPOINT, **env),
+        store=MagicMock(),
+        storage=storage(),
+        dispatcher=MagicMock(),
+        circuit=MagicMock(),
+        budget=MagicMock(),
+        http=MagicMock(),
+    )
 
 
 def running_job(deadline_at: float) -> Job:
     now = time.time()
-    return Job(id=JOB, tenant="acme", state=JobState.RUNNING, model="xai:grok-imagine@image-pro",
-               params={"model": "xai:grok-imagine@image-pro", "positivePrompt": "a lighthouse",
-                       "width": 1280, "height": 896, "numberResults": 1, "outputFormat": "PNG"},
-               slot_count=1, output_format="PNG", created_at=now, updated_at=now,
-               deadline_at=deadline_at, slots=[Slot(job_id=JOB, slot=0, state=SlotState.SUBMITTED)])
+    return Job(
+        id=JOB,
+        tenant="acme",
+        state=JobState.RUNNING,
+        model="xai:grok-imagine@image-pro",
+        params={
+            "model": "xai:grok-imagine@image-pro",
+            "positivePrompt": "a lighthouse",
+            "width": 1280,
+            "height": 896,
+            "numberResults": 1,
+            "outputFormat": "PNG",
+        },
+        slot_count=1,
+        output_format="PNG",
+        created_at=now,
+        updated_at=now,
+        deadline_at=deadline_at,
+        slots=[Slot(job_id=JOB, slot=0, state=SlotState.SUBMITTED)],
+    )
 
 
 def upload_endpoint(svc: Context, job: Job) -> dict[str, str]:
@@ -153,16 +213,20 @@ def upload_endpoint(svc: Context, job: Job) -> dict[str, str]:
 
 
 # The half second keeps int(deadline - now) on the whole number for the length of a test.
-@pytest.mark.parametrize(("remaining", "margin", "expected"), [
-    (900.5, "600", 1500),                 # default deadline, default margin
-    (86400.5, "600", 87000),              # the longest default deadline
-    (900.5, "0", 900),
-    (8 * 86400.5, "600", WEEK),           # capped at SigV4's longest expiry
-    (900.5, str(WEEK), WEEK),
-    (-30.0, "600", 60 + 600),             # at or past the deadline: a minute plus the margin
-])
-def test_the_upload_url_lives_until_the_deadline_plus_the_margin(remaining: float, margin: str,
-                                                                 expected: int) -> None:
+@pytest.mark.parametrize(
+    ("remaining", "margin", "expected"),
+    [
+        (900.5, "600", 1500),  # default deadline, default margin
+        (86400.5, "600", 87000),  # the longest default deadline
+        (900.5, "0", 900),
+        (8 * 86400.5, "600", WEEK),  # capped at SigV4's longest expiry
+        (900.5, str(WEEK), WEEK),
+        (-30.0, "600", 60 + 600),  # at or past the deadline: a minute plus the margin
+    ],
+)
+def test_the_upload_url_lives_until_the_deadline_plus_the_margin(
+    remaining: float, margin: str, expected: int
+) -> None:
     svc = job_context(UPLOAD_URL_MARGIN_SECONDS=margin)
     params = upload_endpoint(svc, running_job(time.time() + remaining))
     assert int(params["X-Amz-Expires"]) == expected

@@ -91,11 +91,12 @@ def test_a_large_unread_body_closes_the_connection_instead_of_being_read() -> No
 
 def test_a_webhook_body_past_its_deadline_gets_a_408_in_the_error_shape() -> None:
     closed: list[bool] = []
-    stream = DeadlineBody(TricklingBody(b'{"data": [', gap=10.0), 0.05,
-                          lambda: closed.append(True))
+    stream = DeadlineBody(TricklingBody(b'{"data": [', gap=10.0), 0.05, lambda: closed.append(True))
     answer = make_client(FakeService()).post(
-        url(), content_type="application/json",
-        environ_overrides={"wsgi.input": stream, "CONTENT_LENGTH": "1000"})
+        url(),
+        content_type="application/json",
+        environ_overrides={"wsgi.input": stream, "CONTENT_LENGTH": "1000"},
+    )
     assert answer.status_code == 408
     assert answer.json is not None
     assert set(answer.json) == {"code", "status", "message", "errors"}

@@ -31,13 +31,21 @@ def client_for(handler: Handler) -> RunwareClient:
 def answer(status: int, body: Any, headers: dict[str, str] | None = None) -> Handler:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(status, json=body, headers=headers)
+
     return handler
 
 
 def task(task_uuid: str) -> dict[str, Any]:
-    return {"taskType": "imageInference", "taskUUID": task_uuid,
-            "model": "xai:grok-imagine@image-pro", "positivePrompt": "a lighthouse",
-            "width": 1024, "height": 1024, "numberResults": 1, "deliveryMethod": "async"}
+    return {
+        "taskType": "imageInference",
+        "taskUUID": task_uuid,
+        "model": "xai:grok-imagine@image-pro",
+        "positivePrompt": "a lighthouse",
+        "width": 1024,
+        "height": 1024,
+        "numberResults": 1,
+        "deliveryMethod": "async",
+    }
 
 
 def ack(*uuids: str) -> dict[str, Any]:
@@ -79,8 +87,18 @@ def test_an_acknowledgement_accepts_every_task() -> None:
 
 
 def test_an_acknowledgement_that_already_holds_the_image_carries_it() -> None:
-    body = {"data": [{"taskType": "imageInference", "taskUUID": T1, "status": "success",
-                      "imageUUID": IMAGE, "imageURL": "https://im.runware.ai/x.jpg", "cost": 0.07}]}
+    body = {
+        "data": [
+            {
+                "taskType": "imageInference",
+                "taskUUID": T1,
+                "status": "success",
+                "imageUUID": IMAGE,
+                "imageURL": "https://im.runware.ai/x.jpg",
+                "cost": 0.07,
+            }
+        ]
+    }
     outcome = client_for(answer(200, body)).submit([task(T1)])[T1]
     assert outcome.accepted
     assert [r.image_uuid for r in outcome.results] == [IMAGE]
@@ -88,9 +106,18 @@ def test_an_acknowledgement_that_already_holds_the_image_carries_it() -> None:
 
 @pytest.mark.parametrize("status", [200, 400])
 def test_per_task_errors_leave_other_tasks_accepted(status: int) -> None:
-    body = {**ack(T1), "errors": [{"code": "invalidPositivePrompt", "message": "too short",
-                                   "parameter": "positivePrompt", "taskType": "imageInference",
-                                   "taskUUID": T2}]}
+    body = {
+        **ack(T1),
+        "errors": [
+            {
+                "code": "invalidPositivePrompt",
+                "message": "too short",
+                "parameter": "positivePrompt",
+                "taskType": "imageInference",
+                "taskUUID": T2,
+            }
+        ],
+    }
     outcomes = client_for(answer(status, body)).submit([task(T1), task(T2)])
     assert outcomes[T1].accepted and outcomes[T1].error is None
     refused = outcomes[T2]
@@ -102,8 +129,10 @@ def test_per_task_errors_leave_other_tasks_accepted(status: int) -> None:
 
 
 def test_conflict_task_uuid_counts_as_accepted() -> None:
-    body = {"data": [], "errors": [{"code": "conflictTaskUUID", "message": "exists",
-                                    "taskUUID": T1}]}
+    body = {
+        "data": [],
+        "errors": [{"code": "conflictTaskUUID", "message": "exists", "taskUUID": T1}],
+    }
     outcome = client_for(answer(400, body)).submit([task(T1)])[T1]
     assert outcome.accepted
     assert outcome.error is None
@@ -119,12 +148,20 @@ def test_a_task_the_provider_does_not_mention_is_unknown_so_transient() -> None:
 
 @pytest.mark.parametrize(
     ("status", "code"),
-    [(401, "invalidApiKey"), (401, None), (402, "insufficientCredits"), (402, None),
-     (403, "insufficientPermissions"), (403, None), (400, "unknownModel")],
+    [
+        (401, "invalidApiKey"),
+        (401, None),
+        (402, "insufficientCredits"),
+        (402, None),
+        (403, "insufficientPermissions"),
+        (403, None),
+        (400, "unknownModel"),
+    ],
 )
 def test_account_failures(status: int, code: str | None) -> None:
-    body: dict[str, Any] = {"errors": [{"code": code, "message": "no",
-                                        "taskType": "authentication"}]} if code else {}
+    body: dict[str, Any] = (
+        {"errors": [{"code": code, "message": "no", "taskType": "authentication"}]} if code else {}
+    )
     error = submit_error(answer(status, body))
     assert error.kind == ProviderError.ACCOUNT
     assert error.http_status == status
@@ -132,8 +169,17 @@ def test_account_failures(status: int, code: str | None) -> None:
 
 
 def test_unknown_model_on_one_task_is_an_account_error_for_that_task() -> None:
-    body = {"data": [], "errors": [{"code": "unknownModel", "message": "no such model",
-                                    "parameter": "model", "taskUUID": T1}]}
+    body = {
+        "data": [],
+        "errors": [
+            {
+                "code": "unknownModel",
+                "message": "no such model",
+                "parameter": "model",
+                "taskUUID": T1,
+            }
+        ],
+    }
     outcome = client_for(answer(400, body)).submit([task(T1)])[T1]
     assert not outcome.accepted
     assert outcome.error is not None
@@ -141,9 +187,13 @@ def test_unknown_model_on_one_task_is_an_account_error_for_that_task() -> None:
 
 
 def test_429_with_retry_after_is_transient() -> None:
-    error = submit_error(answer(429, {"errors": [{"code": "tooManyRequests",
-                                                  "message": "queue full"}]},
-                                {"Retry-After": "7"}))
+    error = submit_error(
+        answer(
+            429,
+            {"errors": [{"code": "tooManyRequests", "message": "queue full"}]},
+            {"Retry-After": "7"},
+        )
+    )
     assert error.kind == ProviderError.TRANSIENT
     assert error.retry_after == pytest.approx(7.0)
     assert error.http_status == 429
@@ -157,35 +207,62 @@ def test_retry_after_as_a_past_http_date_means_now() -> None:
 
 @pytest.mark.parametrize("status", [408, 500, 502, 503, 504])
 def test_overload_and_server_errors_are_transient(status: int) -> None:
-    error = submit_error(answer(status, {"errors": [{"code": "serverError",
-                                                     "message": "busy"}]}))
+    error = submit_error(answer(status, {"errors": [{"code": "serverError", "message": "busy"}]}))
     assert error.kind == ProviderError.TRANSIENT
     assert error.retry_after is None
 
 
 def test_an_invalid_parameter_is_permanent_and_keeps_the_details() -> None:
-    body = {"errors": [{"code": "invalidWidth", "message": "Invalid width",
-                        "parameter": "width", "min": 128, "max": 2816}]}
+    body = {
+        "errors": [
+            {
+                "code": "invalidWidth",
+                "message": "Invalid width",
+                "parameter": "width",
+                "min": 128,
+                "max": 2816,
+            }
+        ]
+    }
     error = submit_error(answer(400, body))
     assert error.kind == ProviderError.PERMANENT
     assert (error.provider_code, error.message, error.parameter) == (
-        "invalidWidth", "Invalid width", "width")
+        "invalidWidth",
+        "Invalid width",
+        "width",
+    )
     assert error.http_status == 400
 
 
 def test_an_invalid_parameter_tied_to_a_task_keeps_the_details() -> None:
-    body = {"errors": [{"code": "invalidWidth", "message": "Invalid width",
-                        "parameter": ["width", "height"], "taskUUID": T1}]}
+    body = {
+        "errors": [
+            {
+                "code": "invalidWidth",
+                "message": "Invalid width",
+                "parameter": ["width", "height"],
+                "taskUUID": T1,
+            }
+        ]
+    }
     error = client_for(answer(400, body)).submit([task(T1)])[T1].error
     assert error is not None
     assert error.kind == ProviderError.PERMANENT
     assert (error.provider_code, error.message, error.parameter) == (
-        "invalidWidth", "Invalid width", ["width", "height"])
+        "invalidWidth",
+        "Invalid width",
+        ["width", "height"],
+    )
 
 
 @pytest.mark.parametrize(
-    "exc", [httpx.ConnectError("refused"), httpx.ReadTimeout("slow"),
-            httpx.ConnectTimeout("slow"), httpx.RemoteProtocolError("reset")],
+    "exc",
+    [
+        httpx.ConnectError("refused"),
+        httpx.ReadTimeout("slow"),
+        httpx.ConnectTimeout("slow"),
+        httpx.RemoteProtocolError("reset"),
+    ],
     ids=lambda e: type(e).__name__,
 )
 def test_network_failures_are_transient(exc: httpx.TransportError) -> None:
@@ -235,12 +312,21 @@ def test_get_response_sends_exactly_the_poll_task() -> None:
 
 
 def test_get_response_reads_processing_and_finished_items() -> None:
-    body = {"data": [
-        {"taskType": "imageInference", "taskUUID": T1, "status": "success", "imageUUID": IMAGE,
-         "imageURL": "https://im.runware.ai/a.jpg", "seed": 11, "cost": 0.07},
-        {"taskType": "imageInference", "taskUUID": T1, "status": "processing", "progress": 50},
-        {"taskType": "imageInference", "taskUUID": T2, "status": "success", "imageUUID": "x"},
-    ]}
+    body = {
+        "data": [
+            {
+                "taskType": "imageInference",
+                "taskUUID": T1,
+                "status": "success",
+                "imageUUID": IMAGE,
+                "imageURL": "https://im.runware.ai/a.jpg",
+                "seed": 11,
+                "cost": 0.07,
+            },
+            {"taskType": "imageInference", "taskUUID": T1, "status": "processing", "progress": 50},
+            {"taskType": "imageInference", "taskUUID": T2, "status": "success", "imageUUID": "x"},
+        ]
+    }
     results = client_for(answer(200, body)).get_response(T1)
     assert [r.status for r in results] == ["success", "processing"]
     assert results[0].image_uuid == IMAGE
@@ -248,17 +334,37 @@ def test_get_response_reads_processing_and_finished_items() -> None:
 
 
 def test_get_response_reads_errors_in_the_errors_array() -> None:
-    body = {"data": [], "errors": [{"code": "providerContentPolicyViolation", "status": "error",
-                                    "message": "refused", "taskUUID": T1,
-                                    "documentation": "https://runware.ai/docs"}]}
+    body = {
+        "data": [],
+        "errors": [
+            {
+                "code": "providerContentPolicyViolation",
+                "status": "error",
+                "message": "refused",
+                "taskUUID": T1,
+                "documentation": "https://runware.ai/docs",
+            }
+        ],
+    }
     [result] = client_for(answer(200, body)).get_response(T1)
     assert (result.status, result.error_code, result.error_message) == (
-        "error", "providerContentPolicyViolation", "refused")
+        "error",
+        "providerContentPolicyViolation",
+        "refused",
+    )
 
 
 def test_get_response_reads_a_nested_item_error() -> None:
-    body = {"data": [{"taskType": "imageInference", "taskUUID": T1, "status": "error",
-                      "error": {"code": "timeoutProvider", "message": "too slow"}}]}
+    body = {
+        "data": [
+            {
+                "taskType": "imageInference",
+                "taskUUID": T1,
+                "status": "error",
+                "error": {"code": "timeoutProvider", "message": "too slow"},
+            }
+        ]
+    }
     [result] = client_for(answer(200, body)).get_response(T1)
     assert (result.status, result.error_code) == ("error", "timeoutProvider")
 
@@ -269,8 +375,9 @@ def test_get_response_reads_a_task_error_sent_with_an_error_status() -> None:
     assert (result.status, result.error_code) == ("error", "taskFailedOrNotFound")
 
 
-@pytest.mark.parametrize(("status", "kind"), [(401, ProviderError.ACCOUNT),
-                                              (503, ProviderError.TRANSIENT)])
+@pytest.mark.parametrize(
+    ("status", "kind"), [(401, ProviderError.ACCOUNT), (503, ProviderError.TRANSIENT)]
+)
 def test_get_response_raises_when_the_request_failed(status: int, kind: str) -> None:
     with pytest.raises(ProviderError) as caught:
         client_for(answer(status, {})).get_response(T1)
@@ -278,8 +385,10 @@ def test_get_response_raises_when_the_request_failed(status: int, kind: str) -> 
 
 
 def test_from_settings_requires_a_key() -> None:
-    with httpx.Client(transport=httpx.MockTransport(answer(200, {}))) as http, \
-            pytest.raises(SettingsError, match="RUNWARE_API_KEY"):
+    with (
+        httpx.Client(transport=httpx.MockTransport(answer(200, {}))) as http,
+        pytest.raises(SettingsError, match="RUNWARE_API_KEY"),
+    ):
         RunwareClient.from_settings(Settings(), http=http)
 
 

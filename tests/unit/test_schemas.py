@@ -15,16 +15,16 @@ pytestmark = pytest.mark.unit
 
 MODEL = "xai:grok-imagine@image-pro"
 EXAMPLES = json.loads(
-    (Path(__file__).resolve().parents[2] / "infra" / "fixtures" / "model-page-examples.json")
-    .read_text()
+    (
+        Path(__file__).resolve().parents[2] / "infra" / "fixtures" / "model-page-examples.json"
+    ).read_text()
 )
 TASK = "9a3c1f0e-5b7d-4e21-8f6a-0c2d4e6f8a10"
 OTHER = "1b2c3d4e-5f60-4718-9a0b-1c2d3e4f5a6b"
 
 
 def minimal(**overrides: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"positivePrompt": "a lighthouse at dusk", "width": 1024,
-                            "height": 1024}
+    body: dict[str, Any] = {"positivePrompt": "a lighthouse at dusk", "width": 1024, "height": 1024}
     body.update(overrides)
     return body
 
@@ -77,8 +77,14 @@ def test_owned_fields_are_reported_beside_other_errors() -> None:
 
 
 def test_the_six_owned_fields() -> None:
-    assert set(PIPELINE_OWNED_FIELDS) == {"deliveryMethod", "webhookURL", "uploadEndpoint",
-                                          "outputType", "ttl", "includeCost"}
+    assert set(PIPELINE_OWNED_FIELDS) == {
+        "deliveryMethod",
+        "webhookURL",
+        "uploadEndpoint",
+        "outputType",
+        "ttl",
+        "includeCost",
+    }
 
 
 @pytest.mark.parametrize("name", ["negativePrompt", "steps", "CFGScale", "seedImage", "lora"])
@@ -131,8 +137,16 @@ def test_metadata_within_the_rules_is_kept() -> None:
         {"key": "line\nbreak"},
         {"key": 7},
     ],
-    ids=["11-pairs", "non-ascii-key", "non-ascii-value", "long-value", "newline-key", "empty-key",
-         "control-char-value", "non-string-value"],
+    ids=[
+        "11-pairs",
+        "non-ascii-key",
+        "non-ascii-value",
+        "long-value",
+        "newline-key",
+        "empty-key",
+        "control-char-value",
+        "non-string-value",
+    ],
 )
 def test_metadata_rules(metadata: dict[str, Any]) -> None:
     assert "metadata" in refusal(minimal(metadata=metadata))
@@ -179,8 +193,13 @@ def test_a_wrapped_item_reads_like_a_flat_one() -> None:
 
 
 def test_an_errors_entry_tied_to_a_task() -> None:
-    results, untied = parse_provider_body({"errors": [
-        {"code": "providerContentPolicyViolation", "message": "refused", "taskUUID": TASK}]})
+    results, untied = parse_provider_body(
+        {
+            "errors": [
+                {"code": "providerContentPolicyViolation", "message": "refused", "taskUUID": TASK}
+            ]
+        }
+    )
     assert untied == []
     [result] = results
     assert (result.task_uuid, result.status, result.ok) == (TASK, "error", False)
@@ -189,17 +208,30 @@ def test_an_errors_entry_tied_to_a_task() -> None:
 
 
 def test_an_errors_entry_without_a_task_is_returned_untied() -> None:
-    results, untied = parse_provider_body({"data": [], "errors": [
-        {"code": "invalidApiKey", "message": "bad key", "parameter": "apiKey"}]})
+    results, untied = parse_provider_body(
+        {
+            "data": [],
+            "errors": [{"code": "invalidApiKey", "message": "bad key", "parameter": "apiKey"}],
+        }
+    )
     assert results == []
     assert untied[0]["code"] == "invalidApiKey"
     assert untied[0]["parameter"] == "apiKey"
 
 
 def test_an_item_with_a_nested_error() -> None:
-    [result] = parse_provider_body({"data": [{
-        "taskType": "imageInference", "taskUUID": TASK, "status": "error",
-        "error": {"code": "timeoutProvider", "message": "took too long"}}]})[0]
+    [result] = parse_provider_body(
+        {
+            "data": [
+                {
+                    "taskType": "imageInference",
+                    "taskUUID": TASK,
+                    "status": "error",
+                    "error": {"code": "timeoutProvider", "message": "took too long"},
+                }
+            ]
+        }
+    )[0]
     assert result.status == "error"
     assert (result.error_code, result.error_message) == ("timeoutProvider", "took too long")
 
@@ -212,28 +244,38 @@ def test_an_error_status_without_details_still_fails() -> None:
 
 @pytest.mark.parametrize("status", ["processing", "pending", "queued", "PROCESSING"])
 def test_a_processing_item(status: str) -> None:
-    [result] = parse_provider_body({"data": [
-        {"taskType": "imageInference", "taskUUID": TASK, "status": status, "progress": 40}]})[0]
+    [result] = parse_provider_body(
+        {
+            "data": [
+                {"taskType": "imageInference", "taskUUID": TASK, "status": status, "progress": 40}
+            ]
+        }
+    )[0]
     assert (result.task_uuid, result.status, result.ok) == (TASK, "processing", False)
 
 
 def test_an_acknowledgement_placeholder_is_processing() -> None:
-    [result] = parse_provider_body({"data": [{"taskType": "imageInference",
-                                              "taskUUID": TASK}]})[0]
+    [result] = parse_provider_body({"data": [{"taskType": "imageInference", "taskUUID": TASK}]})[0]
     assert result.status == "processing"
 
 
 def test_an_authentication_item_is_ignored() -> None:
     item = EXAMPLES[0]["response"]
-    results, untied = parse_provider_body({"data": [
-        {"taskType": "authentication", "connectionSessionUUID": OTHER}, item]})
+    results, untied = parse_provider_body(
+        {"data": [{"taskType": "authentication", "connectionSessionUUID": OTHER}, item]}
+    )
     assert [r.task_uuid for r in results] == [item["taskUUID"]]
     assert untied == []
 
 
 def test_unknown_provider_fields_are_ignored() -> None:
-    item = {**EXAMPLES[0]["response"], "status": "success", "NSFWContent": False,
-            "documentation": "https://runware.ai/docs", "newField": {"nested": [1, 2]}}
+    item = {
+        **EXAMPLES[0]["response"],
+        "status": "success",
+        "NSFWContent": False,
+        "documentation": "https://runware.ai/docs",
+        "newField": {"nested": [1, 2]},
+    }
     [result] = parse_provider_body({"data": [item], "extra": True})[0]
     assert result.ok
     assert result.nsfw is False
@@ -242,14 +284,26 @@ def test_unknown_provider_fields_are_ignored() -> None:
 
 def test_mixed_items_keep_their_order_and_kind() -> None:
     success = {**EXAMPLES[0]["response"], "taskUUID": TASK, "status": "success"}
-    results, _ = parse_provider_body({
-        "data": [success, {"taskUUID": TASK, "status": "processing"}],
-        "errors": [{"code": "x", "message": "y", "taskUUID": TASK}]})
+    results, _ = parse_provider_body(
+        {
+            "data": [success, {"taskUUID": TASK, "status": "processing"}],
+            "errors": [{"code": "x", "message": "y", "taskUUID": TASK}],
+        }
+    )
     assert [r.status for r in results] == ["success", "processing", "error"]
 
 
-@pytest.mark.parametrize("body", ["garbage", 42, None, {"data": "nope"}, {"data": [{"seed": 1}]},
-                                  {"data": [{"taskUUID": TASK}] * 65}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "garbage",
+        42,
+        None,
+        {"data": "nope"},
+        {"data": [{"seed": 1}]},
+        {"data": [{"taskUUID": TASK}] * 65},
+    ],
+)
 def test_garbage_is_refused(body: Any) -> None:
     with pytest.raises(ValidationError):
         parse_provider_body(body)
@@ -258,47 +312,90 @@ def test_garbage_is_refused(body: Any) -> None:
 def test_outgoing_task_schema_accepts_what_the_pipeline_sends() -> None:
     from pipeline.schemas import check_outgoing_task
 
-    task = {"taskType": "imageInference", "taskUUID": "1607528b-b740-4975-8cc1-6dc6b2d18f60",
-            "model": "xai:grok-imagine@image-pro", "positivePrompt": "x", "resolution": "1K",
-            "outputFormat": "JPG", "outputType": "URL", "numberResults": 1,
-            "deliveryMethod": "async", "includeCost": True, "ttl": 1500,
-            "webhookURL": "http://127.0.0.1:8000/webhooks/runware/1607528b?token=abc",
-            "uploadEndpoint": "http://127.0.0.1:9000/bucket/staging/j/t?X-Amz-Signature=1"}
+    task = {
+        "taskType": "imageInference",
+        "taskUUID": "1607528b-b740-4975-8cc1-6dc6b2d18f60",
+        "model": "xai:grok-imagine@image-pro",
+        "positivePrompt": "x",
+        "resolution": "1K",
+        "outputFormat": "JPG",
+        "outputType": "URL",
+        "numberResults": 1,
+        "deliveryMethod": "async",
+        "includeCost": True,
+        "ttl": 1500,
+        "webhookURL": "http://127.0.0.1:8000/webhooks/runware/1607528b?token=abc",
+        "uploadEndpoint": "http://127.0.0.1:9000/bucket/staging/j/t?X-Amz-Signature=1",
+    }
     assert check_outgoing_task(task) is task
 
 
-@pytest.mark.parametrize("change", [
-    {"numberResults": 2}, {"deliveryMethod": "sync"}, {"ttl": 59}, {"taskUUID": "nope"},
-    {"webhookURL": "not a url"}, {"surprise": 1},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"numberResults": 2},
+        {"deliveryMethod": "sync"},
+        {"ttl": 59},
+        {"taskUUID": "nope"},
+        {"webhookURL": "not a url"},
+        {"surprise": 1},
+    ],
+)
 def test_outgoing_task_schema_refuses_a_malformed_task(change: dict[str, Any]) -> None:
     from pipeline.schemas import check_outgoing_task
 
-    task = {"taskType": "imageInference", "taskUUID": "1607528b-b740-4975-8cc1-6dc6b2d18f60",
-            "model": "xai:grok-imagine@image-pro", "positivePrompt": "x", "resolution": "1K",
-            "numberResults": 1, "deliveryMethod": "async", "ttl": 600,
-            "webhookURL": "http://127.0.0.1:8000/w", "uploadEndpoint": "http://127.0.0.1:9000/u"}
+    task = {
+        "taskType": "imageInference",
+        "taskUUID": "1607528b-b740-4975-8cc1-6dc6b2d18f60",
+        "model": "xai:grok-imagine@image-pro",
+        "positivePrompt": "x",
+        "resolution": "1K",
+        "numberResults": 1,
+        "deliveryMethod": "async",
+        "ttl": 600,
+        "webhookURL": "http://127.0.0.1:8000/w",
+        "uploadEndpoint": "http://127.0.0.1:9000/u",
+    }
     with pytest.raises(ValueError, match="malformed Runware task"):
         check_outgoing_task({**task, **change})
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("seed", "many"), ("seed", -1), ("seed", 2**70), ("seed", True), ("cost", "free"),
-    ("cost", float("inf")), ("cost", -1), ("NSFWContent", "maybe"), ("imageURL", "http://a\r\nb"),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("seed", "many"),
+        ("seed", -1),
+        ("seed", 2**70),
+        ("seed", True),
+        ("cost", "free"),
+        ("cost", float("inf")),
+        ("cost", -1),
+        ("NSFWContent", "maybe"),
+        ("imageURL", "http://a\r\nb"),
+    ],
+)
 def test_an_odd_provider_value_is_dropped_not_the_paid_image(field: str, value: Any) -> None:
     item = {"taskUUID": TASK, "imageUUID": "img-1", "status": "success", field: value}
     (result,), _ = parse_provider_body({"data": [item]})
     assert result.ok and result.image_uuid == "img-1"
-    assert {"seed": result.seed, "cost": result.cost, "NSFWContent": result.nsfw,
-            "imageURL": result.image_url}[field] is None
+    assert {
+        "seed": result.seed,
+        "cost": result.cost,
+        "NSFWContent": result.nsfw,
+        "imageURL": result.image_url,
+    }[field] is None
 
 
 def test_provider_text_is_made_safe_before_it_is_stored() -> None:
     (ok,), _ = parse_provider_body({"data": [{"taskUUID": TASK, "imageUUID": "a\r\nX-Evil: 1é"}]})
     assert ok.image_uuid == "a__X-Evil__1_"
-    (failed,), _ = parse_provider_body({"errors": [{
-        "taskUUID": TASK, "code": "bad code\n", "message": "line\r\nnext\x00" + "m" * 2000}]})
+    (failed,), _ = parse_provider_body(
+        {
+            "errors": [
+                {"taskUUID": TASK, "code": "bad code\n", "message": "line\r\nnext\x00" + "m" * 2000}
+            ]
+        }
+    )
     assert failed.error_code == "providerError"
     assert failed.error_message is not None and len(failed.error_message) == 1000
     assert failed.error_message.startswith("line  next ")

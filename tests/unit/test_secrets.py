@@ -24,11 +24,15 @@ SECRETS = (RUNWARE_KEY, WEBHOOK_SECRET, CALLBACK_SECRET, TENANT_KEY, REDIS_PASSW
 
 @pytest.fixture
 def settings() -> Settings:
-    return Settings.from_env({
-        "RUNWARE_API_KEY": RUNWARE_KEY, "WEBHOOK_SECRETS": WEBHOOK_SECRET,
-        "CALLBACK_SECRET": CALLBACK_SECRET, "API_KEYS": f"acme:{TENANT_KEY}",
-        "REDIS_URL": f"redis://:{REDIS_PASSWORD}@127.0.0.1:6390/0",
-    })
+    return Settings.from_env(
+        {
+            "RUNWARE_API_KEY": RUNWARE_KEY,
+            "WEBHOOK_SECRETS": WEBHOOK_SECRET,
+            "CALLBACK_SECRET": CALLBACK_SECRET,
+            "API_KEYS": f"acme:{TENANT_KEY}",
+            "REDIS_URL": f"redis://:{REDIS_PASSWORD}@127.0.0.1:6390/0",
+        }
+    )
 
 
 def assert_no_secret(text: str) -> None:
@@ -62,7 +66,10 @@ def test_celery_configuration_holds_no_setting_and_no_secret(settings: Settings)
 def test_api_keys_find_the_tenant_of_a_key() -> None:
     keys = ApiKeys([("k1", "acme"), ("k2", "globex")])
     assert (keys.tenant_for("k1"), keys.tenant_for("k2"), keys.tenant_for("k3")) == (
-        "acme", "globex", None)
+        "acme",
+        "globex",
+        None,
+    )
     assert keys.tenant_for("") is None
 
 

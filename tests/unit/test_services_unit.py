@@ -45,40 +45,81 @@ class RecordingDispatcher:
 
 
 def context(prefix: str = "") -> Context:
-    settings = Settings.from_env({"S3_PREFIX": prefix, "WEBHOOK_SECRETS": SECRET,
-                                  "PUBLIC_BASE_URL": "https://hooks.example.com"})
+    settings = Settings.from_env(
+        {
+            "S3_PREFIX": prefix,
+            "WEBHOOK_SECRETS": SECRET,
+            "PUBLIC_BASE_URL": "https://hooks.example.com",
+        }
+    )
     # The store, circuit and budget are never touched by the pure functions under test.
-    return Context(settings=settings, store=MagicMock(), storage=MemoryObjectStorage(),
-                   dispatcher=RecordingDispatcher(), circuit=MagicMock(), budget=MagicMock(),
-                   http=MagicMock())
+    return Context(
+        settings=settings,
+        store=MagicMock(),
+        storage=MemoryObjectStorage(),
+        dispatcher=RecordingDispatcher(),
+        circuit=MagicMock(),
+        budget=MagicMock(),
+        http=MagicMock(),
+    )
 
 
 def make_job(slots: list[Slot], **overrides: Any) -> Job:
     values: dict[str, Any] = {
-        "id": JOB, "tenant": "acme", "state": JobState.PARTIALLY_SUCCEEDED,
+        "id": JOB,
+        "tenant": "acme",
+        "state": JobState.PARTIALLY_SUCCEEDED,
         "model": "xai:grok-imagine@image-pro",
-        "params": {"model": "xai:grok-imagine@image-pro", "positivePrompt": "a lighthouse",
-                   "width": 1280, "height": 896, "numberResults": len(slots),
-                   "outputFormat": "PNG"},
-        "slot_count": len(slots), "output_format": "PNG", "created_at": CREATED,
-        "updated_at": CREATED + 30, "deadline_at": CREATED + 900,
+        "params": {
+            "model": "xai:grok-imagine@image-pro",
+            "positivePrompt": "a lighthouse",
+            "width": 1280,
+            "height": 896,
+            "numberResults": len(slots),
+            "outputFormat": "PNG",
+        },
+        "slot_count": len(slots),
+        "output_format": "PNG",
+        "created_at": CREATED,
+        "updated_at": CREATED + 30,
+        "deadline_at": CREATED + 900,
         "client_task_uuid": "1607528b-b740-4975-8cc1-6dc6b2d18f60",
-        "metadata": {"order": "42"}, "slots": slots,
+        "metadata": {"order": "42"},
+        "slots": slots,
     }
     values.update(overrides)
     return Job(**values)
 
 
 def stored_slot() -> Slot:
-    return Slot(job_id=JOB, slot=0, state=SlotState.STORED, attempt=2, task_uuid=TASK,
-                image_uuid="fd43ce5d-bc6d-487f-91d0-5d417cfcdb3c", seed=109682711, cost=0.07,
-                final_key=f"jobs/{JOB}/00.png", width=1280, height=896, size=2048,
-                etag='"abc"', error_code="timeoutProvider", error_message="first attempt")
+    return Slot(
+        job_id=JOB,
+        slot=0,
+        state=SlotState.STORED,
+        attempt=2,
+        task_uuid=TASK,
+        image_uuid="fd43ce5d-bc6d-487f-91d0-5d417cfcdb3c",
+        seed=109682711,
+        cost=0.07,
+        final_key=f"jobs/{JOB}/00.png",
+        width=1280,
+        height=896,
+        size=2048,
+        etag='"abc"',
+        error_code="timeoutProvider",
+        error_message="first attempt",
+    )
 
 
 def failed_slot() -> Slot:
-    return Slot(job_id=JOB, slot=1, state="failed", task_uuid=None,
-                error_code="providerContentPolicyViolation", error_message="refused")
+    return Slot(
+        job_id=JOB,
+        slot=1,
+        state="failed",
+        task_uuid=None,
+        error_code="providerContentPolicyViolation",
+        error_message="refused",
+    )
 
 
 # --- key layout -------------------------------------------------------------------------------
@@ -103,10 +144,20 @@ def test_the_service_lays_keys_out_under_the_configured_prefix() -> None:
 
 
 def test_canonical_hash_ignores_key_order() -> None:
-    first = {"positivePrompt": "p", "width": 1024, "height": 1024,
-             "safety": {"mode": "fast", "checkContent": True}, "metadata": {"a": "1", "b": "2"}}
-    second = {"metadata": {"b": "2", "a": "1"}, "safety": {"checkContent": True, "mode": "fast"},
-              "height": 1024, "width": 1024, "positivePrompt": "p"}
+    first = {
+        "positivePrompt": "p",
+        "width": 1024,
+        "height": 1024,
+        "safety": {"mode": "fast", "checkContent": True},
+        "metadata": {"a": "1", "b": "2"},
+    }
+    second = {
+        "metadata": {"b": "2", "a": "1"},
+        "safety": {"checkContent": True, "mode": "fast"},
+        "height": 1024,
+        "width": 1024,
+        "positivePrompt": "p",
+    }
     assert canonical_hash(first) == canonical_hash(second)
     assert len(canonical_hash(first)) == 64
 
@@ -122,12 +173,29 @@ def test_canonical_hash_sees_every_value() -> None:
 
 
 def test_job_view_has_the_contract_shape() -> None:
-    job = make_job([stored_slot(), failed_slot()], manifest_key=f"jobs/{JOB}/manifest.json",
-                   ended_at=CREATED + 60)
+    job = make_job(
+        [stored_slot(), failed_slot()],
+        manifest_key=f"jobs/{JOB}/manifest.json",
+        ended_at=CREATED + 60,
+    )
     view = job_view(job)
-    assert {"id", "tenant", "state", "model", "numberResults", "outputFormat", "createdAt",
-            "updatedAt", "deadlineAt", "reason", "clientTaskUUID", "metadata", "manifestKey",
-            "cost", "slots"} <= set(view)
+    assert {
+        "id",
+        "tenant",
+        "state",
+        "model",
+        "numberResults",
+        "outputFormat",
+        "createdAt",
+        "updatedAt",
+        "deadlineAt",
+        "reason",
+        "clientTaskUUID",
+        "metadata",
+        "manifestKey",
+        "cost",
+        "slots",
+    } <= set(view)
     assert view["id"] == JOB
     assert view["state"] == "partially_succeeded"
     assert view["numberResults"] == 2
@@ -139,8 +207,17 @@ def test_job_view_has_the_contract_shape() -> None:
     assert view["manifestKey"] == f"jobs/{JOB}/manifest.json"
     assert view["cost"] == pytest.approx(0.07)
     stored, failed = view["slots"]
-    assert {"slot", "state", "taskUUID", "attempt", "finalKey", "imageUUID", "seed", "cost",
-            "error"} <= set(stored)
+    assert {
+        "slot",
+        "state",
+        "taskUUID",
+        "attempt",
+        "finalKey",
+        "imageUUID",
+        "seed",
+        "cost",
+        "error",
+    } <= set(stored)
     assert stored["slot"] == 0
     assert stored["state"] == "stored"
     assert stored["attempt"] == 2
@@ -153,8 +230,7 @@ def test_job_view_has_the_contract_shape() -> None:
 
 
 def test_job_view_cost_is_null_until_a_cost_is_known() -> None:
-    job = make_job([Slot(job_id=JOB, slot=0, state="submitted", task_uuid=TASK)],
-                   state="running")
+    job = make_job([Slot(job_id=JOB, slot=0, state="submitted", task_uuid=TASK)], state="running")
     view = job_view(job)
     assert view["cost"] is None
     assert view["manifestKey"] is None
@@ -182,15 +258,17 @@ def test_the_webhook_url_carries_a_token_that_verifies() -> None:
     url = webhook_url(context(), TASK)
     parts = urlsplit(url)
     assert f"{parts.scheme}://{parts.netloc}{parts.path}" == (
-        f"https://hooks.example.com/webhooks/runware/{TASK}")
+        f"https://hooks.example.com/webhooks/runware/{TASK}"
+    )
     [token] = parse_qs(parts.query)["token"]
     assert verify_webhook_token([SECRET], TASK, token)
 
 
 def test_a_task_payload_is_one_async_image_staged_under_its_key() -> None:
     svc = context("images/")
-    job = make_job([Slot(job_id=JOB, slot=0, state="pending")], state="running",
-                   deadline_at=CREATED + 10**9)
+    job = make_job(
+        [Slot(job_id=JOB, slot=0, state="pending")], state="running", deadline_at=CREATED + 10**9
+    )
     payload = task_payload(svc, job, job.slots[0], TASK)
     assert payload["taskType"] == "imageInference"
     assert payload["taskUUID"] == TASK
@@ -203,6 +281,7 @@ def test_a_task_payload_is_one_async_image_staged_under_its_key() -> None:
     assert payload["ttl"] >= 60
     assert payload["webhookURL"] == webhook_url(svc, TASK)
     assert payload["uploadEndpoint"].startswith(
-        f"http://memory-storage.invalid/memory/images/staging/{JOB}/{TASK}?")
+        f"http://memory-storage.invalid/memory/images/staging/{JOB}/{TASK}?"
+    )
     # The caller's own taskUUID stays on the job; it never reaches the provider.
     assert job.client_task_uuid not in str(payload)

@@ -62,9 +62,13 @@ def test_standard_webhooks_signature_matches_the_spec() -> None:
     body = b'{"type":"job.ended","data":{"id":"j1"}}'
     headers = sign_callback(secret, "msg_2Lq", body, timestamp=1_700_000_000)
     expected = base64.b64encode(
-        hmac.new(secret, b"msg_2Lq.1700000000." + body, hashlib.sha256).digest()).decode()
-    assert headers == {"webhook-id": "msg_2Lq", "webhook-timestamp": "1700000000",
-                       "webhook-signature": f"v1,{expected}"}
+        hmac.new(secret, b"msg_2Lq.1700000000." + body, hashlib.sha256).digest()
+    ).decode()
+    assert headers == {
+        "webhook-id": "msg_2Lq",
+        "webhook-timestamp": "1700000000",
+        "webhook-signature": f"v1,{expected}",
+    }
 
 
 def test_a_signature_changes_with_the_body_and_the_timestamp() -> None:

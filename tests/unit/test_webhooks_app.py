@@ -9,8 +9,17 @@ from tests.unit.conftest import SECRET, TASK, FakeService, make_client, url
 
 pytestmark = pytest.mark.unit
 
-BODY = {"data": [{"taskType": "imageInference", "taskUUID": TASK, "imageUUID": "i-1",
-                  "imageURL": "https://im.runware.ai/image/i-1.jpg", "cost": 0.07}]}
+BODY = {
+    "data": [
+        {
+            "taskType": "imageInference",
+            "taskUUID": TASK,
+            "imageUUID": "i-1",
+            "imageURL": "https://im.runware.ai/image/i-1.jpg",
+            "cost": 0.07,
+        }
+    ]
+}
 
 
 def test_a_good_webhook_is_handed_to_the_use_case_and_answered() -> None:
@@ -21,8 +30,9 @@ def test_a_good_webhook_is_handed_to_the_use_case_and_answered() -> None:
     assert service.accepted == [(TASK, BODY)]
 
 
-@pytest.mark.parametrize("token", ["wrong", "", webhook_token("x" * 32, TASK),
-                                   webhook_token(SECRET, "another-task")])
+@pytest.mark.parametrize(
+    "token", ["wrong", "", webhook_token("x" * 32, TASK), webhook_token(SECRET, "another-task")]
+)
 def test_a_bad_token_is_refused_before_any_lookup(token: str) -> None:
     service = FakeService()
     answer = make_client(service).post(f"/webhooks/runware/{TASK}?token={token}", json=BODY)
@@ -40,7 +50,8 @@ def test_an_unknown_task_with_a_valid_token_is_404() -> None:
 
 @pytest.mark.parametrize("content_type", [None, "text/plain", "application/json; charset=utf-8"])
 def test_a_webhook_body_is_read_as_json_whatever_plausible_type_it_declares(
-        content_type: str | None) -> None:
+    content_type: str | None,
+) -> None:
     import json
 
     service = FakeService()
@@ -52,15 +63,20 @@ def test_a_webhook_body_is_read_as_json_whatever_plausible_type_it_declares(
 
 def test_body_limits_and_media_type() -> None:
     client = make_client(FakeService())
-    assert client.post(url(), data="a=1", content_type="application/x-www-form-urlencoded"
-                       ).status_code == 415
-    assert client.post("/v1/jobs", data="{}", content_type="text/plain",
-                       headers={"Authorization": "Bearer k"}).status_code == 415
+    assert (
+        client.post(url(), data="a=1", content_type="application/x-www-form-urlencoded").status_code
+        == 415
+    )
+    assert (
+        client.post(
+            "/v1/jobs", data="{}", content_type="text/plain", headers={"Authorization": "Bearer k"}
+        ).status_code
+        == 415
+    )
     big = client.post(url(), data="{" + " " * 4096 + "}", content_type="application/json")
     assert big.status_code == 413
     assert big.json is not None and big.json["status"] == 413
-    assert client.post(url(), data="{not json", content_type="application/json"
-                       ).status_code == 400
+    assert client.post(url(), data="{not json", content_type="application/json").status_code == 400
 
 
 def test_roles_keep_the_api_and_metrics_off_a_public_receiver() -> None:
