@@ -21,11 +21,13 @@ import psutil
 import redis
 
 from infra import supervise
-from infra.chaos_account import NAMESPACE, PERMANENT_ITEM_CODE, ChaosAccount, Counts
+from infra.chaos_account import PERMANENT_ITEM_CODE, ChaosAccount, Counts
 from infra.stack import LocalStack, StackConfig
 from infra.supervise import ProcessError, Service
+from pipeline.config import Settings
 from pipeline.http import RetryOnDisconnectTransport
 from pipeline.models import JOB_TERMINAL
+from pipeline.store import RedisJobStore, redis_client
 
 BUCKET = "imagine-chaos"
 EMULATOR_KEY = "chaos-runware-key"
@@ -146,9 +148,9 @@ class ChaosStack(LocalStack):
         self.incarnations[name] = incarnation
         return super().start_worker(name, log_dir=self.log_dir / f"{name}.{incarnation}")
 
-    @property
-    def redis_url(self) -> str:
-        return self.urls["REDIS_URL"]
+    def settings(self) -> Settings:
+        """The settings every pipeline process of this stack runs with."""
+        return Settings.from_env(self.env)
 
     @property
     def receiver_url(self) -> str:
@@ -188,18 +190,19 @@ def _pid(service: Service) -> int:
 
 
 class Inspector:
-    """Celery remote control over the broker, to see what each worker runs and has run."""
+    """Celery remote control over the broker, to see what each worker runs and has run.
 
-    def __init__(self, broker_url: str) -> None:
-        self.broker_url = broker_url
+    It is the pipeline's own Celery app (its transport and queues), made afresh when a broker
+    restart leaves the old one's pooled connections dead."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.app = self._connect()
 
     def _connect(self) -> Any:
-        from celery import Celery  # late: only the chaos run needs a control client
+        from pipeline.dispatch import create_celery  # late: only the chaos run needs Celery
 
-        app = Celery("chaos-control", broker=self.broker_url)
-        app.conf.broker_connection_retry_on_startup = True
-        return app
+        return create_celery(self.settings)
 
     def _call(self, method: str, node: str) -> Any:
         try:
@@ -331,6 +334,8 @@ class ChaosRun:
         self.stop_event = threading.Event()
         self._inspector: Inspector | None = None
         self._submitter: Submitter | None = None
+        self._store: RedisJobStore | None = None
+        self._redis: redis.Redis | None = None
         self.deadline = 0.0
 
     @property
@@ -338,6 +343,12 @@ class ChaosRun:
         if self._inspector is None:
             raise ChaosFailure("the run has not started")
         return self._inspector
+
+    @property
+    def store(self) -> RedisJobStore:
+        if self._store is None:
+            raise ChaosFailure("the run has not started")
+        return self._store
 
     @property
     def submitter(self) -> Submitter:
@@ -534,7 +545,10 @@ class ChaosRun:
             f"stack up in {time.monotonic() - started:.1f}s: receiver {self.stack.receiver_url}, "
             f"emulator {self.stack.emulator_url}, workers w1 and w2 (concurrency 2), beat"
         )
-        self._inspector = Inspector(self.stack.redis_url)
+        settings = self.stack.settings()
+        self._redis = redis_client(settings)
+        self._store = RedisJobStore.from_settings(settings, self._redis)
+        self._inspector = Inspector(settings)
         self.arm_faults()
         self._submitter = Submitter(self.stack, self.profile, self.stop_event)
         submit_started = time.monotonic()
@@ -571,21 +585,14 @@ class ChaosRun:
         return counts
 
     def wait_drained(self, job_ids: list[str]) -> None:
-        client = redis.Redis.from_url(self.stack.redis_url, decode_responses=True, socket_timeout=5)
         open_ids = list(job_ids)
         last_report = time.monotonic()
 
         def drained() -> bool:
             nonlocal open_ids, last_report
             self.stack.check_alive()
-            pipe = client.pipeline(transaction=False)
-            for job_id in open_ids:
-                pipe.hget(f"{NAMESPACE}:job:{job_id}", "state")
-            states = pipe.execute()
             open_ids = [
-                job_id
-                for job_id, state in zip(open_ids, states, strict=True)
-                if state not in JOB_TERMINAL
+                job_id for job_id in open_ids if self.store.job_state(job_id) not in JOB_TERMINAL
             ]
             if open_ids and time.monotonic() - last_report > 15:
                 last_report = time.monotonic()
@@ -596,24 +603,25 @@ class ChaosRun:
             wait_until(drained, max(5.0, self.remaining()), "every job to end", interval=0.5)
         except ChaosFailure:
             for job_id in open_ids[:10]:
-                job = client.hgetall(f"{NAMESPACE}:job:{job_id}")
-                states = [
-                    client.hget(f"{NAMESPACE}:job:{job_id}:slot:{n}", "state")
-                    for n in range(int(job.get("slot_count") or 0))
-                ]
-                say(
-                    f"still open: job {job_id} {job.get('state')} "
-                    f"({job.get('reason') or 'no reason'}), slots {states}"
-                )
+                say(f"still open: {self.describe_job(job_id)}")
             raise
-        finally:
-            client.close()
+
+    def describe_job(self, job_id: str) -> str:
+        """A job's state, reason and slot states, for a run that did not drain."""
+        job = self.store.get_job(job_id)
+        if job is None:
+            return f"job {job_id} None (no reason), slots []"
+        states = [
+            str(slot.state) if slot else None
+            for slot in (job.slot(n) for n in range(job.slot_count))
+        ]
+        return f"job {job_id} {job.state} ({job.reason or 'no reason'}), slots {states}"
 
     # --- accounting ---
     def account(self, job_ids: list[str], requested: int) -> Counts:
         """Account for every requested image; see infra.chaos_account."""
         accountant = ChaosAccount(
-            self.stack.redis_url,
+            self.store,
             self.stack.s3_client(),
             BUCKET,
             lambda path: self.emulator_call("GET", path),
@@ -625,6 +633,9 @@ class ChaosRun:
         self.stop_event.set()
         if self._inspector is not None:
             self._inspector.close()
+        if self._redis is not None:
+            with contextlib.suppress(Exception):
+                self._redis.close()
         self.stack.stop(timeout=8)
 
 

@@ -6,11 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
+from pipeline.models import JOB_TERMINAL, Job, Slot, SlotState
+from pipeline.store import RedisJobStore
 
-from pipeline.models import JOB_TERMINAL, SlotState
-
-NAMESPACE = "imagine"
 PERMANENT_ITEM_CODE = "providerContentPolicyViolation"
 # A slot that ended without an image, and says why.
 FAILED_SLOT_STATES = frozenset({SlotState.FAILED, SlotState.DEAD})
@@ -55,9 +53,10 @@ class Counts:
 
 @dataclass
 class Records:
-    """The slot records of a run's jobs, and which slot each taskUUID ever belonged to."""
+    """The slot records of a run's jobs (None: the job names a slot Redis has no record of), and
+    which slot each taskUUID ever belonged to."""
 
-    slots: dict[SlotKey, dict[str, str]] = field(default_factory=dict)
+    slots: dict[SlotKey, Slot | None] = field(default_factory=dict)
     slot_of_task: dict[str, SlotKey] = field(default_factory=dict)
 
 
@@ -66,13 +65,13 @@ class ChaosAccount:
 
     def __init__(
         self,
-        redis_url: str,
+        store: RedisJobStore,
         s3: Any,
         bucket: str,
         emulator: Emulator,
         say: Callable[[str], None],
     ) -> None:
-        self.redis_url = redis_url
+        self.store = store
         self.s3 = s3
         self.bucket = bucket
         self.emulator = emulator
@@ -91,32 +90,28 @@ class ChaosAccount:
     def read_records(self, job_ids: list[str], counts: Counts) -> Records:
         """Every job's slot records from Redis; a job missing, open or without manifest is noted."""
         records = Records()
-        client = redis.Redis.from_url(self.redis_url, decode_responses=True, socket_timeout=10)
-        try:
-            for job_id in job_ids:
-                job = client.hgetall(f"{NAMESPACE}:job:{job_id}")
-                counts.problems += _job_problems(job_id, job)
-                for n in range(int(job.get("slot_count") or 0)):
-                    raw = client.hgetall(f"{NAMESPACE}:job:{job_id}:slot:{n}")
-                    _add_slot(records, (job_id, n), raw)
-        finally:
-            client.close()
+        for job_id in job_ids:
+            job = self.store.get_job(job_id)
+            counts.problems += _job_problems(job_id, job)
+            if job is None:
+                continue
+            for n in range(job.slot_count):
+                _add_slot(records, (job_id, n), job.slot(n))
         return records
 
     def count_slots(self, records: Records, counts: Counts) -> None:
         """Stored and failed slots; every other requested image is lost."""
-        for (job_id, n), raw in records.slots.items():
-            state = raw.get("state")
-            if state == SlotState.STORED:
+        for (job_id, n), slot in records.slots.items():
+            if slot is not None and slot.state == SlotState.STORED:
                 counts.stored += 1
-            elif state in FAILED_SLOT_STATES and raw.get("error_code"):
+            elif slot is not None and slot.state in FAILED_SLOT_STATES and slot.error_code:
                 counts.failed += 1
                 self.say(
-                    f"slot {job_id}/{n} {state}: {raw.get('error_code')} "
-                    f"{raw.get('error_message', '')[:120]}"
+                    f"slot {job_id}/{n} {slot.state}: {slot.error_code} "
+                    f"{(slot.error_message or '')[:120]}"
                 )
             else:
-                self.say(f"slot {job_id}/{n} lost in state {state}")
+                self.say(f"slot {job_id}/{n} lost in state {slot.state if slot else None}")
         counts.lost = counts.requested - counts.stored - counts.failed
 
     def check_objects(self, job_ids: list[str], records: Records, counts: Counts) -> None:
@@ -132,7 +127,8 @@ class ChaosAccount:
             if key not in objects:
                 counts.problems.append(f"stored slot {slot[0]}/{slot[1]}: {key} is missing")
                 continue
-            problem = self._object_problem(key, slot, records.slots[slot])
+            record = records.slots[slot]
+            problem = self._object_problem(key, slot, record) if record else None
             if problem:
                 counts.problems.append(problem)
         self.say(f"S3: {len(objects)} objects under jobs/, {len(expected)} final images checked")
@@ -148,25 +144,25 @@ class ChaosAccount:
     @staticmethod
     def _expected_keys(records: Records, counts: Counts) -> dict[str, SlotKey]:
         expected: dict[str, SlotKey] = {}
-        for (job_id, n), raw in records.slots.items():
-            if raw.get("state") != SlotState.STORED:
+        for (job_id, n), slot in records.slots.items():
+            if slot is None or slot.state != SlotState.STORED:
                 continue
-            if not raw.get("final_key"):
+            if not slot.final_key:
                 counts.problems.append(f"stored slot {job_id}/{n} has no final key")
                 continue
-            expected[raw["final_key"]] = (job_id, n)
+            expected[slot.final_key] = (job_id, n)
         return expected
 
-    def _object_problem(self, key: str, slot: SlotKey, raw: dict[str, str]) -> str | None:
+    def _object_problem(self, key: str, slot: SlotKey, record: Slot) -> str | None:
         """How the object at key differs from its slot's record, if it does."""
         head = self.s3.head_object(Bucket=self.bucket, Key=key)
-        size_ok = str(head["ContentLength"]) == raw.get("size")
-        etag_ok = head["ETag"].strip('"') == (raw.get("etag") or "").strip('"')
+        size_ok = int(head["ContentLength"]) == record.size
+        etag_ok = head["ETag"].strip('"') == (record.etag or "").strip('"')
         if size_ok and etag_ok:
             return None
         return (
             f"stored slot {slot[0]}/{slot[1]}: {key} is {head['ContentLength']} bytes "
-            f"{head['ETag']}, the record says {raw.get('size')} {raw.get('etag')}"
+            f"{head['ETag']}, the record says {record.size} {record.etag}"
         )
 
     def check_charges(self, records: Records, counts: Counts) -> None:
@@ -212,23 +208,24 @@ class ChaosAccount:
         return found
 
 
-def _job_problems(job_id: str, job: dict[str, str]) -> list[str]:
-    if not job:
+def _job_problems(job_id: str, job: Job | None) -> list[str]:
+    if job is None:
         return [f"job {job_id} is missing from Redis"]
     problems = []
-    if job.get("state") not in JOB_TERMINAL:
-        problems.append(f"job {job_id} is {job.get('state')}")
-    if not job.get("manifest_key"):
+    if job.state not in JOB_TERMINAL:
+        problems.append(f"job {job_id} is {job.state}")
+    if not job.manifest_key:
         problems.append(f"job {job_id} has no manifest")
     return problems
 
 
-def _add_slot(records: Records, slot: SlotKey, raw: dict[str, str]) -> None:
-    records.slots[slot] = raw
-    previous = [u for u in (raw.get("previous_task_uuids") or "").split(",") if u]
-    for task_uuid in [raw.get("task_uuid"), *previous]:
+def _add_slot(records: Records, key: SlotKey, slot: Slot | None) -> None:
+    records.slots[key] = slot
+    if slot is None:
+        return
+    for task_uuid in [slot.task_uuid, *slot.previous_task_uuids]:
         if task_uuid:
-            records.slot_of_task[task_uuid] = slot
+            records.slot_of_task[task_uuid] = key
 
 
 def _is_manifest_of(key: str, job_ids: set[str]) -> bool:
