@@ -147,7 +147,7 @@ def submit() -> Response:
         except TaskError as exc:
             if task_type == "imageInference":
                 eng.count("tasks_rejected")
-            errors.append(exc.item(task_type if isinstance(task_type, str) else None, task_uuid))
+            errors.append(_error_item(exc, task_type, task_uuid))
             first_status = first_status or exc.status
             continue
         accepted += 1
@@ -160,6 +160,13 @@ def submit() -> Response:
     response = jsonify(payload)
     response.status_code = status
     return response
+
+
+def _error_item(exc: TaskError, task_type: Any, task_uuid: str | None) -> dict[str, Any]:
+    """A refused task's error item; a conflict omits its taskUUID when the switch says so."""
+    if exc.code == "conflictTaskUUID" and engine().config.conflict_without_task_uuid:
+        task_uuid = None
+    return exc.item(task_type if isinstance(task_type, str) else None, task_uuid)
 
 
 def _request_tasks() -> list[Any] | None:
@@ -191,6 +198,8 @@ def _inference(task: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[st
     cfg = eng.config
     if cfg.model_unavailable:
         raise TaskError("unknownModel", f"Model '{task.get('model')}' is not available.", "model")
+    if cfg.model_disabled and task.get("model") == cfg.model:
+        raise TaskError("modelDisabled", f"Model '{cfg.model}' is disabled.", "model")
     req = catalog.validate_inference(task, cfg.model, cfg.reject_unknown_parameters)
     if not eng.reserve(req.task_uuid):
         raise TaskError(
@@ -224,11 +233,21 @@ def _get_response(task: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict
     if task_uuid is None:
         raise TaskError("missingParameter", "Missing required parameter 'taskUUID'.", "taskUUID")
     found = eng.task(task_uuid) if isinstance(task_uuid, str) else None
+    if found is not None and _hidden_from_poll(task_uuid):
+        eng.count("polls_not_found")
+        found = None
     if found is None:
         raise TaskError(
             "taskFailedOrNotFound", f"No task found with taskUUID {task_uuid}.", "taskUUID"
         )
     return eng.poll_view(found)
+
+
+def _hidden_from_poll(task_uuid: Any) -> bool:
+    """Whether this poll of a known task answers "not found" (the not_found_for_live_task fault)."""
+    eng = engine()
+    queued = eng.faults.take("not_found_for_live_task", task_uuid)
+    return queued is not None or eng.faults.chance(eng.config.not_found_for_live_task)
 
 
 def _image_upload(task: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -37,10 +37,16 @@ Provider behaviour (the values of what runware-api.md lists as unknown):
   delivery_workers         size of the delivery (PUT + webhook) thread pool
   fetch_reference_urls     read http(s) reference images to match their aspect ratio
   allow_remote_control     serve /_emulator/ to non-loopback clients
+  returned_size            size of the images rendered, whatever was asked (upstream redirects
+                           and edits may change it): unset = as requested, `swap` = height x
+                           width, `WxH` = that fixed size (e.g. `1000x700`)
+  omit_image_url           webhook and getResponse items carry no `imageURL` (nothing hosted)
 
 Faults (decisions drawn from one RNG seeded by `seed`, so a schedule is reproducible):
   seed                     RNG seed; unset = random
   model_unavailable        every imageInference is refused with `unknownModel` (400)
+  model_disabled           every imageInference for the model is refused with `modelDisabled` (400)
+                           (the SDK's code for a disabled model; `unknownModel` is SDK-only)
   drop_webhook_rate        share of webhooks never sent
   duplicate_webhook_rate   share of webhooks sent twice
   delay_webhook_ms         extra uniform random delay, at most this, before a webhook
@@ -56,6 +62,14 @@ Faults (decisions drawn from one RNG seeded by `seed`, so a schedule is reproduc
   item_error_rate          share of images that fail
   item_error_permanent_share  share of failed images with `providerContentPolicyViolation`
                            (the rest fail with the transient `timeoutProvider`)
+  unknown_item_code        share of images that fail with `unknown_item_code_name`, a code no
+                           client knows (a queued `item_error` takes any `code` for exact counts)
+  unknown_item_code_name   that code (default `weirdNewFailure`)
+  not_found_for_live_task  share of getResponse polls of a known task, rendering or delivered,
+                           answered `taskFailedOrNotFound` as if it had left retention (queue
+                           kind `not_found_for_live_task` for exact counts)
+  conflict_without_task_uuid  `conflictTaskUUID` error items omit `taskUUID` (the legacy SDK
+                           reads `error.get("taskUUID") or task_uuid`)
 """
 
 from __future__ import annotations
@@ -86,6 +100,8 @@ RATES = (
     "upload_fail_rate",
     "item_error_rate",
     "item_error_permanent_share",
+    "unknown_item_code",
+    "not_found_for_live_task",
 )
 
 
@@ -129,6 +145,8 @@ class EmulatorConfig:
     delivery_workers: int = 16
     fetch_reference_urls: bool = True
     allow_remote_control: bool = False
+    returned_size: str | None = None
+    omit_image_url: bool = False
     seed: int | None = None
     model_unavailable: bool = False
     drop_webhook_rate: float = 0.0
@@ -145,6 +163,11 @@ class EmulatorConfig:
     upload_fail_mode: str = "skip"
     item_error_rate: float = 0.0
     item_error_permanent_share: float = 0.5
+    model_disabled: bool = False
+    unknown_item_code: float = 0.0
+    unknown_item_code_name: str = "weirdNewFailure"
+    not_found_for_live_task: float = 0.0
+    conflict_without_task_uuid: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape served by GET /_emulator/config."""
@@ -172,6 +195,9 @@ class EmulatorConfig:
             raise ConfigError("latency_min_ms must be between 0 and latency_max_ms")
         if not self.submit_error_statuses:
             raise ConfigError("submit_error_statuses must not be empty")
+        _check_returned_size(self.returned_size)
+        if not self.unknown_item_code_name:
+            raise ConfigError("unknown_item_code_name must not be empty")
 
     def _check_choices(self) -> None:
         for name, allowed in CHOICES.items():
@@ -216,6 +242,16 @@ class EmulatorConfig:
         except ConfigError as exc:
             raise ConfigError(f"bad {ENV_PREFIX}* variable: {exc}") from exc
         return config
+
+
+def _check_returned_size(value: str | None) -> None:
+    if value is None or value == "swap":
+        return
+    width, sep, height = value.lower().partition("x")
+    if not (sep and width.isdigit() and height.isdigit() and 0 < int(width) and 0 < int(height)):
+        raise ConfigError("returned_size must be unset, `swap` or `WxH` (e.g. 1000x700)")
+    if max(int(width), int(height)) > 8192:
+        raise ConfigError("returned_size must be at most 8192 on a side")
 
 
 _HINTS = typing.get_type_hints(EmulatorConfig)

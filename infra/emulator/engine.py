@@ -37,6 +37,7 @@ STAT_NAMES = (
     "tasks_rejected",
     "submit_faults",
     "polls",
+    "polls_not_found",
     "uploads",
     "images_rendered",
     "items_failed",
@@ -390,14 +391,11 @@ class Engine:
 
     def _render(self, task: Task, slot: Slot) -> None:
         req = task.request
-        fault = self.faults.take("item_error", req.task_uuid)
-        if fault is None and self.faults.chance(self.config.item_error_rate):
-            permanent = self.faults.chance(self.config.item_error_permanent_share)
-            fault = {"code": "providerContentPolicyViolation" if permanent else "timeoutProvider"}
+        fault = self._item_fault(req.task_uuid)
         if fault is not None:
             self._fail_slot(task, slot, str(fault["code"]), fault.get("message"))
             return
-        width, height = self._task_size(task)
+        width, height = render.returned_size(self.config.returned_size, *self._task_size(task))
         seed = self.faults.randint(1, 2**31 - 1)
         data = render.render_image(
             req.prompt, seed, slot.index, width, height, req.output_format, req.output_quality
@@ -410,7 +408,7 @@ class Engine:
             "taskUUID": req.task_uuid,
             "imageUUID": image_uuid,
         }
-        if req.output_type == "URL":
+        if req.output_type == "URL" and not self.config.omit_image_url:
             ttl = req.ttl if req.ttl is not None else self.config.image_ttl_s
             item["imageURL"] = self.host_image(
                 image_uuid, data, req.output_format, ttl, task.public_url
@@ -437,6 +435,16 @@ class Engine:
             slot.put = {"outcome": "skipped", "reason": reason if wants_put else "put_order never"}
         slot.webhook_outcome = "none" if req.webhook_url is None else "skipped"
         self.finish(slot, "success", item=item)
+
+    def _item_fault(self, task_uuid: str) -> dict[str, Any] | None:
+        """The error an image fails with (queued, drawn, or an unknown code), or None."""
+        fault = self.faults.take("item_error", task_uuid)
+        if fault is None and self.faults.chance(self.config.item_error_rate):
+            permanent = self.faults.chance(self.config.item_error_permanent_share)
+            fault = {"code": "providerContentPolicyViolation" if permanent else "timeoutProvider"}
+        if fault is None and self.faults.chance(self.config.unknown_item_code):
+            fault = {"code": self.config.unknown_item_code_name}
+        return fault
 
     def _fail_slot(self, task: Task, slot: Slot, code: str, message: str | None) -> None:
         req = task.request

@@ -18,6 +18,7 @@ QUEUE_KINDS: dict[str, dict[str, Any]] = {
     "submit_error": {"status": 503, "retry_after_s": None},
     "upload_fail": {"mode": None},
     "item_error": {"code": "timeoutProvider", "message": None},
+    "not_found_for_live_task": {},
 }
 
 
