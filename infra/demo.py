@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from infra.stack import LocalStack
 
 EXAMPLES_PATH = Path(__file__).resolve().parent / "fixtures" / "model-page-examples.json"
+# The model page's prices (USD): each image, plus each reference image of an edit.
+PRICE_PER_IMAGE = 0.07
+PRICE_PER_REFERENCE_IMAGE = 0.002
 # The states in which a job produced images worth downloading.
 WITH_IMAGES = frozenset({JobState.SUCCEEDED, JobState.PARTIALLY_SUCCEEDED})
 
@@ -54,6 +57,26 @@ class JobRun:
 def load_examples(path: Path = EXAMPLES_PATH) -> list[dict[str, Any]]:
     """The `request` objects of the model page's examples."""
     return [dict(entry["request"]) for entry in json.loads(path.read_text(encoding="utf-8"))]
+
+
+def reference_count(request: Mapping[str, Any]) -> int:
+    """How many reference images a request sends (`inputs.referenceImages`, or the legacy field)."""
+    inputs = request.get("inputs")
+    found = inputs.get("referenceImages") if isinstance(inputs, Mapping) else None
+    if found is None:
+        found = request.get("referenceImages")
+    return len(found) if isinstance(found, list) else 0
+
+
+def estimate_cost(requests: Sequence[Mapping[str, Any]]) -> tuple[int, float]:
+    """The images the requests ask for and what Runware charges for them, by the model page."""
+    images = 0
+    cost = 0.0
+    for request in requests:
+        count = int(request.get("numberResults") or 1)
+        images += count
+        cost += count * (PRICE_PER_IMAGE + PRICE_PER_REFERENCE_IMAGE * reference_count(request))
+    return images, round(cost, 6)
 
 
 def _progress(runs: Sequence[JobRun], elapsed: float) -> str:

@@ -31,6 +31,8 @@ PORT_VARIABLES = {
     "receiver": "STACK_RECEIVER_PORT",
     "flower": "STACK_FLOWER_PORT",
 }
+# Against a real provider the examples cost money: they are submitted only when this says so.
+SUBMIT_EXAMPLES_VARIABLE = "STACK_SUBMIT_EXAMPLES"
 # With a public URL in front of it, the receiver listens where a tunnel usually points.
 DEFAULT_PUBLIC_RECEIVER_PORT = 8000
 
@@ -94,6 +96,7 @@ class StackConfig:
     ports: Mapping[str, int | None] = field(default_factory=dict)
     extra_env: Mapping[str, str] = field(default_factory=dict)
     aws_credentials: Mapping[str, str] | None = None
+    submit_examples: bool = False  # submit the examples to a real provider too (they cost money)
 
     @property
     def local_s3(self) -> bool:
@@ -132,6 +135,7 @@ class StackConfig:
             ports=ports,
             extra_env=_passthrough(environ, real_provider=runware_url is not None),
             aws_credentials=aws,
+            submit_examples=_flag(environ, SUBMIT_EXAMPLES_VARIABLE),
         )
 
 
@@ -160,6 +164,16 @@ def _check_provider(
             "upload to it. Set S3_ENDPOINT_URL to a reachable S3 endpoint (for AWS, "
             "https://s3.<region>.amazonaws.com) with credentials in AWS_*."
         )
+
+
+def _flag(environ: Mapping[str, str], variable: str) -> bool:
+    """A yes/no setting (unset: no); anything else is refused with its name."""
+    raw = environ.get(variable, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise StackError(f"{variable} must be true or false, got {environ[variable]!r}")
 
 
 def _ports(environ: Mapping[str, str]) -> dict[str, int | None]:
@@ -545,8 +559,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             flush=True,
         )
         ok = True
-        if not args.no_examples:
-            runs = demo.run_examples(stack, demo.load_examples(), args.out, args.timeout)
+        examples = [] if args.no_examples else examples_to_submit(config, demo.load_examples())
+        if examples:
+            runs = demo.run_examples(stack, examples, args.out, args.timeout)
             ok = demo.report(runs, config.bucket)
         if args.demo:
             print("stack: demo " + ("succeeded" if ok else "FAILED"), flush=True)
@@ -575,6 +590,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return code
+
+
+def examples_to_submit(
+    config: StackConfig,
+    examples: Sequence[dict[str, Any]],
+    say: Callable[[str], None] = _say,
+) -> list[dict[str, Any]]:
+    """The examples to send: all of them to the emulator; to a real provider, only when asked.
+
+    Either way a real provider is told about first, with what the examples would cost.
+    """
+    if config.emulated:
+        return list(examples)
+    images, cost = demo.estimate_cost(examples)
+    estimate = (
+        f"the model page's {len(examples)} examples ({images} images, estimated ${cost:.2f}: "
+        f"${demo.PRICE_PER_IMAGE} per image + ${demo.PRICE_PER_REFERENCE_IMAGE} per reference "
+        "image)"
+    )
+    if not config.submit_examples:
+        say(
+            f"not submitting {estimate} to {config.runware_api_url}, a real provider; "
+            f"set {SUBMIT_EXAMPLES_VARIABLE}=true to submit them"
+        )
+        return []
+    say(f"submitting {estimate} to {config.runware_api_url}")
+    return list(examples)
 
 
 def _print_urls(stack: LocalStack, env_file: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -187,3 +188,89 @@ def test_examples_are_the_model_page_requests() -> None:
     assert len(requests) == 3
     assert all(request["taskType"] == "imageInference" for request in requests)
     assert all(request["model"] == "xai:grok-imagine@image-pro" for request in requests)
+
+
+REAL_STACK = {
+    **REAL_RUNWARE,
+    "PUBLIC_BASE_URL": "https://hooks.example.com",
+    "S3_ENDPOINT_URL": "https://s3.eu-west-1.amazonaws.com",
+}
+
+
+@pytest.fixture
+def submitted(monkeypatch: pytest.MonkeyPatch) -> list[list[dict[str, Any]]]:
+    """What `python -m infra.stack --demo` sends through the jobs API, with no process started."""
+    sent: list[list[dict[str, Any]]] = []
+
+    def run_examples(
+        local: LocalStack, requests: list[dict[str, Any]], *args: Any, **kwargs: Any
+    ) -> list[demo.JobRun]:
+        sent.append(list(requests))
+        return []
+
+    monkeypatch.setattr(demo, "run_examples", run_examples)
+    monkeypatch.setattr(demo, "report", lambda runs, bucket: True)
+    monkeypatch.setattr(LocalStack, "start", lambda self: None)
+    monkeypatch.setattr(LocalStack, "stop", lambda self, timeout=10.0: None)
+    monkeypatch.setattr(LocalStack, "write_env_file", lambda self: self.workdir / "stack.env")
+    for name in ("RUNWARE_API_URL", "RUNWARE_API_KEY", "PUBLIC_BASE_URL", "S3_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv(stack.SUBMIT_EXAMPLES_VARIABLE, raising=False)
+    return sent
+
+
+def test_real_runware_gets_no_example_unasked(
+    submitted: list[list[dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, value in REAL_STACK.items():
+        monkeypatch.setenv(name, value)
+    assert stack.main(["--demo", "--workdir", str(tmp_path / "run")]) == 0
+    assert submitted == []
+    out = capsys.readouterr().out
+    assert "not submitting the model page's 3 examples (3 images, estimated $0.21" in out
+    assert f"set {stack.SUBMIT_EXAMPLES_VARIABLE}=true" in out
+
+
+def test_real_runware_gets_the_examples_when_asked_after_their_cost(
+    submitted: list[list[dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, value in {**REAL_STACK, stack.SUBMIT_EXAMPLES_VARIABLE: "true"}.items():
+        monkeypatch.setenv(name, value)
+    assert stack.main(["--demo", "--workdir", str(tmp_path / "run")]) == 0
+    assert submitted == [demo.load_examples()]
+    out = capsys.readouterr().out
+    assert (
+        "submitting the model page's 3 examples (3 images, estimated $0.21: $0.07 per image + "
+        "$0.002 per reference image) to https://api.runware.ai/v1" in out
+    )
+
+
+def test_the_emulator_gets_the_examples_without_being_asked(
+    submitted: list[list[dict[str, Any]]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _config({}, tmp_path)
+    assert stack.examples_to_submit(config, demo.load_examples()) == demo.load_examples()
+    assert "estimated" not in capsys.readouterr().out
+
+
+def test_submit_examples_setting_is_a_yes_or_no(tmp_path: Path) -> None:
+    assert _config({**REAL_STACK, "STACK_SUBMIT_EXAMPLES": "1"}, tmp_path).submit_examples
+    assert not _config(REAL_STACK, tmp_path).submit_examples
+    with pytest.raises(StackError, match="STACK_SUBMIT_EXAMPLES"):
+        _config({**REAL_STACK, "STACK_SUBMIT_EXAMPLES": "please"}, tmp_path)
+
+
+def test_cost_estimate_counts_images_and_reference_images() -> None:
+    requests = [
+        {"positivePrompt": "a", "numberResults": 2},
+        {"positivePrompt": "b", "inputs": {"referenceImages": ["x", "y", "z"]}},
+        {"positivePrompt": "c", "referenceImages": ["x"], "numberResults": 3},
+    ]
+    assert demo.estimate_cost(requests) == (6, pytest.approx(0.07 * 6 + 0.002 * (3 + 3)))
+    assert demo.estimate_cost(demo.load_examples()) == (3, pytest.approx(0.21))
