@@ -52,6 +52,16 @@ def render_image(
     return encode(image, output_format, quality)
 
 
+def returned_size(setting: str | None, width: int, height: int) -> tuple[int, int]:
+    """The size an image comes back at under the `returned_size` switch."""
+    if setting is None:
+        return width, height
+    if setting == "swap":
+        return height, width
+    fixed_width, _, fixed_height = setting.lower().partition("x")
+    return int(fixed_width), int(fixed_height)
+
+
 def encode(image: Image.Image, output_format: str, quality: int) -> bytes:
     """Bytes of `image` in JPG (quality), PNG (fast compression) or WEBP (quality)."""
     buffer = io.BytesIO()
