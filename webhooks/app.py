@@ -50,6 +50,9 @@ def create_app(
         service = build_service(settings, dispatcher=dispatcher)
         inline_service = with_short_s3_timeouts(service)
     app = Flask("imagine")
+    # A path with doubled slashes is a path that does not exist (404 in the error shape), not
+    # a redirect to another one.
+    app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = settings.webhook_max_body_bytes
     app.extensions["imagine"] = {
         "settings": settings,
