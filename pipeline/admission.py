@@ -31,26 +31,59 @@ def paused_reason(code: str | None) -> str:
     return f"waiting: submission paused by the provider ({provider_code(code)})"
 
 
-def open_circuit(ctx: Context, error: ProviderError) -> None:
-    """Pause submission for every job until a probe succeeds or an operator resets it."""
+def model_paused_reason(model: str, code: str | None) -> str:
+    # The model id is the job's own, checked against the catalog when the job was made.
+    return f"waiting: model {model} paused by the provider ({provider_code(code)})"
+
+
+BUDGET_REASON = "waiting: Runware in-flight budget is full"
+
+
+def circuit_reason(ctx: Context, model: str) -> str | None:
+    """Why a job of `model` may not be submitted now (the account's or the model's circuit is
+    open), or None."""
+    account = ctx.circuit.state()
+    if account.open:
+        return paused_reason(account.code)
+    paused = ctx.circuit.state(model)
+    if paused.open:
+        return model_paused_reason(model, paused.code)
+    return None
+
+
+def open_circuit(ctx: Context, error: ProviderError, model: str | None = None) -> None:
+    """Pause submission for every job (or, with `model`, for that model's jobs only) until a
+    probe succeeds or an operator resets it."""
     code = provider_code(error.provider_code, error.http_status)
     probe_at = clock.now() + ctx.settings.circuit_probe_seconds
-    if ctx.circuit.open(code, clean_text(error.message, 500), probe_at):
+    if ctx.circuit.open(code, clean_text(error.message, 500), probe_at, model):
         log.error(
-            "circuit opened: submission paused",
-            extra={"code": code, "http_status": error.http_status},
+            "circuit opened: submission paused" + (f" for model {model}" if model else ""),
+            extra={"code": code, "http_status": error.http_status, "model": model},
         )
 
 
+def close_circuit(ctx: Context, model: str | None = None) -> None:
+    """A probe went through: the account (or the model) is accepted again."""
+    if ctx.circuit.state(model).open:
+        ctx.circuit.reset(model)
+        log.warning("circuit closed: submission resumes" + (f" for model {model}" if model else ""))
+
+
 def reset_circuit(ctx: Context) -> None:
+    """An operator's reset: the account circuit and every model circuit close."""
+    for paused in ctx.circuit.open_models():
+        ctx.circuit.reset(paused.model)
     ctx.circuit.reset()
     log.warning("circuit closed: submission resumes")
 
 
 def release(ctx: Context, task_uuids: list[str]) -> None:
-    """Give in-flight leases back and wake as many jobs waiting for the budget."""
+    """Give in-flight leases back (a slot's state change has usually given them back already)
+    and wake as many jobs waiting for the budget as there is room for."""
     if not ctx.settings.runware_api_key:
         return
-    freed = ctx.budget.release(task_uuids)
-    for waiting in ctx.budget.pop_waiters(freed):
+    ctx.budget.release(task_uuids)
+    room = ctx.settings.runware_max_in_flight - ctx.budget.in_use()
+    for waiting in ctx.budget.pop_waiters(room):
         ctx.dispatcher.submit_job(waiting)

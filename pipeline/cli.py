@@ -120,7 +120,11 @@ def cmd_circuit(args: argparse.Namespace, settings: Settings) -> int:
         print("circuit closed")
         return 0
     circuit = service.circuit()
-    _print({"state": "open", **asdict(circuit)} if circuit.open else {"state": "closed"})
+    shown: dict[str, Any] = (
+        {"state": "open", **asdict(circuit)} if circuit.open else {"state": "closed"}
+    )
+    shown["models"] = [asdict(paused) for paused in service.model_circuits()]
+    _print(shown)
     return 0
 
 
@@ -154,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.set_defaults(func=cmd_dlq)
     reconcile = sub.add_parser("reconcile", help="run one reconciler pass now")
     reconcile.set_defaults(func=cmd_reconcile)
-    circuit = sub.add_parser("circuit", help="show or reset the account-level circuit")
+    circuit = sub.add_parser("circuit", help="show or reset the account's and the models' circuits")
     circuit.add_argument("action", choices=["show", "reset"], nargs="?", default="show")
     circuit.set_defaults(func=cmd_circuit)
     for name, module, text in (

@@ -98,6 +98,9 @@ class ProviderError(PipelineError):
     PERMANENT = "permanent"
     ACCOUNT = "account"
     CONFLICT = "conflict"
+    MODEL = "model"  # the model is refused: pause that model only
+    NOT_FOUND = "not_found"  # the provider does not know the task: it may still have run
+    UNKNOWN = "unknown"  # a code the error table does not know
 
     def __init__(
         self,

@@ -24,7 +24,7 @@ from pipeline.models import (
     SlotState,
 )
 from pipeline.promotion import promote_slot
-from pipeline.runware import classify
+from pipeline.runware import kind_of_code
 from pipeline.schemas import ProviderResult, parse_provider_body, untied_error_result
 
 log = logging.getLogger(__name__)
@@ -146,22 +146,85 @@ def record_image(
 
 
 def record_failure(ctx: Context, job_id: str, slot: Slot, result: ProviderResult) -> ResultOutcome:
-    """An image the provider failed: only a known transient code earns a new attempt, up to
-    SLOT_MAX_ATTEMPTS; then the slot is dead and dead-lettered."""
+    """An image the provider failed, sorted by the error table (pipeline/runware.py)."""
     task_uuid = result.task_uuid
     code = result.error_code or "providerError"
     message = (result.error_message or "the provider reported an error")[:1000]
-    kind = classify(400, result.error_code)
-    if kind == ProviderError.ACCOUNT:
-        # Only a live slot's failure gets here, so only a live slot's failure opens the circuit.
-        admission.open_circuit(
-            ctx, ProviderError(message, kind=kind, provider_code=result.error_code)
-        )
-        kind = ProviderError.TRANSIENT
-    admission.release(ctx, [task_uuid])
-    if kind != ProviderError.TRANSIENT:
+    kind = kind_of_code(result.error_code)
+    if kind == ProviderError.CONFLICT:
+        return ResultOutcome.PROCESSING  # "the task exists": keep waiting for it
+    if kind == ProviderError.NOT_FOUND:
+        return resubmit_task(ctx, job_id, slot, task_uuid)
+    if kind in {ProviderError.ACCOUNT, ProviderError.MODEL}:
+        return pause_and_reopen(ctx, job_id, slot, result, kind)
+    if kind == ProviderError.PERMANENT:
         applied = fail_slot(ctx, job_id, slot.slot, task_uuid, code, message)
+        admission.release(ctx, [task_uuid])
         return ResultOutcome.FAILED if applied else ResultOutcome.DUPLICATE
+    if kind == ProviderError.UNKNOWN:
+        log.warning(
+            "a provider error code the error table does not know: a new attempt",
+            extra={"job_id": job_id, "slot": slot.slot, "code": code},
+        )
+    return retry_or_dead(ctx, job_id, slot, task_uuid, code, message)
+
+
+def resubmit_task(ctx: Context, job_id: str, slot: Slot, task_uuid: str) -> ResultOutcome:
+    """Runware does not find a task: that does not prove it never ran (a task past
+    getResponse's retention would be paid twice by a new one, its late webhook dropped as
+    stale). Send it again under the same taskUUID through the normal submission path:
+    `conflictTaskUUID` says it exists (keep waiting), an acceptance that it never did (this is
+    its one charge). The slot keeps its lease: the task may well be in flight."""
+    if slot.state == SlotState.SUBMITTED:
+        moved = ctx.store.transition_slot(
+            job_id, slot.slot, [SlotState.SUBMITTED], SlotState.PENDING, task_uuid=task_uuid
+        )
+        if not moved:
+            return ResultOutcome.DUPLICATE
+    log.warning(
+        "task not found at the provider: sent again under the same taskUUID",
+        extra={"job_id": job_id, "slot": slot.slot, "task_uuid": task_uuid},
+    )
+    ctx.dispatcher.submit_job(job_id)
+    return ResultOutcome.RESUBMITTING
+
+
+def pause_and_reopen(
+    ctx: Context, job_id: str, slot: Slot, result: ProviderResult, kind: str
+) -> ResultOutcome:
+    """A live image failed for the account or its model: pause (only a live slot's failure
+    gets here, so only a live slot's failure opens a circuit) and give the image a new
+    taskUUID that waits for the circuit; the retry budget is not spent on it, the deadline
+    still bounds the wait."""
+    message = (result.error_message or "the provider reported an error")[:1000]
+    model = None
+    if kind == ProviderError.MODEL:
+        job = ctx.store.get_job(job_id)
+        model = job.model if job else None
+    admission.open_circuit(
+        ctx, ProviderError(message, kind=kind, provider_code=result.error_code), model
+    )
+    applied = ctx.store.new_attempt(
+        job_id,
+        slot.slot,
+        AWAITING_RESULT,
+        slot.attempt,
+        task_uuid=result.task_uuid,
+        error_code=result.error_code,
+        error_message=message,
+    )
+    admission.release(ctx, [result.task_uuid])
+    if not applied:
+        return ResultOutcome.DUPLICATE
+    ctx.dispatcher.submit_job(job_id, countdown=backoff(ctx, 1))
+    return ResultOutcome.RETRYING
+
+
+def retry_or_dead(
+    ctx: Context, job_id: str, slot: Slot, task_uuid: str, code: str, message: str
+) -> ResultOutcome:
+    """An explicit failure of a task: a new attempt under a new taskUUID while the slot has
+    attempts left (SLOT_MAX_ATTEMPTS), else the slot is dead and dead-lettered."""
     if slot.attempt < ctx.settings.slot_max_attempts:
         applied = ctx.store.new_attempt(
             job_id,
@@ -169,9 +232,10 @@ def record_failure(ctx: Context, job_id: str, slot: Slot, result: ProviderResult
             AWAITING_RESULT,
             slot.attempt + 1,
             task_uuid=task_uuid,
-            error_code=result.error_code,
+            error_code=code,
             error_message=message,
         )
+        admission.release(ctx, [task_uuid])
         if not applied:
             return ResultOutcome.DUPLICATE
         ctx.dispatcher.submit_job(job_id, countdown=backoff(ctx, slot.attempt))
@@ -185,6 +249,7 @@ def record_failure(ctx: Context, job_id: str, slot: Slot, result: ProviderResult
         error_code=code,
         error_message=message,
     )
+    admission.release(ctx, [task_uuid])
     if not applied:
         return ResultOutcome.DUPLICATE
     ctx.store.dead_letter(job_id, slot.slot, code, message)

@@ -51,6 +51,7 @@ class ResultOutcome(StrEnum):
     DUPLICATE = "duplicate"
     STALE = "stale"
     PROCESSING = "processing"
+    RESUBMITTING = "resubmitting"  # not found: sent again under the same taskUUID
 
 
 class PromoteOutcome(StrEnum):
@@ -168,6 +169,7 @@ class CircuitState:
     message: str | None = None
     opened_at: float | None = None
     probe_at: float | None = None
+    model: str | None = None  # a model circuit: only this model's jobs wait
 
 
 @dataclass(frozen=True)

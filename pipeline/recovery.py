@@ -14,6 +14,7 @@ from pipeline.enqueue import get_job
 from pipeline.errors import Conflict, NotFound, ProviderError
 from pipeline.intake import record_results
 from pipeline.models import Job, ResultOutcome, SlotState
+from pipeline.schemas import ProviderResult
 from pipeline.submission import submit_job
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,8 @@ class ReconcilePass:
     errors: int = 0
     skipped: bool = False
     probe_due: bool = field(default=False, repr=False)
+    # Paused models whose probe is due (probed only while the account circuit is closed).
+    model_probes_due: set[str] = field(default_factory=set, repr=False)
 
 
 def reconcile(ctx: Context) -> ReconcilePass:
@@ -48,6 +51,12 @@ def reconcile_pass(ctx: Context) -> ReconcilePass:
     now = clock.now()
     circuit = ctx.circuit.state()
     counts = ReconcilePass(probe_due=circuit.open and now >= (circuit.probe_at or 0.0))
+    if not circuit.open:
+        counts.model_probes_due = {
+            paused.model
+            for paused in ctx.circuit.open_models()
+            if paused.model and now >= (paused.probe_at or 0.0)
+        }
     for job_id, deadline in ctx.store.active_jobs():
         try:
             reconcile_job(ctx, job_id, deadline, now, counts)
@@ -87,21 +96,30 @@ def finish_orphan(ctx: Context, job: Job, now: float, counts: ReconcilePass) -> 
 
 
 def redrive(ctx: Context, job: Job, now: float, counts: ReconcilePass) -> None:
-    """Pending images: one job probes the provider while the circuit is open (success closes
-    it); otherwise a job quiet past the grace period gets a new nudge."""
+    """Pending images: one job probes the provider while the account circuit is open, and one
+    job of each paused model probes that model (success closes it); otherwise a job quiet past
+    the grace period gets a new nudge."""
     if not any(slot.state == SlotState.PENDING for slot in job.slots):
         return
     if counts.probe_due:
-        ctx.circuit.schedule_probe(now + ctx.settings.circuit_probe_seconds)
         counts.probe_due = False
-        counts.probed = 1
-        try:
-            submit_job(ctx, job.id, probe=True)
-        except ProviderError as exc:
-            log.warning("circuit probe failed", extra={"code": exc.provider_code})
+        probe(ctx, job, now, None, counts)
+    elif job.model in counts.model_probes_due:
+        counts.model_probes_due.discard(job.model)
+        probe(ctx, job, now, job.model, counts)
     elif now - job.updated_at > ctx.settings.reconcile_grace_seconds:
         ctx.dispatcher.submit_job(job.id)
         counts.redriven += 1
+
+
+def probe(ctx: Context, job: Job, now: float, model: str | None, counts: ReconcilePass) -> None:
+    """Submit one job past an open circuit (the account's, or `model`'s)."""
+    ctx.circuit.schedule_probe(now + ctx.settings.circuit_probe_seconds, model)
+    counts.probed += 1
+    try:
+        submit_job(ctx, job.id, probe=True)
+    except ProviderError as exc:
+        log.warning("circuit probe failed", extra={"code": exc.provider_code, "model": model})
 
 
 def check_slots(ctx: Context, job: Job, now: float, counts: ReconcilePass) -> None:
@@ -125,8 +143,20 @@ def poll(ctx: Context, task_uuid: str) -> None:
     try:
         results = ctx.runware().get_response(task_uuid)
     except ProviderError as exc:
-        log.warning("getResponse failed", extra={"task_uuid": task_uuid, "code": exc.provider_code})
-        return
+        if exc.kind != ProviderError.NOT_FOUND:
+            log.warning(
+                "getResponse failed", extra={"task_uuid": task_uuid, "code": exc.provider_code}
+            )
+            return
+        # Not found: recorded like any result, so the task is sent again under its taskUUID.
+        results = [
+            ProviderResult(
+                task_uuid=task_uuid,
+                status="error",
+                error_code=exc.provider_code or "taskFailedOrNotFound",
+                error_message="getResponse does not find the task",
+            )
+        ]
     finished = [result for result in results if result.status != "processing"]
     if not finished:
         return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -14,48 +15,107 @@ from marshmallow import ValidationError
 
 from pipeline.config import Settings
 from pipeline.errors import ProviderError
-from pipeline.schemas import ProviderResult, parse_provider_body
+from pipeline.schemas import ProviderResult, parse_provider_body, untied_error_result
 
 log = logging.getLogger(__name__)
 
-TRANSIENT_STATUSES = {408, 425, 429, 500, 502, 503, 504}
-ACCOUNT_STATUSES = {401, 402, 403}
-ACCOUNT_CODES = {
-    "invalidApiKey",
-    "missingApiKey",
-    "insufficientPermissions",
-    "unknownModel",
-    "modelNotAvailable",
-    "modelUnavailable",
-}
-ACCOUNT_CODE_PARTS = ("Credits", "Balance", "Quota")
-# A task the provider lost (not found) gets a new attempt, like a provider timeout.
-TRANSIENT_CODES = {
-    "timeoutProvider",
-    "serverError",
-    "internalError",
-    "providerUnavailable",
-    "taskFailedOrNotFound",
-    "taskNotFound",
-}
-TRANSIENT_CODE_PARTS = ("RateLimit", "Timeout", "timeout", "Overloaded", "Capacity")
 CONFLICT_CODE = "conflictTaskUUID"
-NOT_FOUND_CODES = {"taskFailedOrNotFound", "taskNotFound", "taskCancelled"}
+TRANSIENT = ProviderError.TRANSIENT
+PERMANENT = ProviderError.PERMANENT
+ACCOUNT = ProviderError.ACCOUNT
+MODEL = ProviderError.MODEL
+CONFLICT = ProviderError.CONFLICT
+NOT_FOUND = ProviderError.NOT_FOUND
+UNKNOWN = ProviderError.UNKNOWN
+
+# The one error table. A row is (code pattern, kind), matched in order: an exact code first,
+# then `*` patterns. Each row names its evidence in ../shared/runware-api.md (section, and the
+# source tag [S..] of its Sources list). Runware warns its codes are still being standardised
+# (S15), so a code no row knows is UNKNOWN: in an item error it earns a new attempt within
+# SLOT_MAX_ATTEMPTS; for a request refused as a whole the HTTP status decides (HTTP_KINDS).
+ERROR_TABLE: tuple[tuple[str, str], ...] = (
+    # Already accepted: the task exists, keep waiting for it (S9 legacy SDK; §14).
+    ("conflictTaskUUID", CONFLICT),
+    # The provider does not know the task; the new SDK calls it notFound, not retryable (S11;
+    # §14). It does not prove the task never ran: resubmit under the same taskUUID.
+    ("taskFailedOrNotFound", NOT_FOUND),
+    # Account faults: open the account circuit.
+    ("invalidApiKey", ACCOUNT),  # HTTP 401 (S15; §10)
+    ("missingApiKey", ACCOUNT),  # SDK raw code (S11; §10)
+    ("insufficientPermissions", ACCOUNT),  # SDK raw code (S11; §10), like HTTP 403 (S15)
+    ("*Credits*", ACCOUNT),  # the SDK maps any code containing Credits/Balance/Quota to
+    ("*Balance*", ACCOUNT),  # "quota"; exact strings not found (S11; §10, UNKNOWN 9)
+    ("*Quota*", ACCOUNT),
+    # Model faults: pause that model only (§0, §14).
+    ("modelDisabled", MODEL),  # SDK raw code (S11; §14)
+    ("modelUnavailable", MODEL),  # SDK raw code (S11; §14)
+    ("unknownModel", MODEL),  # SDK-only (S11; §14), and what the emulator sends (§13)
+    # Server trouble: transient.
+    ("internalServerError", TRANSIENT),  # SDK raw code, server-side (S11; §14)
+    ("serviceUnavailable", TRANSIENT),  # SDK raw code, server-side (S11; §14)
+    ("noAvailableServer", TRANSIENT),  # SDK raw code, server-side (S11; §14)
+    ("timeoutProvider", TRANSIENT),  # (S3, S15; §10, §14)
+    ("serverError", TRANSIENT),  # the emulator's code for its 5xx answers (§13; HTTP 500 S15)
+    ("*RateLimit*", TRANSIENT),  # the SDK maps codes containing RateLimit to rateLimit (S11)
+    # The task itself failed at the provider: an explicit failure earns a new attempt.
+    ("inferenceError", TRANSIENT),  # SDK raw code (S11; §14)
+    ("taskFailed", TRANSIENT),  # SDK raw code (S11; §14)
+    ("taskCancelled", TRANSIENT),  # SDK "notFound" (S11); the pipeline never cancels a task
+    ("uploadFailed", TRANSIENT),  # SDK raw code: a failed upload as a task error (S11; §14)
+    ("mediaStorageFileCouldNotBeMoved", TRANSIENT),  # same (S11; §14)
+    # Request faults: permanent, the same request fails the same way.
+    ("unknownParameter", PERMANENT),  # SDK validation (S11; §10)
+    ("incompatibleParameters", PERMANENT),  # SDK validation (S11; §10)
+    ("missingParameter", PERMANENT),  # HTTP 400 bad or missing parameter (S15; §10)
+    ("providerContentPolicyViolation", PERMANENT),  # SDK "safety" (S11; §10)
+    ("*ContentPolicy*", PERMANENT),  # content policy, however the provider spells it (S11)
+    ("invalid*", PERMANENT),  # invalidWidth with min/max (S18; §10); invalidApiKey is above
+    ("unsupported*", PERMANENT),  # e.g. unsupportedDimensions, unsupportedTaskType (§13)
+)
+
+# The HTTP status of a request refused as a whole, when no row above knows its code
+# (S15 statuses; S11/S16b: retry timeouts, 408, 429 and 5xx; never 400/401/402/403).
+HTTP_KINDS: dict[int, str] = {
+    401: ACCOUNT,  # no valid key (S15)
+    402: ACCOUNT,  # balance insufficient (S15)
+    403: ACCOUNT,  # key lacks permission (S15)
+    408: TRANSIENT,  # request timeout (S11, S12)
+    429: TRANSIENT,  # queue capacity exceeded (S15, S16b)
+}
+
+_EXACT = {pattern: kind for pattern, kind in ERROR_TABLE if "*" not in pattern}
+_PATTERNS = tuple(
+    (re.compile("^" + ".*".join(map(re.escape, pattern.split("*"))) + "$"), kind)
+    for pattern, kind in ERROR_TABLE
+    if "*" in pattern
+)
 
 
-def classify(http_status: int | None, code: str | None) -> str:
-    """Sort a Runware failure: retry it, fail the image, or pause the account."""
-    if code == CONFLICT_CODE:
-        return ProviderError.CONFLICT
-    if code and (code in ACCOUNT_CODES or any(part in code for part in ACCOUNT_CODE_PARTS)):
-        return ProviderError.ACCOUNT
-    if http_status in ACCOUNT_STATUSES:
-        return ProviderError.ACCOUNT
-    if code and (code in TRANSIENT_CODES or any(part in code for part in TRANSIENT_CODE_PARTS)):
-        return ProviderError.TRANSIENT
-    if http_status is None or http_status in TRANSIENT_STATUSES or http_status >= 500:
-        return ProviderError.TRANSIENT
-    return ProviderError.PERMANENT
+def kind_of_code(code: str | None, parameter: Any = None) -> str:
+    """The error table's kind for a provider code; UNKNOWN when no row knows it.
+
+    A refusal naming the `model` parameter is a model fault whatever its code: the catalog
+    checked the model id before it was sent, so Runware refusing it means the model is gone
+    (the real code for a retired or disabled model is unknown, §14)."""
+    kind = _EXACT.get(code or "")
+    if kind is None and code:
+        kind = next((k for pattern, k in _PATTERNS if pattern.match(code)), None)
+    if parameter == "model" and kind in {PERMANENT, UNKNOWN, None}:
+        return MODEL
+    return kind or UNKNOWN
+
+
+def kind_of_status(http_status: int | None) -> str:
+    """A request refused as a whole, by its HTTP status: no answer at all is transient."""
+    if http_status is None or http_status >= 500:
+        return TRANSIENT  # 500 internal, 503 capacity, 504 queue wait (S15; S11 retries 5xx)
+    return HTTP_KINDS.get(http_status, PERMANENT)  # 400 bad or missing parameter (S15)
+
+
+def classify(http_status: int | None, code: str | None, parameter: Any = None) -> str:
+    """Sort a Runware failure by the error table: its code first, else its HTTP status."""
+    kind = kind_of_code(code, parameter)
+    return kind_of_status(http_status) if kind == UNKNOWN else kind
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -74,16 +134,27 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 
 def _error_from_entry(
-    entry: dict[str, Any], http_status: int | None, retry_after: float | None = None
+    entry: dict[str, Any],
+    http_status: int | None,
+    retry_after: float | None = None,
+    *,
+    item: bool = False,
 ) -> ProviderError:
+    """A provider error entry; `item` when it is tied to one task (an item error), where a code
+    the table does not know stays UNKNOWN unless the status says the provider was in trouble."""
     code = entry.get("code")
+    parameter = entry.get("parameter")
+    if item:
+        kind = kind_of_code(code, parameter)
+        if kind == UNKNOWN and kind_of_status(http_status) == TRANSIENT:
+            kind = TRANSIENT
+    else:
+        kind = classify(http_status, code, parameter)
     return ProviderError(
         entry.get("message") or code or "Runware reported an error",
-        kind=classify(http_status if http_status and http_status >= 400 else None, code)
-        if code
-        else classify(http_status, None),
+        kind=kind,
         provider_code=code,
-        parameter=entry.get("parameter"),
+        parameter=parameter,
         http_status=http_status,
         retry_after=retry_after,
         task_uuid=entry.get("taskUUID"),
@@ -100,6 +171,34 @@ class TaskOutcome:
     results: list[ProviderResult] = field(default_factory=list)
 
 
+def _tie_conflicts(
+    raw_errors: list[dict[str, Any]], wanted: list[str], acknowledged: set[Any]
+) -> list[dict[str, Any]]:
+    """Give a `conflictTaskUUID` entry that names no task the taskUUID it must be about.
+
+    The legacy SDK reads `error.get("taskUUID") or task_uuid` (§14): the entry may lack it.
+    It is about a task that was sent and that nothing else in the answer accounts for: the
+    one task of the body, or, by elimination, the one left (or each of as many left as there
+    are such conflicts, which then all say the same). Anything more ambiguous stays untied:
+    those tasks count as unacknowledged and are sent again under the same taskUUIDs."""
+    untied = [e for e in raw_errors if not e.get("taskUUID") and e.get("code") == CONFLICT_CODE]
+    if not untied:
+        return raw_errors
+    accounted = acknowledged | {e.get("taskUUID") for e in raw_errors}
+    left = [task_uuid for task_uuid in wanted if task_uuid not in accounted]
+    if len(left) == 1:
+        owners = left * len(untied)
+    elif len(left) == len(untied):
+        owners = left
+    else:
+        return raw_errors
+    tied = iter(owners)
+    return [
+        {**entry, "taskUUID": next(tied)} if any(entry is u for u in untied) else entry
+        for entry in raw_errors
+    ]
+
+
 def _apply_task_errors(
     outcomes: dict[str, TaskOutcome], raw_errors: list[Any], status: int, retry_after: float | None
 ) -> None:
@@ -107,12 +206,27 @@ def _apply_task_errors(
     for entry in raw_errors:
         if not isinstance(entry, dict) or entry.get("taskUUID") not in outcomes:
             continue
-        error = _error_from_entry(entry, status if status >= 400 else 400, retry_after)
+        error = _error_from_entry(entry, status if status >= 400 else 400, retry_after, item=True)
         outcome = outcomes[entry["taskUUID"]]
         if error.kind == ProviderError.CONFLICT:
             outcome.accepted = True  # the provider already holds this task
         else:
             outcome.error = error
+
+
+def _request_error(
+    raw_errors: list[dict[str, Any]], status: int, retry_after: float | None
+) -> ProviderError:
+    """The error of a request refused as a whole."""
+    entry = raw_errors[0] if raw_errors else {}
+    if entry:
+        return _error_from_entry(entry, status, retry_after)
+    return ProviderError(
+        f"Runware answered HTTP {status}",
+        kind=classify(status, None),
+        http_status=status,
+        retry_after=retry_after,
+    )
 
 
 class RunwareClient:
@@ -182,24 +296,17 @@ class RunwareClient:
         """
         status, body, retry_after = self._post(tasks)
         wanted = [task["taskUUID"] for task in tasks]
-        raw_errors = body.get("errors") or []
-        tied = {entry.get("taskUUID") for entry in raw_errors if isinstance(entry, dict)}
-        if status >= 400 and not tied.intersection(wanted):
-            entry = next((e for e in raw_errors if isinstance(e, dict)), {})
-            raise (
-                _error_from_entry(entry, status, retry_after)
-                if entry
-                else ProviderError(
-                    f"Runware answered HTTP {status}",
-                    kind=classify(status, None),
-                    http_status=status,
-                    retry_after=retry_after,
-                )
-            )
+        data = body.get("data") or []
+        acknowledged = {item.get("taskUUID") for item in data if isinstance(item, dict)}
+        raw_errors = _tie_conflicts(
+            [e for e in body.get("errors") or [] if isinstance(e, dict)], wanted, acknowledged
+        )
+        if status >= 400 and not {e.get("taskUUID") for e in raw_errors}.intersection(wanted):
+            raise _request_error(raw_errors, status, retry_after)
         outcomes = {uuid: TaskOutcome(uuid, accepted=False) for uuid in wanted}
         _apply_task_errors(outcomes, raw_errors, status, retry_after)
         try:
-            results, _ = parse_provider_body({"data": body.get("data") or []})
+            results, _ = parse_provider_body({"data": data})
         except ValidationError as exc:
             raise ProviderError(
                 f"unreadable Runware acknowledgement: {exc.messages}",
@@ -207,12 +314,12 @@ class RunwareClient:
                 http_status=status,
             ) from None
         for result in results:
-            acknowledged = outcomes.get(result.task_uuid)
-            if acknowledged is None:
+            acknowledged_task = outcomes.get(result.task_uuid)
+            if acknowledged_task is None:
                 continue
-            acknowledged.accepted = acknowledged.error is None
+            acknowledged_task.accepted = acknowledged_task.error is None
             if result.status != "processing":
-                acknowledged.results.append(result)
+                acknowledged_task.results.append(result)
         for outcome in outcomes.values():
             if not outcome.accepted and outcome.error is None:
                 outcome.error = ProviderError(
@@ -224,27 +331,24 @@ class RunwareClient:
         return outcomes
 
     def get_response(self, task_uuid: str) -> list[ProviderResult]:
-        """Poll one task: the cumulative state of each of its images."""
+        """Poll one task: the cumulative state of each of its images.
+
+        An error entry naming no task in a 2xx answer is about the one task polled; in a 4xx
+        or 5xx answer the request as a whole failed (raised, with the table's kind: a
+        `taskFailedOrNotFound` of this task comes back as NOT_FOUND)."""
         status, body, retry_after = self._post([{"taskType": "getResponse", "taskUUID": task_uuid}])
         raw_errors = [e for e in body.get("errors") or [] if isinstance(e, dict)]
         if status >= 400 and not any(e.get("taskUUID") == task_uuid for e in raw_errors):
-            entry = raw_errors[0] if raw_errors else {}
-            raise (
-                _error_from_entry(entry, status, retry_after)
-                if entry
-                else ProviderError(
-                    f"Runware answered HTTP {status}",
-                    kind=classify(status, None),
-                    http_status=status,
-                    retry_after=retry_after,
-                )
-            )
+            raise _request_error(raw_errors, status, retry_after)
         try:
-            results, _ = parse_provider_body(body)
+            results, untied = parse_provider_body(body)
         except ValidationError as exc:
             raise ProviderError(
                 f"unreadable getResponse answer: {exc.messages}",
                 kind=ProviderError.TRANSIENT,
                 http_status=status,
             ) from None
-        return [r for r in results if r.task_uuid == task_uuid]
+        mine = [r for r in results if r.task_uuid == task_uuid]
+        if status < 400:
+            mine += [untied_error_result(task_uuid, entry) for entry in untied]
+        return mine

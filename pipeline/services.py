@@ -6,7 +6,7 @@ receiver, the workers, the CLI and a service embedding the pipeline call one obj
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline import (
@@ -44,6 +44,7 @@ class PipelineStatus:
     images_in_flight: int
     circuit: CircuitState
     queue_lengths: dict[str, int]
+    model_circuits: list[CircuitState] = field(default_factory=list)  # models paused alone
 
 
 class JobService:
@@ -151,6 +152,10 @@ class JobService:
     def circuit(self) -> CircuitState:
         return self.context.circuit.state()
 
+    def model_circuits(self) -> list[CircuitState]:
+        """The circuits of models paused on their own (the account still submits)."""
+        return self.context.circuit.open_models()
+
     def reset_circuit(self) -> None:
         admission.reset_circuit(self.context)
 
@@ -161,4 +166,5 @@ class JobService:
             images_in_flight=budget,
             circuit=self.circuit(),
             queue_lengths=self.dispatcher.queue_lengths(),
+            model_circuits=self.model_circuits(),
         )

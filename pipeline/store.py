@@ -39,10 +39,14 @@ return ''
 """
 
 _TRANSITION = """
--- KEYS[1]: a job or slot hash. ARGV: allowed states, new state, expected task uuid, pairs...
+-- KEYS[1]: a job or slot hash; KEYS[2] (slots only): the in-flight leases of the API key.
+-- ARGV: allowed states, new state, expected task uuid, pairs...
+-- A slot that leaves pending/submitted gives its task's lease back in the same step, so no
+-- lease outlives the image it was taken for.
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {0, ''} end
-if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'task_uuid') ~= ARGV[3] then
+local task = redis.call('HGET', KEYS[1], 'task_uuid')
+if ARGV[3] ~= '' and task ~= ARGV[3] then
   return {0, state}
 end
 local allowed = false
@@ -54,6 +58,9 @@ redis.call('HSET', KEYS[1], 'state', ARGV[2])
 for i = 4, #ARGV, 2 do
   if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
   else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+if KEYS[2] and task and ARGV[2] ~= 'pending' and ARGV[2] ~= 'submitted' then
+  redis.call('ZREM', KEYS[2], task)
 end
 return {1, state}
 """
@@ -74,9 +81,11 @@ return ARGV[2]
 """
 
 _NEW_ATTEMPT = """
--- KEYS[1] slot. ARGV: allowed states, expected task uuid ('' = any), attempt, pairs...
+-- KEYS[1] slot, KEYS[2] (optional) the in-flight leases. ARGV: allowed states, expected task
+-- uuid ('' = any), attempt, pairs...
 -- Reopens a slot for a new attempt and retires its taskUUID in the same step, so a late or
--- duplicate result of the old task can no longer match the slot.
+-- duplicate result of the old task can no longer match the slot; the retired task's lease is
+-- given back with it.
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 0 end
 local current = redis.call('HGET', KEYS[1], 'task_uuid')
@@ -91,6 +100,7 @@ if current then
   if previous then previous = previous .. ',' .. current else previous = current end
   redis.call('HSET', KEYS[1], 'previous_task_uuids', previous)
   redis.call('HDEL', KEYS[1], 'task_uuid', 'task_attempt', 'submitted_at')
+  if KEYS[2] then redis.call('ZREM', KEYS[2], current) end
 end
 redis.call('HSET', KEYS[1], 'state', 'pending', 'attempt', ARGV[3])
 for i = 4, #ARGV, 2 do
@@ -101,19 +111,42 @@ return 1
 """
 
 _ACQUIRE = """
--- KEYS[1] leases (zset member -> expiry). ARGV: now, limit, expiry, members...
+-- KEYS[1] leases (zset member -> expiry), KEYS[2..] slot hashes.
+-- ARGV: now, limit, expiry, then pairs (member, index in KEYS of its slot, or 0 if unknown).
+-- A lease is granted only to a slot still pending under that taskUUID: a duplicate submit
+-- holding an old copy of the job cannot take a lease for an image already in flight or ended
+-- (and a lease left behind by a slot that moved on is dropped).
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 local granted = {}
-for i = 4, #ARGV do
-  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
-    table.insert(granted, ARGV[i])
-  elseif redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
-    redis.call('ZADD', KEYS[1], ARGV[3], ARGV[i])
-    table.insert(granted, ARGV[i])
+for i = 4, #ARGV, 2 do
+  local member = ARGV[i]
+  local slot = tonumber(ARGV[i + 1])
+  local live = true
+  if slot > 0 then
+    local state = redis.call('HGET', KEYS[slot], 'state')
+    local mine = redis.call('HGET', KEYS[slot], 'task_uuid') == member
+    live = mine and state == 'pending'
+    if not mine or (state ~= 'pending' and state ~= 'submitted') then
+      redis.call('ZREM', KEYS[1], member)
+    end
+  end
+  if live then
+    if redis.call('ZSCORE', KEYS[1], member) then
+      table.insert(granted, member)
+    elseif redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+      redis.call('ZADD', KEYS[1], ARGV[3], member)
+      table.insert(granted, member)
+    end
   end
 end
 return granted
 """
+
+
+def leases_key(api_key: str, namespace: str = "imagine") -> str:
+    """The sorted set of one Runware API key's in-flight leases."""
+    digest = hashlib.sha256(api_key.encode()).hexdigest()[:16]
+    return f"{namespace}:inflight:{digest}"
 
 
 def _encode(value: Any) -> str:
@@ -235,11 +268,18 @@ class RedisJobStore:
     """Jobs, slots, the taskUUID index, idempotency keys and leases, all in Redis."""
 
     def __init__(
-        self, client: redis.Redis, *, retention_seconds: int = 7 * 86400, namespace: str = "imagine"
+        self,
+        client: redis.Redis,
+        *,
+        retention_seconds: int = 7 * 86400,
+        namespace: str = "imagine",
+        api_key: str | None = None,
     ) -> None:
         self.redis = client
         self.retention_seconds = retention_seconds
         self.ns = namespace
+        # The leases a slot gives back when it stops being in flight (None: no Runware key).
+        self.leases_key = leases_key(api_key, namespace) if api_key else None
         self._create = client.register_script(_CREATE_JOB)
         self._transition = client.register_script(_TRANSITION)
         self._mint = client.register_script(_MINT_TASK)
@@ -248,7 +288,9 @@ class RedisJobStore:
     @classmethod
     def from_settings(cls, settings: Settings, client: redis.Redis | None = None) -> RedisJobStore:
         return cls(
-            client or redis_client(settings), retention_seconds=settings.job_retention_seconds
+            client or redis_client(settings),
+            retention_seconds=settings.job_retention_seconds,
+            api_key=settings.runware_api_key.reveal() or None,
         )
 
     # --- keys ---
@@ -355,15 +397,26 @@ class RedisJobStore:
         **values: Any,
     ) -> bool:
         values.setdefault("updated_at", repr(time.time()))
-        return self._apply(self.slot_key(job_id, slot), allowed, to, task_uuid or "", values)
+        keys = [self.slot_key(job_id, slot), *self._leases()]
+        return self._apply(keys, allowed, to, task_uuid or "", values)
+
+    def _leases(self) -> list[str]:
+        return [self.leases_key] if self.leases_key else []
 
     def _apply(
-        self, key: str, allowed: Iterable[str], to: str, task_uuid: str, values: dict[str, Any]
+        self,
+        keys: list[str] | str,
+        allowed: Iterable[str],
+        to: str,
+        task_uuid: str,
+        values: dict[str, Any],
     ) -> bool:
         args: list[str] = [",".join(allowed), to, task_uuid]
         for name, value in values.items():
             args += [name, _encode(value)]
-        applied, _previous = self._transition(keys=[key], args=args)
+        applied, _previous = self._transition(
+            keys=[keys] if isinstance(keys, str) else keys, args=args
+        )
         return bool(applied)
 
     def mint_task_uuid(self, job_id: str, slot: int, attempt: int, candidate: str) -> str | None:
@@ -389,7 +442,8 @@ class RedisJobStore:
         args: list[str] = [",".join(allowed), task_uuid or "", str(attempt)]
         for name, value in values.items():
             args += [name, _encode(value)]
-        return bool(self._new_attempt(keys=[self.slot_key(job_id, slot)], args=args))
+        keys = [self.slot_key(job_id, slot), *self._leases()]
+        return bool(self._new_attempt(keys=keys, args=args))
 
     def find_task(self, task_uuid: str) -> tuple[str, int] | None:
         value = self.redis.get(self.task_key(task_uuid))
@@ -556,17 +610,30 @@ class RedisInFlightBudget:
 
     def __init__(self, client: redis.Redis, api_key: str, *, namespace: str = "imagine") -> None:
         self.redis = client
+        self.ns = namespace
         digest = hashlib.sha256(api_key.encode()).hexdigest()[:16]
-        self.leases_key = f"{namespace}:inflight:{digest}"
+        self.leases_key = leases_key(api_key, namespace)
         self.waiters_key = f"{namespace}:budget-waiters:{digest}"
         self._acquire = client.register_script(_ACQUIRE)
 
     def acquire(self, members: list[str], limit: int, ttl: float) -> list[str]:
-        """Grant leases up to `limit` across every worker; already held ones count."""
+        """Grant leases up to `limit` across every worker; already held ones count. A member
+        that is a known taskUUID is granted only while its slot is pending under it."""
+        if not members:
+            return []
+        # The taskUUID -> slot index never changes once written, so reading it first is safe.
+        places = self.redis.mget([f"{self.ns}:task:{member}" for member in members])
+        keys = [self.leases_key]
+        args: list[str] = []
+        for member, place in zip(members, places, strict=True):
+            job_id, _, slot = str(place or "").rpartition(":")
+            if place and job_id:
+                keys.append(f"{self.ns}:job:{job_id}:slot:{slot}")
+                args += [member, str(len(keys))]
+            else:
+                args += [member, "0"]
         now = time.time()
-        granted = self._acquire(
-            keys=[self.leases_key], args=[repr(now), limit, repr(now + ttl), *members]
-        )
+        granted = self._acquire(keys=keys, args=[repr(now), limit, repr(now + ttl), *args])
         return [str(member) for member in granted]
 
     def release(self, members: list[str]) -> int:
@@ -590,35 +657,57 @@ class RedisInFlightBudget:
 
 
 class RedisCircuit:
-    """The account circuit in one hash; empty while closed."""
+    """The account circuit in one hash, and one hash per paused model beside it (listed in a
+    set); each empty while closed."""
 
     def __init__(self, client: redis.Redis, *, namespace: str = "imagine") -> None:
         self.redis = client
         self.key = f"{namespace}:circuit"
+        self.models_key = f"{namespace}:circuit-models"
 
-    def state(self) -> CircuitState:
-        raw = _text(self.redis.hgetall(self.key))
+    def _key(self, model: str | None) -> str:
+        return f"{self.key}:model:{model}" if model else self.key
+
+    def state(self, model: str | None = None) -> CircuitState:
+        raw = _text(self.redis.hgetall(self._key(model)))
         if raw.get("state") != "open":
-            return CircuitState()
+            return CircuitState(model=model)
         return CircuitState(
             open=True,
             code=raw.get("code"),
             message=raw.get("message"),
             opened_at=_float(raw.get("opened_at")),
             probe_at=_float(raw.get("probe_at")),
+            model=model,
         )
 
-    def open(self, code: str, message: str, probe_at: float) -> bool:
-        """Open (or keep open) the circuit; True when this call opened it."""
-        opened = bool(self.redis.hsetnx(self.key, "opened_at", repr(time.time())))
-        self.redis.hset(
-            self.key,
+    def open(self, code: str, message: str, probe_at: float, model: str | None = None) -> bool:
+        """Open (or keep open) the account's circuit, or one model's; True when this call
+        opened it."""
+        key = self._key(model)
+        opened = bool(self.redis.hsetnx(key, "opened_at", repr(time.time())))
+        pipe = self.redis.pipeline()
+        pipe.hset(
+            key,
             mapping={"state": "open", "code": code, "message": message, "probe_at": repr(probe_at)},
         )
+        if model:
+            pipe.sadd(self.models_key, model)
+        pipe.execute()
         return opened
 
-    def schedule_probe(self, at: float) -> None:
-        self.redis.hset(self.key, "probe_at", repr(at))
+    def open_models(self) -> list[CircuitState]:
+        """Every model circuit now open."""
+        models = sorted(str(model) for model in self.redis.smembers(self.models_key))
+        states = [self.state(model) for model in models]
+        return [state for state in states if state.open]
 
-    def reset(self) -> None:
-        self.redis.delete(self.key)
+    def schedule_probe(self, at: float, model: str | None = None) -> None:
+        self.redis.hset(self._key(model), "probe_at", repr(at))
+
+    def reset(self, model: str | None = None) -> None:
+        pipe = self.redis.pipeline()
+        pipe.delete(self._key(model))
+        if model:
+            pipe.srem(self.models_key, model)
+        pipe.execute()

@@ -13,7 +13,7 @@ from pipeline.completion import fail_slot, finish_job
 from pipeline.context import Context
 from pipeline.deadline import expire_job
 from pipeline.errors import ProviderError
-from pipeline.intake import backoff, record_results
+from pipeline.intake import backoff, record_results, retry_or_dead
 from pipeline.models import Job, JobState, Slot, SlotState, SubmitOutcome
 from pipeline.runware import TaskOutcome
 from pipeline.schemas import check_outgoing_task
@@ -34,20 +34,25 @@ def submit_job(ctx: Context, job_id: str, *, probe: bool = False) -> SubmitOutco
     if clock.now() >= job.deadline_at:
         expire_job(ctx, job_id)
         return SubmitOutcome.EXPIRED
-    circuit = ctx.circuit.state()
-    if circuit.open and not probe:
-        ctx.store.set_job_fields(job_id, reason=admission.paused_reason(circuit.code))
+    pending = [slot for slot in job.slots if slot.state == SlotState.PENDING]
+    paused = admission.circuit_reason(ctx, job.model)
+    if paused and pending and not probe:
+        ctx.store.set_job_fields(job_id, reason=paused)
         return SubmitOutcome.PAUSED
     ctx.store.transition_job(job_id, [JobState.QUEUED], JobState.RUNNING)
-    pending = [slot for slot in job.slots if slot.state == SlotState.PENDING]
     if not pending:
         finish_job(ctx, job_id)
         return SubmitOutcome.DONE
     slots = claim_task_uuids(ctx, job, pending)
-    granted = admit(ctx, job, slots)
+    granted, budget_full = admit(ctx, job, slots)
     if not granted:
         return SubmitOutcome.WAITING
-    return send(ctx, job, {task_uuid: slots[task_uuid] for task_uuid in granted}, probe)
+    sent = send(
+        ctx, job, {task_uuid: slots[task_uuid] for task_uuid in granted}, probe, budget_full
+    )
+    if len(slots) > len(granted) and not budget_full:
+        ctx.dispatcher.submit_job(job.id)  # more than one request's worth: the rest next
+    return sent
 
 
 def claim_task_uuids(ctx: Context, job: Job, pending: list[Slot]) -> dict[str, Slot]:
@@ -60,22 +65,38 @@ def claim_task_uuids(ctx: Context, job: Job, pending: list[Slot]) -> dict[str, S
     return slots
 
 
-def admit(ctx: Context, job: Job, slots: dict[str, Slot]) -> list[str]:
-    """Leases for as many tasks as the key's budget allows; the job waits for the rest."""
+def admit(ctx: Context, job: Job, slots: dict[str, Slot]) -> tuple[list[str], bool]:
+    """Leases for as many tasks as the key's budget allows; the job waits for the rest.
+
+    Returns the granted taskUUIDs and whether some image still pending waits for the budget.
+    A lease is refused to a slot that is no longer pending (another submit sent it, or its
+    result came): that is not waiting."""
     ctx.settings.require_runware_key()
     ttl = max(60.0, job.deadline_at - clock.now()) + ctx.settings.upload_url_margin_seconds
-    granted = ctx.budget.acquire(
-        list(slots)[:MAX_TASKS_PER_REQUEST], ctx.settings.runware_max_in_flight, ttl
+    asked = list(slots)[:MAX_TASKS_PER_REQUEST]
+    granted = ctx.budget.acquire(asked, ctx.settings.runware_max_in_flight, ttl)
+    refused = [task_uuid for task_uuid in asked if task_uuid not in granted]
+    if not any(still_pending(ctx, job.id, slots[task_uuid], task_uuid) for task_uuid in refused):
+        return granted, False
+    # Woken as soon as a lease is given back; the delayed nudge covers a lost wake-up.
+    ctx.store.set_job_fields(job.id, reason=admission.BUDGET_REASON)
+    ctx.budget.wait(job.id)
+    ctx.dispatcher.submit_job(job.id, countdown=ctx.settings.budget_wait_seconds)
+    return granted, True
+
+
+def still_pending(ctx: Context, job_id: str, slot: Slot, task_uuid: str) -> bool:
+    current = ctx.store.get_slot(job_id, slot.slot)
+    return (
+        current is not None
+        and current.state == SlotState.PENDING
+        and current.task_uuid == task_uuid
     )
-    if len(granted) < len(slots):
-        # Woken as soon as a lease is given back; the delayed nudge covers a lost wake-up.
-        ctx.store.set_job_fields(job.id, reason="waiting: Runware in-flight budget is full")
-        ctx.budget.wait(job.id)
-        ctx.dispatcher.submit_job(job.id, countdown=ctx.settings.budget_wait_seconds)
-    return granted
 
 
-def send(ctx: Context, job: Job, slots: dict[str, Slot], probe: bool) -> SubmitOutcome:
+def send(
+    ctx: Context, job: Job, slots: dict[str, Slot], probe: bool, budget_full: bool = False
+) -> SubmitOutcome:
     """POST the granted tasks in one body and record what Runware said of each."""
     tasks = [task_payload(ctx, job, slot, task_uuid) for task_uuid, slot in slots.items()]
     try:
@@ -84,30 +105,56 @@ def send(ctx: Context, job: Job, slots: dict[str, Slot], probe: bool) -> SubmitO
         if exc.retryable:
             raise  # the outcome is unknown: the retry reuses these taskUUIDs
         return refused(ctx, job, slots, exc)
-    if probe and ctx.circuit.state().open:
-        admission.reset_circuit(ctx)
+    if probe:
+        close_probed_circuits(ctx, job, outcomes)
     now = clock.now()
     for task_uuid, outcome in outcomes.items():
         apply_outcome(ctx, job, slots[task_uuid], task_uuid, outcome, now)
-    ctx.store.set_job_fields(job.id, reason=None)
+    ctx.store.set_job_fields(job.id, reason=waiting_reason(ctx, job.id, budget_full))
     finish_job(ctx, job.id)
     return SubmitOutcome.SUBMITTED
 
 
+def close_probed_circuits(ctx: Context, job: Job, outcomes: dict[str, TaskOutcome]) -> None:
+    """A probe's request went through: each circuit no task's answer contradicts closes."""
+    kinds = {outcome.error.kind for outcome in outcomes.values() if outcome.error}
+    if ProviderError.ACCOUNT not in kinds:
+        admission.close_circuit(ctx)
+    if ProviderError.MODEL not in kinds:
+        admission.close_circuit(ctx, job.model)
+
+
+def waiting_reason(ctx: Context, job_id: str, budget_full: bool) -> str | None:
+    """Why a job still has images waiting to be sent (a paused circuit, the budget), or None
+    once none waits: the job's `reason` says only what is true."""
+    job = ctx.store.get_job(job_id)
+    if job is None or not any(slot.state == SlotState.PENDING for slot in job.slots):
+        return None
+    paused = admission.circuit_reason(ctx, job.model)
+    if paused:
+        return paused
+    return admission.BUDGET_REASON if budget_full else None
+
+
 def refused(ctx: Context, job: Job, slots: dict[str, Slot], exc: ProviderError) -> SubmitOutcome:
-    """The whole request was refused: the account (pause everything) or the tasks (fail)."""
-    admission.release(ctx, list(slots))
-    if exc.kind == ProviderError.ACCOUNT:
-        admission.open_circuit(ctx, exc)
-        ctx.store.set_job_fields(
-            job.id,
-            reason=admission.paused_reason(
-                admission.provider_code(exc.provider_code, exc.http_status)
-            ),
-        )
+    """The whole request was refused: the account or the model (pause), an answer that leaves
+    the tasks' fate open (send them again under the same taskUUIDs), or the tasks (fail)."""
+    task_uuids = list(slots)
+    if exc.kind in {ProviderError.ACCOUNT, ProviderError.MODEL}:
+        model = job.model if exc.kind == ProviderError.MODEL else None
+        admission.open_circuit(ctx, exc, model)
+        admission.release(ctx, task_uuids)
+        ctx.store.set_job_fields(job.id, reason=admission.circuit_reason(ctx, job.model))
         return SubmitOutcome.PAUSED
+    if exc.kind != ProviderError.PERMANENT:
+        # conflictTaskUUID or not-found that names no task among several: the same taskUUIDs
+        # again can only meet the tasks Runware holds, never pay for one twice.
+        admission.release(ctx, task_uuids)
+        ctx.dispatcher.submit_job(job.id, countdown=backoff(ctx, 1, exc.retry_after))
+        return SubmitOutcome.WAITING
     for task_uuid, slot in slots.items():
         fail_slot(ctx, job.id, slot.slot, task_uuid, exc.provider_code or "rejected", exc.message)
+    admission.release(ctx, task_uuids)
     finish_job(ctx, job.id)
     return SubmitOutcome.SUBMITTED
 
@@ -131,15 +178,18 @@ def apply_outcome(
     error = outcome.error or ProviderError(
         "Runware did not acknowledge this task", kind=ProviderError.TRANSIENT
     )
-    admission.release(ctx, [task_uuid])
+    code = error.provider_code or "rejected"
     if error.kind == ProviderError.PERMANENT:
-        fail_slot(
-            ctx, job.id, slot.slot, task_uuid, error.provider_code or "rejected", error.message
-        )
-    elif error.kind == ProviderError.ACCOUNT:
-        admission.open_circuit(ctx, error)
+        fail_slot(ctx, job.id, slot.slot, task_uuid, code, error.message)
+    elif error.kind == ProviderError.UNKNOWN:
+        # A refusal no row of the error table knows: a new attempt, within SLOT_MAX_ATTEMPTS.
+        retry_or_dead(ctx, job.id, slot, task_uuid, code, error.message)
+    elif error.kind in {ProviderError.ACCOUNT, ProviderError.MODEL}:
+        model = job.model if error.kind == ProviderError.MODEL else None
+        admission.open_circuit(ctx, error, model)
     else:
         ctx.dispatcher.submit_job(job.id, countdown=backoff(ctx, 1, error.retry_after))
+    admission.release(ctx, [task_uuid])
 
 
 def webhook_url(ctx: Context, task_uuid: str) -> str:

@@ -197,4 +197,11 @@ def prometheus() -> Response:
         f'imagine_queue_length{{queue="{queue}"}} {length}'
         for queue, length in status.queue_lengths.items()
     ]
+    lines += [
+        "# HELP imagine_model_circuit_open 1 for each model paused on its own by a model error.",
+        "# TYPE imagine_model_circuit_open gauge",
+    ] + [
+        f'imagine_model_circuit_open{{model="{paused.model}"}} 1'
+        for paused in status.model_circuits
+    ]
     return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")

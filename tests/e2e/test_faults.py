@@ -15,6 +15,8 @@ from tests.e2e.conftest import Pipeline, check_stored_job, job_keys
 
 pytestmark = pytest.mark.e2e
 
+MODEL = "xai:grok-imagine@image-pro"
+
 
 def imagine(stack: Pipeline, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -43,15 +45,18 @@ def test_unavailable_model_pauses_submission_until_a_probe_succeeds(
     first = stack.submit({"positivePrompt": "paused one", "resolution": "1K"})
     second = stack.submit({"positivePrompt": "paused two", "resolution": "1K"})
     waiting = stack.wait(second["id"], until=lambda j: (j["reason"] or "").startswith("waiting"))
-    assert "unknownModel" in waiting["reason"]
+    # A model error pauses that model only, and each waiting job names it.
+    assert waiting["reason"] == f"waiting: model {MODEL} paused by the provider (unknownModel)"
     assert waiting["state"] in {"queued", "running"}
-    assert metric(stack, "imagine_circuit_open") == 1
-    shown = imagine(stack, "circuit", "show")
-    assert json.loads(shown.stdout)["code"] == "unknownModel"
+    assert metric(stack, f'imagine_model_circuit_open{{model="{MODEL}"}}') == 1
+    assert metric(stack, "imagine_circuit_open") == 0, "the account is not paused"
+    shown = json.loads(imagine(stack, "circuit", "show").stdout)
+    assert shown["state"] == "closed"
+    assert [(m["model"], m["code"]) for m in shown["models"]] == [(MODEL, "unknownModel")]
     stack.emulator(model_unavailable=False)  # the provider recovers; a probe closes the circuit
     for created in (first, second):
         check_stored_job(s3_client, stack, stack.wait(created["id"]), 1024, 1024, "JPG")
-    assert metric(stack, "imagine_circuit_open") == 0
+    assert "imagine_model_circuit_open{" not in httpx.get(f"{stack.receiver_url}/metrics").text
 
 
 def test_spent_retry_budget_dead_letters_then_replay_stores(

@@ -16,9 +16,10 @@ import io
 import json
 import shutil
 import subprocess
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -200,8 +201,13 @@ class FakeRunware:
 
     Each imageInference task gets its own async acknowledgement, unless the next entry of
     `refusals` is an error (an entry of None accepts);
-    `getResponse` answers from `responses` (else `processing`); `outage` answers the next POSTs
-    with these statuses, as an overloaded provider does."""
+    `getResponse` answers from `responses` (else `processing`), or `taskFailedOrNotFound` for a
+    task in `lost` (`lost_untied`: the error names no task); `outage` answers the next POSTs
+    with these statuses, as an overloaded provider does; `lost_acks` accepts the next POSTs'
+    tasks and answers 503, as an acknowledgement lost on the way does.
+    With `conflicts`, a taskUUID accepted before gets `conflictTaskUUID` (without its taskUUID
+    when `conflict_untied`), as Runware answers; `on_accept` runs for each task accepted
+    (from the request's thread, before the answer: a fast provider's webhook)."""
 
     store: RedisJobStore | None = None
     posts: list[list[dict[str, Any]]] = field(default_factory=list)
@@ -211,6 +217,14 @@ class FakeRunware:
     outage: list[int] = field(default_factory=list)
     hosted: dict[str, bytes] = field(default_factory=dict)
     fetches: list[httpx.Request] = field(default_factory=list)
+    lost: set[str] = field(default_factory=set)
+    lost_untied: bool = False
+    lost_acks: int = 0
+    conflicts: bool = False
+    conflict_untied: bool = False
+    accepted: list[str] = field(default_factory=list)
+    on_accept: Callable[[str], None] | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         if str(request.url) == USE_CASE_RUNWARE_URL:
@@ -227,19 +241,45 @@ class FakeRunware:
                 401, json={"errors": [{"code": "invalidApiKey", "message": "Invalid API key"}]}
             )
         tasks: list[dict[str, Any]] = json.loads(request.content)
-        self.posts.append(tasks)
-        if self.outage:
-            return httpx.Response(
-                self.outage.pop(0),
-                json={
-                    "errors": [{"code": "serverError", "message": "temporary capacity constraint"}]
-                },
-            )
+        with self.lock:
+            self.posts.append(tasks)
+            if self.outage:
+                return httpx.Response(
+                    self.outage.pop(0),
+                    json={
+                        "errors": [
+                            {"code": "serverError", "message": "temporary capacity constraint"}
+                        ]
+                    },
+                )
+            data, errors, fresh = self._answer(tasks)
+            lost_ack = bool(fresh) and self.lost_acks > 0
+            self.lost_acks -= lost_ack
+        for task_uuid in fresh:
+            if self.on_accept is not None:
+                self.on_accept(task_uuid)
+        if lost_ack:
+            return httpx.Response(503, json={"errors": [{"code": "serviceUnavailable"}]})
+        status = 400 if errors and not data else 200
+        return httpx.Response(
+            status, json={"data": data, "errors": errors} if errors else {"data": data}
+        )
+
+    def _answer(
+        self, tasks: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
         data: list[dict[str, Any]] = []
         errors: list[dict[str, Any]] = []
+        fresh: list[str] = []
         for task in tasks:
             task_uuid = task["taskUUID"]
             if task["taskType"] == "getResponse":
+                if task_uuid in self.lost:
+                    errors.append(
+                        {"code": "taskFailedOrNotFound", "message": "No task found"}
+                        | ({} if self.lost_untied else {"taskUUID": task_uuid})
+                    )
+                    continue
                 data.extend(
                     self.responses.get(
                         task_uuid,
@@ -255,15 +295,20 @@ class FakeRunware:
                 continue
             if self.store is not None:
                 self.stored_before_post[task_uuid] = self.store.find_task(task_uuid) is not None
+            if self.conflicts and task_uuid in self.accepted:
+                conflict = {"code": "conflictTaskUUID", "message": "exists", "taskUUID": task_uuid}
+                if self.conflict_untied:
+                    del conflict["taskUUID"]
+                errors.append(conflict)
+                continue
             refusal = self.refusals.pop(0) if self.refusals else None
             if refusal is not None:
                 errors.append({"taskType": "imageInference", "taskUUID": task_uuid, **refusal})
             else:
                 data.append({"taskType": "imageInference", "taskUUID": task_uuid})
-        status = 400 if errors and not data else 200
-        return httpx.Response(
-            status, json={"data": data, "errors": errors} if errors else {"data": data}
-        )
+                self.accepted.append(task_uuid)
+                fresh.append(task_uuid)
+        return data, errors, fresh
 
     def inference_posts(self) -> list[list[dict[str, Any]]]:
         """The POSTs that submitted images (not polls)."""

@@ -171,7 +171,7 @@ def test_a_wrong_api_key_is_an_account_error(
     assert control.get("/stats").json()["tasks_accepted"] == 0
 
 
-def test_an_unavailable_model_is_an_account_error(
+def test_an_unavailable_model_is_a_model_error(
     runware: RunwareClient, control: httpx.Client, unused_url: str
 ) -> None:
     configure(control, model_unavailable=True)
@@ -181,7 +181,7 @@ def test_an_unavailable_model_is_an_account_error(
 
     assert not outcome.accepted
     assert outcome.error is not None
-    assert outcome.error.kind == ProviderError.ACCOUNT
+    assert outcome.error.kind == ProviderError.MODEL
     assert outcome.error.provider_code == "unknownModel"
     assert outcome.error.parameter == "model"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -660,3 +661,224 @@ def test_replaying_the_dead_letters_reopens_each_dead_slot(use_cases: UseCases) 
     assert uc.webhook(fourth, {"data": [image_item(fourth)]}) == ["received"]
     # Nothing left to replay.
     assert uc.service.replay_dead_letters() == []
+
+
+# ------------------------------------------------------------------ provider reality
+
+
+def not_found(task_uuid: str) -> dict[str, object]:
+    return {"errors": [error_item(task_uuid, "taskFailedOrNotFound", "No task found")]}
+
+
+@pytest.mark.parametrize("untied", [False, True], ids=["tied", "untied"])
+def test_a_poll_that_does_not_find_a_live_task_resends_it_under_the_same_taskuuid(
+    use_cases: UseCases, untied: bool
+) -> None:
+    uc = use_cases
+    uc.runware.conflicts = True
+    job_id, [task_uuid] = uc.submitted()
+    uc.runware.lost = {task_uuid}
+    uc.runware.lost_untied = untied
+    nudged = len(uc.dispatcher.sent)
+
+    uc.clock.advance(GRACE + 1)
+    uc.service.reconcile()
+
+    slot = uc.store.get_slot(job_id, 0)
+    assert slot is not None and (slot.state, slot.task_uuid, slot.attempt) == (
+        "pending",
+        task_uuid,
+        1,
+    )
+    assert ("submit", (job_id,)) in uc.dispatcher.sent[nudged:]
+    assert uc.leases_in_use() == 1, "the task may still be in flight: its lease is kept"
+
+    # Runware answers conflictTaskUUID: the task exists, so the slot keeps waiting for it.
+    assert uc.service.submit_job(job_id) == "submitted"
+    assert [t["taskUUID"] for t in uc.runware.inference_posts()[-1]] == [task_uuid]
+    assert slot_states(uc, job_id) == ["submitted"]
+    assert uc.runware.accepted == [task_uuid], "charged once"
+    assert uc.webhook(task_uuid, {"data": [image_item(task_uuid)]}) == ["received"]
+    assert uc.leases_in_use() == 0
+
+
+def test_a_lost_task_that_never_existed_is_accepted_once_under_the_same_taskuuid(
+    use_cases: UseCases,
+) -> None:
+    uc = use_cases
+    job_id, [task_uuid] = uc.submitted()
+    uc.runware.accepted.clear()  # Runware never held it after all
+
+    assert uc.webhook(task_uuid, not_found(task_uuid)) == ["resubmitting"]
+    assert uc.service.submit_job(job_id) == "submitted"
+
+    assert uc.runware.accepted == [task_uuid]
+    assert list(uc.runware.submitted()) == [task_uuid], "no second taskUUID, no second charge"
+    assert slot_states(uc, job_id) == ["submitted"]
+    assert uc.webhook(task_uuid, {"data": [image_item(task_uuid)]}) == ["received"]
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+def test_a_conflict_naming_no_task_is_matched_to_the_task_sent(
+    use_cases: UseCases, slots: int
+) -> None:
+    uc = use_cases
+    uc.runware.conflicts = True
+    uc.runware.conflict_untied = True
+    uc.runware.lost_acks = 1  # Runware accepts every task, and the answer is lost
+    job_id = uc.create(numberResults=slots)
+    with pytest.raises(ProviderError):
+        uc.service.submit_job(job_id)
+    assert slot_states(uc, job_id) == ["pending"] * slots
+
+    assert uc.service.submit_job(job_id) == "submitted"
+
+    assert slot_states(uc, job_id) == ["submitted"] * slots
+    assert uc.leases_in_use() == slots
+    assert sorted(uc.runware.accepted) == sorted(uc.task_uuids(job_id)), "each charged once"
+    for task_uuid in uc.task_uuids(job_id):
+        assert uc.webhook(task_uuid, {"data": [image_item(task_uuid)]}) == ["received"]
+    assert uc.leases_in_use() == 0
+
+
+def test_a_model_fault_pauses_that_model_only_and_a_probe_resumes_it(
+    use_cases: UseCases,
+) -> None:
+    uc = use_cases
+    job_id, [first] = uc.submitted()
+    waiting = uc.create(numberResults=2)
+    body = {"errors": [error_item(first, "modelDisabled", "disabled")]}
+
+    assert uc.webhook(first, body) == ["retrying"]
+
+    circuit = uc.service.context.circuit
+    model = "xai:grok-imagine@image-pro"
+    assert not circuit.state().open, "the account is not paused"
+    assert circuit.state(model).open and circuit.state(model).code == "modelDisabled"
+    slot = uc.store.get_slot(job_id, 0)
+    assert slot is not None and (slot.state, slot.attempt) == ("pending", 1)
+    assert uc.service.submit_job(waiting) == "paused"
+    reason = uc.service.get_job(waiting).reason
+    assert reason == f"waiting: model {model} paused by the provider (modelDisabled)"
+    assert len(uc.runware.inference_posts()) == 1
+
+    uc.clock.advance(uc.settings.circuit_probe_seconds + 1)
+    passed = uc.service.reconcile()
+
+    assert passed.probed == 1
+    assert not circuit.state(model).open
+    assert uc.service.submit_job(job_id) in {"submitted", "done"}
+    assert uc.service.submit_job(waiting) == "submitted"
+    assert uc.service.get_job(waiting).reason is None
+    assert slot_states(uc, job_id) == ["submitted"]
+
+
+def test_a_model_refused_at_submit_pauses_the_job_with_the_model_named(
+    use_cases: UseCases,
+) -> None:
+    uc = use_cases
+    job_id = uc.create(numberResults=2)
+    uc.runware.refusals = [
+        None,
+        {"code": "modelUnavailable", "message": "gone", "parameter": "model"},
+    ]
+
+    assert uc.service.submit_job(job_id) == "submitted"
+
+    assert slot_states(uc, job_id) == ["submitted", "pending"]
+    job = uc.service.get_job(job_id)
+    assert job.reason is not None and "model xai:grok-imagine@image-pro" in job.reason
+    assert not uc.service.context.circuit.state().open
+    assert uc.leases_in_use() == 1
+    pending = uc.store.get_slot(job_id, 1)
+    assert pending is not None and pending.attempt == 1, "a refusal spends no attempt"
+
+
+def test_an_unknown_item_code_gets_new_attempts_then_the_slot_is_dead(use_cases: UseCases) -> None:
+    uc = use_cases
+    job_id = uc.create()
+    outcomes = []
+    for _ in range(uc.settings.slot_max_attempts):
+        assert uc.service.submit_job(job_id) == "submitted"
+        [task_uuid] = uc.task_uuids(job_id)
+        outcomes += uc.webhook(task_uuid, {"errors": [error_item(task_uuid, "brandNewCode")]})
+
+    assert outcomes == ["retrying", "retrying", "dead"]
+    assert uc.dead_letters() == [(job_id, 0, "brandNewCode")]
+    assert job_state(uc, job_id) == "failed"
+    assert uc.leases_in_use() == 0
+
+
+@pytest.mark.parametrize("use_case_settings", [{"RUNWARE_MAX_IN_FLIGHT": "2"}], indirect=True)
+def test_the_reason_says_the_job_waits_for_the_budget_until_every_image_is_sent(
+    use_cases: UseCases,
+) -> None:
+    uc = use_cases
+    job_id = uc.create(numberResults=3)
+
+    assert uc.service.submit_job(job_id) == "submitted"
+
+    assert slot_states(uc, job_id) == ["submitted", "submitted", "pending"]
+    assert uc.service.get_job(job_id).reason == "waiting: Runware in-flight budget is full"
+
+    done = uc.task_uuids(job_id)[0]
+    uc.webhook(done, {"data": [image_item(done)]})
+    assert uc.service.submit_job(job_id) == "submitted"
+    assert uc.service.get_job(job_id).reason is None
+
+
+def test_a_duplicate_submit_from_an_old_copy_of_the_job_takes_no_lease(
+    use_cases: UseCases,
+) -> None:
+    from pipeline import submission
+
+    uc = use_cases
+    uc.runware.conflicts = True
+    job_id = uc.create()
+    ctx = uc.service.context
+    stale = uc.store.get_job(job_id)  # a second submit read the job while it was pending
+    assert stale is not None
+    assert uc.service.submit_job(job_id) == "submitted"
+    [task_uuid] = uc.task_uuids(job_id)
+    assert uc.webhook(task_uuid, {"data": [image_item(task_uuid)]}) == ["received"]
+    assert uc.leases_in_use() == 0
+
+    slots = submission.claim_task_uuids(ctx, stale, stale.slots)
+    granted, _ = submission.admit(ctx, stale, slots)
+
+    assert granted == []
+    assert uc.leases_in_use() == 0
+    assert uc.service.get_job(job_id).reason is None
+
+
+def test_duplicate_submits_racing_webhooks_leave_no_lease_behind(use_cases: UseCases) -> None:
+    uc = use_cases
+    uc.runware.conflicts = True
+    # A fast provider: the webhook of each task arrives before its acknowledgement.
+    uc.runware.on_accept = lambda task_uuid: uc.webhook(
+        task_uuid, {"data": [image_item(task_uuid)]}
+    )
+    jobs = [uc.create(numberResults=4) for _ in range(6)]
+    barrier = threading.Barrier(4)
+
+    def submit_all() -> None:
+        barrier.wait()
+        for job_id in jobs:
+            for _ in range(3):
+                try:
+                    uc.service.submit_job(job_id)
+                except ProviderError:
+                    pass
+
+    threads = [threading.Thread(target=submit_all) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    for job_id in jobs:  # what the woken, delayed nudges would do
+        uc.service.submit_job(job_id)
+
+    for job_id in jobs:
+        assert slot_states(uc, job_id) == ["received"] * 4
+    assert uc.leases_in_use() == 0
+    assert len(uc.runware.accepted) == len(set(uc.runware.accepted)) == 24, "nothing paid twice"

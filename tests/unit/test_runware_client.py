@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.config import Settings, SettingsError
 from pipeline.errors import ProviderError
-from pipeline.runware import RunwareClient, classify
+from pipeline.runware import ERROR_TABLE, RunwareClient, classify, kind_of_code
 
 pytestmark = pytest.mark.unit
 
@@ -155,7 +155,6 @@ def test_a_task_the_provider_does_not_mention_is_unknown_so_transient() -> None:
         (402, None),
         (403, "insufficientPermissions"),
         (403, None),
-        (400, "unknownModel"),
     ],
 )
 def test_account_failures(status: int, code: str | None) -> None:
@@ -168,22 +167,60 @@ def test_account_failures(status: int, code: str | None) -> None:
     assert error.provider_code == code
 
 
-def test_unknown_model_on_one_task_is_an_account_error_for_that_task() -> None:
+@pytest.mark.parametrize("code", ["unknownModel", "modelDisabled", "modelUnavailable"])
+def test_a_refused_model_on_one_task_is_a_model_error_for_that_task(code: str) -> None:
     body = {
         "data": [],
         "errors": [
-            {
-                "code": "unknownModel",
-                "message": "no such model",
-                "parameter": "model",
-                "taskUUID": T1,
-            }
+            {"code": code, "message": "no such model", "parameter": "model", "taskUUID": T1}
         ],
     }
     outcome = client_for(answer(400, body)).submit([task(T1)])[T1]
     assert not outcome.accepted
     assert outcome.error is not None
-    assert outcome.error.kind == ProviderError.ACCOUNT
+    assert outcome.error.kind == ProviderError.MODEL
+
+
+def test_a_request_refused_for_its_model_is_a_model_error() -> None:
+    body = {"errors": [{"code": "modelDisabled", "message": "disabled", "parameter": "model"}]}
+    assert submit_error(answer(400, body)).kind == ProviderError.MODEL
+
+
+def test_a_conflict_without_a_task_uuid_is_the_one_task_sent() -> None:
+    body = {"errors": [{"code": "conflictTaskUUID", "message": "exists"}]}
+    for status in (200, 400, 409):
+        outcome = client_for(answer(status, body)).submit([task(T1)])[T1]
+        assert outcome.accepted and outcome.error is None
+
+
+def test_a_conflict_without_a_task_uuid_is_matched_by_elimination() -> None:
+    body = {**ack(T1), "errors": [{"code": "conflictTaskUUID", "message": "exists"}]}
+    outcomes = client_for(answer(200, body)).submit([task(T1), task(T2)])
+    assert outcomes[T1].accepted and outcomes[T2].accepted
+    assert outcomes[T2].error is None
+
+
+def test_as_many_untied_conflicts_as_tasks_left_accept_each() -> None:
+    body = {"data": [], "errors": [{"code": "conflictTaskUUID"}, {"code": "conflictTaskUUID"}]}
+    outcomes = client_for(answer(409, body)).submit([task(T1), task(T2)])
+    assert outcomes[T1].accepted and outcomes[T2].accepted
+
+
+def test_an_ambiguous_untied_conflict_leaves_the_tasks_unacknowledged() -> None:
+    t3 = "2c3d4e5f-6071-4829-8a1b-2c3d4e5f6a7b"
+    body = {**ack(T1), "errors": [{"code": "conflictTaskUUID"}]}
+    outcomes = client_for(answer(200, body)).submit([task(T1), task(T2), task(t3)])
+    assert outcomes[T1].accepted
+    for left in (T2, t3):
+        error = outcomes[left].error
+        assert not outcomes[left].accepted and error is not None
+        assert error.kind == ProviderError.TRANSIENT, "sent again under the same taskUUID"
+
+
+def test_an_unknown_code_on_one_task_is_unknown_not_permanent() -> None:
+    body = {"data": [], "errors": [{"code": "somethingNew", "message": "?", "taskUUID": T1}]}
+    error = client_for(answer(400, body)).submit([task(T1)])[T1].error
+    assert error is not None and error.kind == ProviderError.UNKNOWN
 
 
 def test_429_with_retry_after_is_transient() -> None:
@@ -369,6 +406,23 @@ def test_get_response_reads_a_nested_item_error() -> None:
     assert (result.status, result.error_code) == ("error", "timeoutProvider")
 
 
+def test_get_response_raises_not_found_for_an_untied_not_found() -> None:
+    body = {"errors": [{"code": "taskFailedOrNotFound", "message": "gone"}]}
+    with pytest.raises(ProviderError) as caught:
+        client_for(answer(400, body)).get_response(T1)
+    assert caught.value.kind == ProviderError.NOT_FOUND
+
+
+def test_get_response_reads_an_untied_error_of_a_2xx_as_the_polled_tasks() -> None:
+    body = {"data": [], "errors": [{"code": "taskFailedOrNotFound", "message": "gone"}]}
+    [result] = client_for(answer(200, body)).get_response(T1)
+    assert (result.task_uuid, result.status, result.error_code) == (
+        T1,
+        "error",
+        "taskFailedOrNotFound",
+    )
+
+
 def test_get_response_reads_a_task_error_sent_with_an_error_status() -> None:
     body = {"errors": [{"code": "taskFailedOrNotFound", "message": "gone", "taskUUID": T1}]}
     [result] = client_for(answer(400, body)).get_response(T1)
@@ -392,7 +446,7 @@ def test_from_settings_requires_a_key() -> None:
         RunwareClient.from_settings(Settings(), http=http)
 
 
-# --- classify ---------------------------------------------------------------------------------
+# --- the error table ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -400,25 +454,31 @@ def test_from_settings_requires_a_key() -> None:
     [
         (400, "conflictTaskUUID", ProviderError.CONFLICT),
         (None, "conflictTaskUUID", ProviderError.CONFLICT),
+        (400, "taskFailedOrNotFound", ProviderError.NOT_FOUND),
+        (None, "taskFailedOrNotFound", ProviderError.NOT_FOUND),
         (401, "invalidApiKey", ProviderError.ACCOUNT),
         (401, None, ProviderError.ACCOUNT),
         (402, None, ProviderError.ACCOUNT),
         (403, None, ProviderError.ACCOUNT),
         (400, "missingApiKey", ProviderError.ACCOUNT),
         (400, "insufficientPermissions", ProviderError.ACCOUNT),
-        (400, "unknownModel", ProviderError.ACCOUNT),
-        (400, "modelUnavailable", ProviderError.ACCOUNT),
         (400, "insufficientCredits", ProviderError.ACCOUNT),
         (400, "accountBalanceTooLow", ProviderError.ACCOUNT),
         (400, "monthlyQuotaExceeded", ProviderError.ACCOUNT),
+        (400, "unknownModel", ProviderError.MODEL),
+        (400, "modelDisabled", ProviderError.MODEL),
+        (400, "modelUnavailable", ProviderError.MODEL),
+        (500, "internalServerError", ProviderError.TRANSIENT),
+        (503, "serviceUnavailable", ProviderError.TRANSIENT),
+        (400, "noAvailableServer", ProviderError.TRANSIENT),
         (400, "timeoutProvider", ProviderError.TRANSIENT),
         (400, "serverError", ProviderError.TRANSIENT),
         (400, "apiRateLimitExceeded", ProviderError.TRANSIENT),
-        (400, "queueCapacityReached", ProviderError.TRANSIENT),
+        (400, "inferenceError", ProviderError.TRANSIENT),
         (None, None, ProviderError.TRANSIENT),
         (408, None, ProviderError.TRANSIENT),
-        (425, None, ProviderError.TRANSIENT),
         (429, None, ProviderError.TRANSIENT),
+        (429, "rateLimitExceeded", ProviderError.TRANSIENT),
         (500, None, ProviderError.TRANSIENT),
         (503, None, ProviderError.TRANSIENT),
         (504, None, ProviderError.TRANSIENT),
@@ -426,10 +486,43 @@ def test_from_settings_requires_a_key() -> None:
         (400, None, ProviderError.PERMANENT),
         (404, None, ProviderError.PERMANENT),
         (422, None, ProviderError.PERMANENT),
+        (400, "queueCapacityReached", ProviderError.PERMANENT),
         (400, "invalidWidth", ProviderError.PERMANENT),
+        (400, "unsupportedDimensions", ProviderError.PERMANENT),
         (400, "unknownParameter", ProviderError.PERMANENT),
+        (400, "incompatibleParameters", ProviderError.PERMANENT),
         (400, "providerContentPolicyViolation", ProviderError.PERMANENT),
     ],
 )
 def test_classify(status: int | None, code: str | None, kind: str) -> None:
     assert classify(status, code) == kind
+
+
+@pytest.mark.parametrize(
+    ("code", "parameter", "kind"),
+    [
+        ("somethingNew", None, ProviderError.UNKNOWN),
+        (None, None, ProviderError.UNKNOWN),
+        ("timeoutProvider", None, ProviderError.TRANSIENT),
+        ("invalidPositivePrompt", "positivePrompt", ProviderError.PERMANENT),
+        ("invalidModel", "model", ProviderError.MODEL),
+        ("somethingNew", "model", ProviderError.MODEL),
+        ("insufficientCredits", "model", ProviderError.ACCOUNT),
+    ],
+)
+def test_an_item_code_by_the_table(code: str | None, parameter: str | None, kind: str) -> None:
+    assert kind_of_code(code, parameter) == kind
+
+
+def test_every_row_of_the_table_names_a_known_kind() -> None:
+    kinds = {
+        ProviderError.TRANSIENT,
+        ProviderError.PERMANENT,
+        ProviderError.ACCOUNT,
+        ProviderError.MODEL,
+        ProviderError.CONFLICT,
+        ProviderError.NOT_FOUND,
+    }
+    assert {kind for _, kind in ERROR_TABLE} <= kinds
+    codes = [pattern for pattern, _ in ERROR_TABLE]
+    assert len(codes) == len(set(codes))
