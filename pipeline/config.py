@@ -127,6 +127,7 @@ class Settings:
     upload_url_margin_seconds: int = 600
     webhook_max_body_bytes: int = 1_048_576
     inline_promote_timeout_seconds: float = 3.0
+    inline_promote_budget_seconds: float = 2.0
     finalize_retry_seconds: int = 2
     reconcile_interval_seconds: float = 5.0
     reconcile_grace_seconds: int = 60
@@ -139,6 +140,7 @@ class Settings:
     circuit_probe_seconds: int = 60
     budget_wait_seconds: int = 10
     upload_wait_seconds: int = 30
+    size_mismatch_fails: bool = False
     log_level: str = "INFO"
     log_format: str = "json"
 
@@ -197,6 +199,9 @@ class Settings:
             inline_promote_timeout_seconds=_float(
                 env, "INLINE_PROMOTE_TIMEOUT_SECONDS", cls.inline_promote_timeout_seconds, 0.1
             ),
+            inline_promote_budget_seconds=_float(
+                env, "INLINE_PROMOTE_BUDGET_SECONDS", cls.inline_promote_budget_seconds, 0.0
+            ),
             finalize_retry_seconds=_int(
                 env, "FINALIZE_RETRY_SECONDS", cls.finalize_retry_seconds, 1
             ),
@@ -219,6 +224,7 @@ class Settings:
             circuit_probe_seconds=_int(env, "CIRCUIT_PROBE_SECONDS", cls.circuit_probe_seconds, 1),
             budget_wait_seconds=_int(env, "BUDGET_WAIT_SECONDS", cls.budget_wait_seconds, 1),
             upload_wait_seconds=_int(env, "UPLOAD_WAIT_SECONDS", cls.upload_wait_seconds, 0),
+            size_mismatch_fails=_bool(env, "SIZE_MISMATCH_FAILS", cls.size_mismatch_fails),
             log_level=_str(env, "LOG_LEVEL", cls.log_level).upper(),
             log_format=log_format,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
@@ -24,6 +25,8 @@ class Context:
     budget: InFlightBudget
     http: httpx.Client  # outbound: callbacks and image fetches (redirects never followed)
     provider: RunwareClient | None = None  # None in a process that never talks to Runware
+    # Storage for work an HTTP caller waits on, by per-call timeout; None: `storage` as it is.
+    inline_storage: Callable[[float], ObjectStorage] | None = None
 
     @property
     def layout(self) -> KeyLayout:

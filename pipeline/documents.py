@@ -20,6 +20,10 @@ def slot_view(slot: Slot) -> dict[str, Any]:
         "cost": slot.cost,
         "width": slot.width,
         "height": slot.height,
+        "format": slot.format,
+        "requested": requested(slot),
+        "sizeMismatch": slot.size_mismatch,
+        "formatMismatch": slot.format_mismatch,
         "bytes": slot.size,
         "etag": slot.etag,
         "error": (
@@ -27,6 +31,18 @@ def slot_view(slot: Slot) -> dict[str, Any]:
             if slot.error_code and slot.state != SlotState.STORED
             else None
         ),
+    }
+
+
+def requested(slot: Slot) -> dict[str, Any] | None:
+    """What the job asked of a stored image (width and height are null when an edit allowed
+    several sizes); the actual ones are the slot's `width`, `height` and `format`."""
+    if slot.requested_format is None:
+        return None
+    return {
+        "width": slot.requested_width,
+        "height": slot.requested_height,
+        "format": slot.requested_format,
     }
 
 

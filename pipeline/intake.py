@@ -4,6 +4,8 @@ and monotonic; a replayed or late result changes nothing once its slot has ended
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import replace
 from typing import Any
 
 from marshmallow import ValidationError
@@ -26,6 +28,7 @@ from pipeline.models import (
 from pipeline.promotion import promote_slot
 from pipeline.runware import kind_of_code
 from pipeline.schemas import ProviderResult, parse_provider_body, untied_error_result
+from pipeline.storage import BudgetedObjectStorage
 
 log = logging.getLogger(__name__)
 
@@ -35,24 +38,45 @@ PROMOTABLE = (ResultOutcome.RECEIVED, ResultOutcome.DUPLICATE)
 
 def receive_webhook(ctx: Context, task_uuid: str, body: Any) -> list[SlotResult]:
     """Record a webhook (its token already checked), then store each received image at once
-    if S3 allows within the caller's short timeouts; a worker takes over otherwise."""
+    while INLINE_PROMOTE_BUDGET_SECONDS last (Runware retries a webhook not answered within
+    about 5 s); a worker on the finalize queue takes over whatever is left."""
     outcomes = accept_webhook(ctx, task_uuid, body)
+    deadline = time.monotonic() + ctx.settings.inline_promote_budget_seconds
+    inline = replace(
+        ctx,
+        storage=BudgetedObjectStorage(
+            ctx.inline_storage or (lambda _seconds: ctx.storage),
+            deadline,
+            ctx.settings.inline_promote_timeout_seconds,
+        ),
+    )
     for outcome in outcomes:
         if outcome.outcome not in PROMOTABLE:
             continue
-        try:
-            promoted = promote_slot(ctx, outcome.job_id, outcome.slot)
-        except (StorageError, ImageRejected) as exc:
-            log.warning(
-                "inline promotion deferred",
-                extra={"job_id": outcome.job_id, "slot": outcome.slot, "error": exc.message},
-            )
-            promoted = PromoteOutcome.MISSING
-        if promoted == PromoteOutcome.MISSING:
+        if promote_inline(inline, outcome, deadline) == PromoteOutcome.MISSING:
             ctx.dispatcher.finalize_slot(
                 outcome.job_id, outcome.slot, countdown=ctx.settings.finalize_retry_seconds
             )
     return outcomes
+
+
+def promote_inline(ctx: Context, outcome: SlotResult, deadline: float) -> PromoteOutcome:
+    """Promote one received image within what is left of the webhook's budget; MISSING hands
+    it to a worker."""
+    if time.monotonic() >= deadline:
+        log.info(
+            "inline promotion budget spent: handed to a worker",
+            extra={"job_id": outcome.job_id, "slot": outcome.slot},
+        )
+        return PromoteOutcome.MISSING
+    try:
+        return promote_slot(ctx, outcome.job_id, outcome.slot)
+    except (StorageError, ImageRejected) as exc:
+        log.warning(
+            "inline promotion deferred",
+            extra={"job_id": outcome.job_id, "slot": outcome.slot, "error": exc.message},
+        )
+        return PromoteOutcome.MISSING
 
 
 def accept_webhook(ctx: Context, task_uuid: str, body: Any) -> list[SlotResult]:

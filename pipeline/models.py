@@ -60,6 +60,7 @@ class PromoteOutcome(StrEnum):
     STORED = "stored"
     MISSING = "missing"  # the upload is not there (yet): try again later
     REJECTED = "rejected"
+    UPLOAD_MISSING = "upload_missing"  # no upload and no imageURL after UPLOAD_WAIT_SECONDS
     DISCARDED = "discarded"
     NOOP = "noop"
 
@@ -116,6 +117,14 @@ class Slot:
     height: int | None = None
     size: int | None = None
     etag: str | None = None
+    # What the image actually is (`width`/`height` above) against what was asked: a paid image
+    # of another size or format is stored and flagged, never thrown away.
+    format: str | None = None
+    requested_width: int | None = None  # None when the request allowed several sizes (an edit)
+    requested_height: int | None = None
+    requested_format: str | None = None
+    size_mismatch: bool | None = None
+    format_mismatch: bool | None = None
 
     @property
     def terminal(self) -> bool:

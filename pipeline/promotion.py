@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -12,7 +14,13 @@ from pipeline import clock
 from pipeline.catalog import FORMAT_CONTENT_TYPES, get_model
 from pipeline.completion import fail_slot, finish_job
 from pipeline.context import Context
-from pipeline.errors import ImageFetchUnavailable, ImageRejected, StorageError, UploadPending
+from pipeline.errors import (
+    ImageFetchUnavailable,
+    ImageRejected,
+    ProviderError,
+    StorageError,
+    UploadPending,
+)
 from pipeline.imaging import ImageInfo, check_complete, inspect_image
 from pipeline.models import JOB_ENDED_EARLY, Job, PromoteOutcome, Slot, SlotState
 from pipeline.urls import UnsafeURL, check_outbound_url, pinned_request
@@ -26,21 +34,76 @@ S3_METADATA_LIMIT = 2048
 
 def finalize_slot(ctx: Context, job_id: str, slot_no: int) -> PromoteOutcome:
     """A worker's promotion: the hosted copy is fetched once the upload had its time to land;
-    an upload still missing before the deadline raises `UploadPending` (look again later)."""
+    an upload still missing before then raises `UploadPending` (look again later). Past
+    UPLOAD_WAIT_SECONDS with no imageURL, one getResponse poll decides: an imageURL is fetched,
+    nothing ends the slot `upload_missing` (its cost kept: it was charged)."""
     current = ctx.store.get_slot(job_id, slot_no)
     received_at = current.received_at if current and current.received_at else clock.now()
-    waited = clock.now() - received_at
-    outcome = promote_slot(
-        ctx, job_id, slot_no, allow_fetch=waited >= ctx.settings.upload_wait_seconds
-    )
-    if outcome == PromoteOutcome.MISSING:
-        job = ctx.store.get_job(job_id)
-        if job is not None and clock.now() < job.deadline_at:
-            raise UploadPending(
-                f"the upload of slot {slot_no} has not landed",
-                retry_after=ctx.settings.finalize_retry_seconds,
-            )
+    overdue = clock.now() - received_at >= ctx.settings.upload_wait_seconds
+    outcome = promote_slot(ctx, job_id, slot_no, allow_fetch=overdue)
+    if outcome == PromoteOutcome.NOOP:
+        # Stored inline while the job's end (its manifest) was not: end it now.
+        finish_job(ctx, job_id)
+    if outcome != PromoteOutcome.MISSING:
+        return outcome
+    if overdue:
+        return settle_missing_upload(ctx, job_id, slot_no)
+    job = ctx.store.get_job(job_id)
+    if job is not None and clock.now() < job.deadline_at:
+        raise UploadPending(
+            f"the upload of slot {slot_no} has not landed",
+            retry_after=ctx.settings.finalize_retry_seconds,
+        )
     return outcome
+
+
+def settle_missing_upload(ctx: Context, job_id: str, slot_no: int) -> PromoteOutcome:
+    """The upload never landed and the result carried no imageURL: ask getResponse once."""
+    slot = ctx.store.get_slot(job_id, slot_no)
+    if slot is None or slot.state != SlotState.RECEIVED or not slot.task_uuid:
+        return PromoteOutcome.NOOP
+    image_url = polled_image_url(ctx, job_id, slot)
+    if image_url:
+        ctx.store.transition_slot(
+            job_id,
+            slot_no,
+            [SlotState.RECEIVED],
+            SlotState.RECEIVED,
+            task_uuid=slot.task_uuid,
+            image_url=image_url,
+        )
+        return promote_slot(ctx, job_id, slot_no, allow_fetch=True)
+    cost = f"{slot.cost} USD" if slot.cost is not None else "an unreported amount"
+    message = (
+        f"the upload never landed within UPLOAD_WAIT_SECONDS "
+        f"({ctx.settings.upload_wait_seconds} s) and neither the result nor getResponse "
+        f"carried an imageURL; the image was charged ({cost})"
+    )
+    if fail_slot(ctx, job_id, slot_no, slot.task_uuid, "upload_missing", message):
+        log.warning(
+            "slot failed: upload missing, no imageURL",
+            extra={"job_id": job_id, "slot": slot_no, "task_uuid": slot.task_uuid},
+        )
+    finish_job(ctx, job_id)
+    return PromoteOutcome.UPLOAD_MISSING
+
+
+def polled_image_url(ctx: Context, job_id: str, slot: Slot) -> str | None:
+    """The imageURL getResponse reports for the slot's task, if any. A transient failure of
+    the poll raises (the worker retries); a permanent one counts as nothing better."""
+    if not slot.task_uuid:
+        return None
+    try:
+        results = ctx.runware().get_response(slot.task_uuid)
+    except ProviderError as exc:
+        if exc.retryable:
+            raise
+        log.warning(
+            "getResponse refused while looking for an imageURL",
+            extra={"job_id": job_id, "slot": slot.slot, "error": exc.message},
+        )
+        return None
+    return next((result.image_url for result in results if result.ok and result.image_url), None)
 
 
 def promote_slot(
@@ -68,8 +131,9 @@ def promote_slot(
                 f"the staged object has {head.size} bytes, more than {ctx.settings.max_image_bytes}"
             )
         prefix = ctx.storage.read_prefix(staging, HEADER_BYTES)
-        info = verify(job, inspect_image(prefix))
+        info = inspect_image(prefix)
         check_complete(info.format, head.size, prefix, ctx.storage.read_suffix(staging, 16))
+        checked = examine(ctx, job, info)
     except ImageRejected as exc:
         if slot.image_url:
             # A bad upload is not the image: the provider's hosted copy may still be good.
@@ -81,7 +145,8 @@ def promote_slot(
                 return PromoteOutcome.MISSING
             return promote_fetched(ctx, job, slot)
         return reject(ctx, job, slot, exc)
-    final_key = ctx.layout.final(job_id, slot_no, job.output_format)
+    # The extension is the image's real format: a JPG is never stored under .png.
+    final_key = ctx.layout.final(job_id, slot_no, info.format)
     stored = ctx.storage.copy(
         staging,
         final_key,
@@ -96,18 +161,35 @@ def promote_slot(
         SlotState.STORED,
         task_uuid=slot.task_uuid,
         final_key=final_key,
-        width=info.width,
-        height=info.height,
         size=stored.size,
         etag=stored.etag,
         stored_at=repr(clock.now()),
+        **checked.fields(),
     )
     remove_staging(ctx, job_id, slot_no, staging)
     if not applied:
         return PromoteOutcome.NOOP
-    log.info("image stored", extra={"job_id": job_id, "slot": slot_no, "key": final_key})
-    finish_job(ctx, job_id)
+    stored_image(ctx, job, slot_no, final_key, checked)
     return PromoteOutcome.STORED
+
+
+def stored_image(ctx: Context, job: Job, slot_no: int, key: str, checked: Examined) -> None:
+    """Count a stored image that differs from the request, then end the job if it is done."""
+    if checked.size_mismatch:
+        ctx.store.count_mismatch("size")
+    if checked.format_mismatch:
+        ctx.store.count_mismatch("format")
+    log.info(
+        "image stored",
+        extra={
+            "job_id": job.id,
+            "slot": slot_no,
+            "key": key,
+            "size_mismatch": checked.size_mismatch,
+            "format_mismatch": checked.format_mismatch,
+        },
+    )
+    finish_job(ctx, job.id)
 
 
 def reject(ctx: Context, job: Job, slot: Slot, exc: ImageRejected) -> PromoteOutcome:
@@ -131,11 +213,12 @@ def promote_fetched(ctx: Context, job: Job, slot: Slot) -> PromoteOutcome:
         return PromoteOutcome.MISSING
     try:
         data = fetch_image(ctx, slot.image_url)
-        info = verify(job, inspect_image(data))
+        info = inspect_image(data)
         check_complete(info.format, len(data), data[:16], data[-16:])
+        checked = examine(ctx, job, info)
     except ImageRejected as exc:
         return reject(ctx, job, slot, exc)
-    final_key = ctx.layout.final(job.id, slot.slot, job.output_format)
+    final_key = ctx.layout.final(job.id, slot.slot, info.format)
     stored = ctx.storage.put(
         final_key,
         data,
@@ -149,33 +232,74 @@ def promote_fetched(ctx: Context, job: Job, slot: Slot) -> PromoteOutcome:
         SlotState.STORED,
         task_uuid=slot.task_uuid,
         final_key=final_key,
-        width=info.width,
-        height=info.height,
         size=stored.size,
         etag=stored.etag,
         stored_at=repr(clock.now()),
+        **checked.fields(),
     )
     remove_staging(ctx, job.id, slot.slot, ctx.layout.staging(job.id, slot.task_uuid))
     if not applied:
         return PromoteOutcome.NOOP
-    finish_job(ctx, job.id)
+    stored_image(ctx, job, slot.slot, final_key, checked)
     return PromoteOutcome.STORED
 
 
-def verify(job: Job, info: ImageInfo) -> ImageInfo:
-    if info.format != job.output_format:
-        raise ImageRejected(f"asked for {job.output_format}, got {info.format}")
+@dataclass(frozen=True)
+class Examined:
+    """A complete image of an allowed format, set against what the job asked for."""
+
+    info: ImageInfo
+    requested_width: int | None  # None when the request allowed several sizes (an edit)
+    requested_height: int | None
+    requested_format: str
+    size_mismatch: bool
+    format_mismatch: bool
+
+    def fields(self) -> dict[str, Any]:
+        """What the slot records: the actual size and format beside the requested ones."""
+        return {
+            "width": self.info.width,
+            "height": self.info.height,
+            "format": self.info.format,
+            "requested_width": self.requested_width,
+            "requested_height": self.requested_height,
+            "requested_format": self.requested_format,
+            "size_mismatch": self.size_mismatch,
+            "format_mismatch": self.format_mismatch,
+        }
+
+
+def examine(ctx: Context, job: Job, info: ImageInfo) -> Examined:
+    """Compare an image with the request. A paid image of another size or format is kept and
+    flagged; only SIZE_MISMATCH_FAILS makes a mismatch refuse it (`ImageRejected`)."""
     spec = get_model(job.model)
     references = len((job.params.get("inputs") or {}).get("referenceImages") or [])
     expected = spec.expected_sizes(
         job.params.get("width"), job.params.get("height"), job.params.get("resolution"), references
     )
-    if (info.width, info.height) not in expected:
+    requested = next(iter(expected)) if len(expected) == 1 else (None, None)
+    checked = Examined(
+        info=info,
+        requested_width=requested[0],
+        requested_height=requested[1],
+        requested_format=job.output_format,
+        size_mismatch=(info.width, info.height) not in expected,
+        format_mismatch=info.format != job.output_format,
+    )
+    if ctx.settings.size_mismatch_fails:
+        refuse_mismatch(checked, expected)
+    return checked
+
+
+def refuse_mismatch(checked: Examined, expected: frozenset[tuple[int, int]]) -> None:
+    info = checked.info
+    if checked.format_mismatch:
+        raise ImageRejected(f"asked for {checked.requested_format}, got {info.format}")
+    if checked.size_mismatch:
         raise ImageRejected(
             f"the image is {info.width}x{info.height}, expected one of "
             f"{', '.join(f'{w}x{h}' for w, h in sorted(expected))}"
         )
-    return info
 
 
 def fetch_image(ctx: Context, url: str) -> bytes:

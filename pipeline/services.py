@@ -44,6 +44,7 @@ class PipelineStatus:
     images_in_flight: int
     circuit: CircuitState
     queue_lengths: dict[str, int]
+    mismatches: dict[str, int] = field(default_factory=dict)  # stored images unlike the request
     model_circuits: list[CircuitState] = field(default_factory=list)  # models paused alone
 
 
@@ -166,5 +167,6 @@ class JobService:
             images_in_flight=budget,
             circuit=self.circuit(),
             queue_lengths=self.dispatcher.queue_lengths(),
+            mismatches=self.store.mismatches(),
             model_circuits=self.model_circuits(),
         )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import quote
@@ -15,7 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pipeline.catalog import FORMAT_EXTENSIONS
 from pipeline.config import Settings
 from pipeline.errors import StorageError
-from pipeline.interfaces import ObjectHead
+from pipeline.interfaces import ObjectHead, ObjectStorage
 
 if TYPE_CHECKING:  # the stubs are a dev dependency; boto3 builds the client at run time
     from mypy_boto3_s3 import S3Client
@@ -330,3 +332,93 @@ class MemoryObjectStorage:
 
     def check(self) -> None:
         return None
+
+
+# The granularity of inline S3 timeouts: one client per step, built on first use.
+INLINE_TIMEOUT_STEP = 0.25
+
+
+class BudgetedObjectStorage:
+    """Object storage for work done while an HTTP caller waits: each call is given what is left
+    of one total time budget as its timeout (at most `timeout`), and no call starts once the
+    budget is spent (a transient `StorageError`: a worker takes over)."""
+
+    def __init__(
+        self,
+        storage_for: Callable[[float], ObjectStorage],
+        deadline: float,
+        timeout: float,
+    ) -> None:
+        self._storage_for = storage_for
+        self._deadline = deadline  # time.monotonic()
+        self._timeout = timeout
+
+    def remaining(self) -> float:
+        return self._deadline - time.monotonic()
+
+    def _storage(self) -> ObjectStorage:
+        remaining = self.remaining()
+        if remaining < INLINE_TIMEOUT_STEP:
+            raise StorageError("the inline promotion's time budget is spent", transient=True)
+        return self._storage_for(min(self._timeout, remaining))
+
+    def presign_put(self, key: str, expires_in: int) -> str:
+        return self._storage().presign_put(key, expires_in)
+
+    def head(self, key: str) -> ObjectHead | None:
+        return self._storage().head(key)
+
+    def read(self, key: str, max_bytes: int) -> bytes:
+        return self._storage().read(key, max_bytes)
+
+    def read_prefix(self, key: str, length: int) -> bytes:
+        return self._storage().read_prefix(key, length)
+
+    def read_suffix(self, key: str, length: int) -> bytes:
+        return self._storage().read_suffix(key, length)
+
+    def copy(
+        self,
+        source: str,
+        destination: str,
+        *,
+        if_match: str,
+        content_type: str,
+        metadata: dict[str, str],
+    ) -> ObjectHead:
+        return self._storage().copy(
+            source, destination, if_match=if_match, content_type=content_type, metadata=metadata
+        )
+
+    def put(
+        self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None
+    ) -> ObjectHead:
+        return self._storage().put(key, data, content_type=content_type, metadata=metadata)
+
+    def delete(self, key: str) -> None:
+        self._storage().delete(key)
+
+    def list_keys(self, prefix: str) -> list[str]:
+        return self._storage().list_keys(prefix)
+
+    def check(self) -> None:
+        self._storage().check()
+
+
+def s3_storage_by_timeout(settings: Settings) -> Callable[[float], ObjectStorage]:
+    """S3 storages making one attempt each, by timeout rounded down to INLINE_TIMEOUT_STEP
+    (botocore fixes timeouts per client, so a few clients are kept, one per step)."""
+    clients: dict[int, S3ObjectStorage] = {}
+    lock = threading.Lock()
+
+    def storage_for(seconds: float) -> ObjectStorage:
+        steps = max(1, int(seconds / INLINE_TIMEOUT_STEP))
+        with lock:
+            if steps not in clients:
+                # botocore's max_attempts counts retries after the first try: 0 = one try.
+                clients[steps] = S3ObjectStorage.from_settings(
+                    settings, timeout=steps * INLINE_TIMEOUT_STEP, attempts=0
+                )
+            return clients[steps]
+
+    return storage_for

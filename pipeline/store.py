@@ -204,7 +204,17 @@ def slot_from_hash(raw: dict[str, str]) -> Slot:
         height=_int(raw.get("height")),
         size=_int(raw.get("size")),
         etag=raw.get("etag") or None,
+        format=raw.get("format") or None,
+        requested_width=_int(raw.get("requested_width")),
+        requested_height=_int(raw.get("requested_height")),
+        requested_format=raw.get("requested_format") or None,
+        size_mismatch=_flag(raw.get("size_mismatch")),
+        format_mismatch=_flag(raw.get("format_mismatch")),
     )
+
+
+def _flag(raw: str | None) -> bool | None:
+    return None if not raw else raw == "1"
 
 
 def job_to_hash(job: Job) -> dict[str, str]:
@@ -594,6 +604,18 @@ class RedisJobStore:
         for n in range(int(raw_count or 0)):
             pipe.persist(self.slot_key(job_id, n))
         pipe.execute()
+
+    @property
+    def mismatches_key(self) -> str:
+        return f"{self.ns}:mismatches"
+
+    def count_mismatch(self, kind: str) -> None:
+        """Count one stored image whose `kind` ("size" or "format") differs from the request."""
+        self.redis.hincrby(self.mismatches_key, kind, 1)
+
+    def mismatches(self) -> dict[str, int]:
+        raw = _text(self.redis.hgetall(self.mismatches_key))
+        return {kind: int(count) for kind, count in raw.items()}
 
     def publish_event(self, event: dict[str, Any]) -> None:
         self.redis.xadd(

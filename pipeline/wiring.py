@@ -12,7 +12,7 @@ from pipeline.dispatch import CeleryDispatcher, create_celery
 from pipeline.interfaces import Dispatcher
 from pipeline.runware import RunwareClient
 from pipeline.services import JobService
-from pipeline.storage import S3ObjectStorage
+from pipeline.storage import S3ObjectStorage, s3_storage_by_timeout
 from pipeline.store import RedisCircuit, RedisInFlightBudget, RedisJobStore, redis_client
 
 OUTBOUND_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
@@ -46,9 +46,10 @@ def build_service(
 def with_short_s3_timeouts(service: JobService) -> JobService:
     """The same service whose S3 calls make one attempt bounded by
     INLINE_PROMOTE_TIMEOUT_SECONDS: for work done while an HTTP caller waits (the webhook's
-    promotion, a readiness probe); a worker takes over when it is not enough."""
+    promotion, a readiness probe); a worker takes over when it is not enough. The webhook's
+    promotion also bounds each call by what is left of INLINE_PROMOTE_BUDGET_SECONDS
+    (`inline_storage`)."""
     settings = service.settings
-    storage = S3ObjectStorage.from_settings(
-        settings, timeout=settings.inline_promote_timeout_seconds, attempts=1
-    )
-    return JobService(replace(service.context, storage=storage))
+    storage_for = s3_storage_by_timeout(settings)
+    storage = storage_for(settings.inline_promote_timeout_seconds)
+    return JobService(replace(service.context, storage=storage, inline_storage=storage_for))

@@ -204,4 +204,12 @@ def prometheus() -> Response:
         f'imagine_model_circuit_open{{model="{paused.model}"}} 1'
         for paused in status.model_circuits
     ]
+    lines += [
+        "# HELP imagine_size_mismatches_total Stored images of another size than requested.",
+        "# TYPE imagine_size_mismatches_total counter",
+        f"imagine_size_mismatches_total {status.mismatches.get('size', 0)}",
+        "# HELP imagine_format_mismatches_total Stored images of another format than requested.",
+        "# TYPE imagine_format_mismatches_total counter",
+        f"imagine_format_mismatches_total {status.mismatches.get('format', 0)}",
+    ]
     return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")

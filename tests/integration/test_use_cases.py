@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import threading
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from PIL import Image
 
 from pipeline.errors import ProviderError
 from pipeline.signing import webhook_token
@@ -305,7 +308,45 @@ def test_promote_fetches_the_hosted_copy_when_the_upload_never_landed(use_cases:
     assert job_state(uc, job_id) == "succeeded"
 
 
-def test_promote_rejects_an_image_of_the_wrong_size(use_cases: UseCases) -> None:
+def test_promote_stores_and_flags_a_paid_image_of_another_size(use_cases: UseCases) -> None:
+    uc = use_cases
+    before = uc.store.mismatches().get("size", 0)
+    job_id, [task_uuid] = uc.submitted()
+    uc.upload(task_uuid, jpeg_bytes(512, 512))
+    uc.webhook(task_uuid, {"data": [image_item(task_uuid, imageURL=None)]})
+
+    assert uc.service.promote_slot(job_id, 0) == "stored"
+
+    job = uc.store.get_job(job_id)
+    assert job is not None and job.state == "succeeded"
+    view = uc.service.job_view(job)["slots"][0]
+    assert (view["width"], view["height"], view["format"]) == (512, 512, "JPG")
+    assert view["requested"] == {"width": 1024, "height": 1024, "format": "JPG"}
+    assert view["sizeMismatch"] is True and view["formatMismatch"] is False
+    assert uc.store.mismatches().get("size", 0) == before + 1
+    manifest = json.loads(uc.storage.read(f"{USE_CASE_PREFIX}jobs/{job_id}/manifest.json", 10**6))
+    assert manifest["slots"][0]["requested"]["width"] == 1024
+    assert manifest["slots"][0]["width"] == 512
+
+
+def test_promote_stores_a_png_under_its_real_extension(use_cases: UseCases) -> None:
+    uc = use_cases
+    job_id, [task_uuid] = uc.submitted()
+    buffer = io.BytesIO()
+    Image.new("RGB", (1024, 1024), (9, 9, 9)).save(buffer, "PNG")
+    uc.upload(task_uuid, buffer.getvalue())
+    uc.webhook(task_uuid, {"data": [image_item(task_uuid, imageURL=None)]})
+
+    assert uc.service.promote_slot(job_id, 0) == "stored"
+
+    slot = uc.store.get_slot(job_id, 0)
+    assert slot is not None and slot.final_key == f"{USE_CASE_PREFIX}jobs/{job_id}/00.png"
+    assert (slot.format, slot.requested_format, slot.format_mismatch) == ("PNG", "JPG", True)
+    assert slot.size_mismatch is False
+
+
+@pytest.mark.parametrize("use_case_settings", [{"SIZE_MISMATCH_FAILS": "true"}], indirect=True)
+def test_promote_rejects_an_image_of_the_wrong_size_when_told_to(use_cases: UseCases) -> None:
     uc = use_cases
     job_id, [task_uuid] = uc.submitted()
     uc.upload(task_uuid, jpeg_bytes(512, 512))
