@@ -168,3 +168,15 @@ def write_final_manifest(ctx: Context, job_id: str) -> None:
     key = put_manifest(ctx, job, job.state, version, job.ended_at or clock.now())
     ctx.store.set_job_fields(job_id, manifest_key=key, manifest_version=version)
     announce_end(ctx, job, job.state, key)
+
+
+def rewrite_manifest(ctx: Context, job_id: str) -> None:
+    """The manifest of an ended job written again with a higher version, when something the
+    provider charged for arrived after the end (a late result recorded as discarded)."""
+    job = ctx.store.get_job(job_id)
+    if job is None or not job.terminal or not job.manifest_key:
+        return
+    version = job.manifest_version + 1
+    key = put_manifest(ctx, job, job.state, version, job.ended_at or clock.now())
+    ctx.store.set_job_fields(job_id, manifest_key=key, manifest_version=version)
+    log.info("manifest rewritten for a late result", extra={"job_id": job_id, "version": version})

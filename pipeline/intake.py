@@ -11,7 +11,7 @@ from typing import Any
 from marshmallow import ValidationError
 
 from pipeline import admission, clock
-from pipeline.completion import fail_slot, finish_job
+from pipeline.completion import fail_slot, finish_job, rewrite_manifest
 from pipeline.context import Context
 from pipeline.errors import ImageRejected, NotFound, ProviderError, RequestInvalid, StorageError
 from pipeline.models import (
@@ -109,11 +109,16 @@ def record_results(ctx: Context, task_uuid: str, results: list[ProviderResult]) 
     outcomes = [
         SlotResult(job_id, slot_no, record_one(ctx, job_id, slot_no, result)) for result in results
     ]
-    if any(
-        o.outcome in {ResultOutcome.FAILED, ResultOutcome.DISCARDED, ResultOutcome.DEAD}
-        for o in outcomes
+    if (
+        any(
+            o.outcome in {ResultOutcome.FAILED, ResultOutcome.DISCARDED, ResultOutcome.DEAD}
+            for o in outcomes
+        )
+        and not finish_job(ctx, job_id)
+        and any(o.outcome == ResultOutcome.DISCARDED for o in outcomes)
     ):
-        finish_job(ctx, job_id)
+        # A charged image that came back after its job ended: the manifest must say so.
+        rewrite_manifest(ctx, job_id)
     return outcomes
 
 
