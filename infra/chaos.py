@@ -43,6 +43,11 @@ FAULT_RATES: dict[str, Any] = {
     "upload_fail_rate": 0.05,
     "item_error_rate": 0.02,
     "item_error_permanent_share": 0.5,
+    # Provider behaviour seen in the field: a poll that does not find a live task, a conflict
+    # that names no task, and failure codes nobody documented.
+    "not_found_for_live_task": 0.05,
+    "conflict_without_task_uuid": True,
+    "unknown_item_code": 0.01,
 }
 # The fault mix of a reduced run, as exact counts of one-shot faults.
 FAULT_COUNTS: list[dict[str, Any]] = [
