@@ -198,9 +198,12 @@ def _inference(task: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[st
     cfg = eng.config
     if cfg.model_unavailable:
         raise TaskError("unknownModel", f"Model '{task.get('model')}' is not available.", "model")
-    if cfg.model_disabled and task.get("model") == cfg.model:
-        raise TaskError("modelDisabled", f"Model '{cfg.model}' is disabled.", "model")
-    req = catalog.validate_inference(task, cfg.model, cfg.reject_unknown_parameters)
+    model = task.get("model")
+    if cfg.model_disabled and model in cfg.model and model not in cfg.retired_models:
+        raise TaskError("modelDisabled", f"Model '{model}' is disabled.", "model")
+    req = catalog.validate_inference(
+        task, cfg.model, cfg.reject_unknown_parameters, cfg.retired_models
+    )
     if not eng.reserve(req.task_uuid):
         raise TaskError(
             "conflictTaskUUID",

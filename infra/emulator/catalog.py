@@ -1,13 +1,22 @@
-"""The provider's rules for `xai:grok-imagine@image-pro`: sizes, limits, prices and validation."""
+"""The provider's rules per Grok Imagine model: sizes, limits, prices and validation.
+
+Written from Runware's model pages and SDK, apart from the pipeline's catalog on purpose. What no
+source states is assumed in one place, the `QUALITY_ASSUMED_*` values below.
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-DOCS_URL = "https://runware.ai/docs/models/xai-grok-imagine-image-pro"
 ERRORS_DOCS_URL = "https://runware.ai/docs/platform/errors"
+MODEL_DOCS_URL = "https://runware.ai/docs/models/"
+
+PRO = "xai:grok-imagine@image-pro"
+IMAGE = "xai:grok-imagine@image"
+QUALITY = "xai:grok-imagine@image-quality"
 
 ASPECTS = (
     "1:1",
@@ -24,39 +33,102 @@ ASPECTS = (
     "1:2",
     "2:1",
 )
-DIMENSIONS: dict[str, tuple[tuple[int, int], ...]] = {
-    "1K": (
-        (1024, 1024),
-        (896, 1280),
-        (1280, 896),
-        (768, 1408),
-        (1408, 768),
-        (864, 1296),
-        (1296, 864),
-        (576, 1248),
-        (1248, 576),
-        (576, 1280),
-        (1280, 576),
-        (704, 1408),
-        (1408, 704),
+# The dimension tables of the Pro page (1K and 2K rows) and of the `@image` page (the same
+# thirteen 1K pairs), one pair per aspect above, in that order.
+ROW_1K = (
+    (1024, 1024),
+    (896, 1280),
+    (1280, 896),
+    (768, 1408),
+    (1408, 768),
+    (864, 1296),
+    (1296, 864),
+    (576, 1248),
+    (1248, 576),
+    (576, 1280),
+    (1280, 576),
+    (704, 1408),
+    (1408, 704),
+)
+ROW_2K = (
+    (2048, 2048),
+    (1792, 2560),
+    (2560, 1792),
+    (1536, 2816),
+    (2816, 1536),
+    (1728, 2592),
+    (2592, 1728),
+    (1152, 2496),
+    (2496, 1152),
+    (1152, 2560),
+    (2560, 1152),
+    (1408, 2816),
+    (2816, 1408),
+)
+
+# ASSUMED, the one place for what no source gives about `xai:grok-imagine@image-quality`:
+# runware-sdk 1.8.0's types say `resolution` 1K or 2K and nothing more, and its model page was not
+# found. Its sizes are taken to be the Pro page's 1K and 2K rows; its price $0.045 per image at
+# either resolution (a reseller's price for xAI's quality model, where its `grok-imagine-image`
+# price matches Runware's $0.02), plus $0.002 per input image when editing, as on both known pages.
+QUALITY_ASSUMED_DIMENSIONS: dict[str, tuple[tuple[int, int], ...]] = {"1K": ROW_1K, "2K": ROW_2K}
+QUALITY_ASSUMED_PRICE_PER_IMAGE = 0.045
+QUALITY_ASSUMED_PRICE_PER_INPUT_IMAGE = 0.002
+
+
+@dataclass(frozen=True)
+class ModelRules:
+    """One model's dimension table and prices, with where they come from."""
+
+    model: str
+    docs_url: str
+    dimensions: dict[str, tuple[tuple[int, int], ...]]
+    price_per_image: float
+    price_per_input_image: float
+    source: str
+
+    @property
+    def allowed_sizes(self) -> frozenset[tuple[int, int]]:
+        """Every width x height pair of the table."""
+        return frozenset(size for row in self.dimensions.values() for size in row)
+
+    @property
+    def default_preset(self) -> str:
+        """The preset used when only reference images set the size."""
+        return "1K"
+
+
+MODELS: dict[str, ModelRules] = {
+    PRO: ModelRules(
+        PRO,
+        MODEL_DOCS_URL + "xai-grok-imagine-image-pro",
+        {"1K": ROW_1K, "2K": ROW_2K},
+        0.07,
+        0.002,
+        "model page: 1K and 2K tables, $0.07 per image, +$0.002 per input image",
     ),
-    "2K": (
-        (2048, 2048),
-        (1792, 2560),
-        (2560, 1792),
-        (1536, 2816),
-        (2816, 1536),
-        (1728, 2592),
-        (2592, 1728),
-        (1152, 2496),
-        (2496, 1152),
-        (1152, 2560),
-        (2560, 1152),
-        (1408, 2816),
-        (2816, 1408),
+    IMAGE: ModelRules(
+        IMAGE,
+        MODEL_DOCS_URL + "xai-grok-imagine-image",
+        {"1K": ROW_1K},
+        0.02,
+        0.002,
+        "model page: thirteen 1K pairs, $0.02 per image, +$0.002 per input image",
+    ),
+    QUALITY: ModelRules(
+        QUALITY,
+        MODEL_DOCS_URL + "xai-grok-imagine-image-quality",
+        QUALITY_ASSUMED_DIMENSIONS,
+        QUALITY_ASSUMED_PRICE_PER_IMAGE,
+        QUALITY_ASSUMED_PRICE_PER_INPUT_IMAGE,
+        "runware-sdk 1.8.0 types: resolution 1K or 2K; sizes and prices ASSUMED above",
     ),
 }
-ALLOWED_SIZES = frozenset(size for row in DIMENSIONS.values() for size in row)
+
+# The Pro model's table, under the names this module had when it served only that model.
+DOCS_URL = MODELS[PRO].docs_url
+DIMENSIONS = MODELS[PRO].dimensions
+ALLOWED_SIZES = MODELS[PRO].allowed_sizes
 DEFAULT_PRESET = "1K"
 
 NUMBER_RESULTS = (1, 20)
@@ -151,13 +223,29 @@ class InferenceRequest:
 
 
 def unit_cost(reference_images: int, price_per_image: float, price_per_input: float) -> float:
-    """USD charged per image: $0.07, and $0.002 more per input image when editing."""
+    """USD charged per image: the model's price, and more per input image when editing."""
     return round(price_per_image + price_per_input * reference_images, 6)
 
 
-def closest_size(preset: str, aspect: float) -> tuple[int, int]:
-    """The preset's row whose width/height ratio is closest to `aspect`."""
-    return min(DIMENSIONS[preset], key=lambda wh: abs(wh[0] / wh[1] - aspect))
+def closest_size(preset: str, aspect: float, model: str = PRO) -> tuple[int, int]:
+    """The model's preset row whose width/height ratio is closest to `aspect`."""
+    return min(MODELS[model].dimensions[preset], key=lambda wh: abs(wh[0] / wh[1] - aspect))
+
+
+def rules_for(model: str) -> ModelRules:
+    """The rules of a model of this catalog."""
+    return MODELS[model]
+
+
+def retired_model_error(model: str) -> TaskError:
+    """What a retired model answers: `invalidModel` on `model`, the one refusal of a model id the
+    real API was seen to send (Runware/ComfyUI-Runware#3); `unknownModel` is SDK-only (§14)."""
+    return TaskError(
+        "invalidModel",
+        "Invalid value for model parameter. Model must be an string value representing a valid "
+        f"AIR identifier. '{model}' is not available.",
+        "model",
+    )
 
 
 def is_uuid(value: Any) -> bool:
@@ -231,14 +319,22 @@ def _bool(task: dict[str, Any], name: str, parameter: str | None = None) -> bool
 
 
 def validate_inference(
-    task: dict[str, Any], model: str, reject_unknown: bool = True
+    task: dict[str, Any],
+    served: str | Collection[str] = PRO,
+    reject_unknown: bool = True,
+    retired: Collection[str] = (),
 ) -> InferenceRequest:
-    """Check one imageInference task against the model page; raise the first violation."""
+    """Check one imageInference task against its model's page; raise the first violation.
+
+    `served` are the model ids accepted (one id, or several); a `retired` one answers as a
+    model the API no longer knows."""
     task_uuid = _task_uuid(task)
-    _check_model(task, model, reject_unknown)
+    rules = _check_model(task, (served,) if isinstance(served, str) else served, retired)
+    model = rules.model
+    _check_fields(task, model, reject_unknown)
     prompt = _prompt(task)
     references = _reference_images(task, reject_unknown)
-    width, height, preset = _dimensions(task, model, references)
+    width, height, preset = _dimensions(task, rules, references)
 
     number_results = _int_in(task, "numberResults", *NUMBER_RESULTS)
     output_quality = _int_in(task, "outputQuality", *OUTPUT_QUALITY)
@@ -282,11 +378,20 @@ def _task_uuid(task: dict[str, Any]) -> str:
     return str(task_uuid)
 
 
-def _check_model(task: dict[str, Any], model: str, reject_unknown: bool) -> None:
-    if task.get("model") is None:
+def _check_model(
+    task: dict[str, Any], served: Collection[str], retired: Collection[str]
+) -> ModelRules:
+    model = task.get("model")
+    if model is None:
         raise TaskError("missingParameter", "Missing required parameter 'model'.", "model")
-    if task["model"] != model:
-        raise TaskError("unknownModel", f"Unknown model '{task['model']}'.", "model")
+    if isinstance(model, str) and model in retired:
+        raise retired_model_error(model)
+    if not isinstance(model, str) or model not in served or model not in MODELS:
+        raise TaskError("unknownModel", f"Unknown model '{model}'.", "model")
+    return MODELS[model]
+
+
+def _check_fields(task: dict[str, Any], model: str, reject_unknown: bool) -> None:
     if reject_unknown:
         for name in task:
             if name not in INFERENCE_FIELDS:
@@ -312,7 +417,7 @@ def _prompt(task: dict[str, Any]) -> str:
 
 
 def _dimensions(
-    task: dict[str, Any], model: str, references: tuple[str, ...]
+    task: dict[str, Any], rules: ModelRules, references: tuple[str, ...]
 ) -> tuple[int | None, int | None, str]:
     """`width`, `height` and the resolution preset, checked against each other."""
     width = _int_in(task, "width", 1, None)
@@ -331,14 +436,15 @@ def _dimensions(
             f"'width' and 'height' must be sent together; '{missing}' is missing.",
             missing,
         )
-    preset = _choice(task, "resolution", tuple(DIMENSIONS), DEFAULT_PRESET)
-    if width is not None and height is not None and (width, height) not in ALLOWED_SIZES:
+    preset = _choice(task, "resolution", tuple(rules.dimensions), rules.default_preset)
+    allowed = rules.allowed_sizes
+    if width is not None and height is not None and (width, height) not in allowed:
         raise TaskError(
             "unsupportedDimensions",
-            f"Unsupported dimensions {width}x{height} (width x height) for model {model}: "
+            f"Unsupported dimensions {width}x{height} (width x height) for model {rules.model}: "
             "use one of the listed combinations.",
             "width",
-            allowedValues=[f"{w}x{h}" for w, h in sorted(ALLOWED_SIZES)],
+            allowedValues=[f"{w}x{h}" for w, h in sorted(allowed)],
         )
     if width is None and resolution is None and not references:
         raise TaskError(

@@ -8,7 +8,17 @@ optional value), from the command line (`--api-key`, `--public-url`, `--seed`,
 Provider behaviour (the values of what runware-api.md lists as unknown):
   api_keys                 accepted API keys; empty accepts any non-empty key
   public_url               base URL of hosted images; unset = the URL the request came in on
-  model                    the one model id accepted for imageInference
+  model                    the model ids served for imageInference, each with its own sizes and
+                           prices from catalog.py (comma separated; one id, the old form, serves
+                           that model only); default: the Pro model, `xai:grok-imagine@image`
+                           and `xai:grok-imagine@image-quality`
+  retired_models           model ids answered as the API answers a model it no longer knows:
+                           400 with an `invalidModel` error on `parameter: "model"`. The real code
+                           for a retired model is undocumented (§14: `unknownModel` is SDK-only);
+                           `invalidModel` with "Model must be ... a valid AIR identifier" is the one
+                           refusal of a model id the real server was seen to send
+                           (Runware/ComfyUI-Runware#3), an SDK `validation` error; the pipeline's
+                           error table reads any refusal on `model` as a model fault
   reject_unknown_parameters  unknown task fields (and `seed`) are refused with `unknownParameter`
   ack_status               async ACK items also carry `"status": "processing"`
   conflict_status          HTTP status of a `conflictTaskUUID` answer: 400, 409 or 200
@@ -29,8 +39,8 @@ Provider behaviour (the values of what runware-api.md lists as unknown):
   charge_errored_items     failed items are charged in the ledger too
   image_ttl_s              lifetime of a hosted image when the task gave no `ttl`
   max_hosted_images        oldest hosted images are forgotten beyond this count
-  price_per_image          USD per generated image
-  price_per_input_image    USD added per reference image when editing
+  price_per_image          USD per generated image, for every model; unset = each model's price
+  price_per_input_image    USD added per reference image when editing; unset = each model's
   latency_ms               fixed render latency per image
   latency_min_ms/latency_max_ms  when both set, the latency is uniform in [min, max]
   render_workers           size of the render thread pool
@@ -82,6 +92,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from infra.emulator import catalog
+
 ENV_PREFIX = "EMULATOR_"
 
 CHOICES: dict[str, tuple[Any, ...]] = {
@@ -115,7 +127,8 @@ class EmulatorConfig:
 
     api_keys: list[str] = field(default_factory=list)
     public_url: str | None = None
-    model: str = "xai:grok-imagine@image-pro"
+    model: list[str] = field(default_factory=lambda: list(catalog.MODELS))
+    retired_models: list[str] = field(default_factory=list)
     reject_unknown_parameters: bool = True
     ack_status: bool = False
     conflict_status: int = 400
@@ -136,8 +149,8 @@ class EmulatorConfig:
     charge_errored_items: bool = False
     image_ttl_s: int = 86400
     max_hosted_images: int = 1000
-    price_per_image: float = 0.07
-    price_per_input_image: float = 0.002
+    price_per_image: float | None = None
+    price_per_input_image: float | None = None
     latency_ms: int = 0
     latency_min_ms: int | None = None
     latency_max_ms: int | None = None
@@ -198,6 +211,25 @@ class EmulatorConfig:
         _check_returned_size(self.returned_size)
         if not self.unknown_item_code_name:
             raise ConfigError("unknown_item_code_name must not be empty")
+        self._check_models()
+
+    def _check_models(self) -> None:
+        if not self.model:
+            raise ConfigError("model must name at least one model")
+        for name in ("model", "retired_models"):
+            unknown = [m for m in getattr(self, name) if m not in catalog.MODELS]
+            if unknown:
+                raise ConfigError(f"{name}: {unknown} not in {list(catalog.MODELS)}")
+
+    def prices(self, model: str) -> tuple[float, float]:
+        """USD per image and per input image for `model`: its own, unless a switch overrides."""
+        rules = catalog.MODELS[model]
+        per_image = self.price_per_image
+        per_input = self.price_per_input_image
+        return (
+            rules.price_per_image if per_image is None else per_image,
+            rules.price_per_input_image if per_input is None else per_input,
+        )
 
     def _check_choices(self) -> None:
         for name, allowed in CHOICES.items():

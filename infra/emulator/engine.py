@@ -118,6 +118,7 @@ class Task:
         req = self.request
         return {
             "taskUUID": req.task_uuid,
+            "model": req.model,
             "createdAt": self.created_at,
             "deliveryMethod": req.delivery_method,
             "numberResults": req.number_results,
@@ -323,9 +324,7 @@ class Engine:
     def start(self, request: InferenceRequest, public_url: str) -> Task:
         """Register an accepted task and schedule its renders."""
         unit_cost = catalog.unit_cost(
-            len(request.reference_images),
-            self.config.price_per_image,
-            self.config.price_per_input_image,
+            len(request.reference_images), *self.config.prices(request.model)
         )
         with self._lock:
             task = Task(
@@ -423,7 +422,9 @@ class Engine:
             item["NSFWContent"] = False
         if req.include_cost:
             item["cost"] = task.unit_cost
-        self.ledger.charge(req.task_uuid, image_uuid, slot.index, task.unit_cost, "success")
+        self.ledger.charge(
+            req.task_uuid, image_uuid, slot.index, task.unit_cost, "success", req.model
+        )
         self.count("images_rendered")
         wants_put = req.upload_endpoint is not None and self.config.put_order != "never"
         if self.config.deliveries and (wants_put or req.webhook_url):
@@ -452,7 +453,7 @@ class Engine:
         if not self.current(task):
             return
         if self.config.charge_errored_items:
-            self.ledger.charge(req.task_uuid, None, slot.index, task.unit_cost, "error")
+            self.ledger.charge(req.task_uuid, None, slot.index, task.unit_cost, "error", req.model)
         self.count("items_failed")
         self.finish(slot, "error", error=error)
         if req.webhook_url is None:
@@ -486,11 +487,11 @@ class Engine:
             with self._lock:
                 if task.size is not None:
                     return task.size
-            size = catalog.DIMENSIONS[req.preset][0]
+            size = catalog.rules_for(req.model).dimensions[req.preset][0]
             if req.reference_images:
                 found = self._reference_size(req.reference_images[0])
                 if found is not None:
-                    size = catalog.closest_size(req.preset, found[0] / found[1])
+                    size = catalog.closest_size(req.preset, found[0] / found[1], req.model)
         with self._lock:
             task.size = size
         return size

@@ -18,6 +18,7 @@ class Charge:
     cost: float
     charged_at: float
     outcome: str
+    model: str | None = None
 
 
 class Ledger:
@@ -28,10 +29,16 @@ class Ledger:
         self._charges: list[Charge] = []
 
     def charge(
-        self, task_uuid: str, image_uuid: str | None, index: int, cost: float, outcome: str
+        self,
+        task_uuid: str,
+        image_uuid: str | None,
+        index: int,
+        cost: float,
+        outcome: str,
+        model: str | None = None,
     ) -> Charge:
-        """Record one charge and return it."""
-        entry = Charge(task_uuid, image_uuid, index, cost, time.time(), outcome)
+        """Record one charge, with the model that made it, and return it."""
+        entry = Charge(task_uuid, image_uuid, index, cost, time.time(), outcome, model)
         with self._lock:
             self._charges.append(entry)
         return entry
@@ -47,18 +54,23 @@ class Ledger:
             self._charges.clear()
 
     def report(self, task_uuid: str | None = None) -> dict[str, Any]:
-        """JSON of GET /_emulator/ledger: entries and totals overall and per task."""
+        """JSON of GET /_emulator/ledger: entries and totals overall, per task and per model."""
         entries = self.entries(task_uuid)
         by_task: dict[str, dict[str, Any]] = {}
+        by_model: dict[str, dict[str, Any]] = {}
         for charge in entries:
-            row = by_task.setdefault(charge.taskUUID, {"count": 0, "cost": 0.0})
-            row["count"] += 1
-            row["cost"] = round(row["cost"] + charge.cost, 6)
+            for row in (
+                by_task.setdefault(charge.taskUUID, {"count": 0, "cost": 0.0}),
+                by_model.setdefault(charge.model or "", {"count": 0, "cost": 0.0}),
+            ):
+                row["count"] += 1
+                row["cost"] = round(row["cost"] + charge.cost, 6)
         return {
             "entries": [asdict(c) for c in entries],
             "totals": {
                 "count": len(entries),
                 "cost": round(sum(c.cost for c in entries), 6),
                 "byTask": by_task,
+                "byModel": by_model,
             },
         }

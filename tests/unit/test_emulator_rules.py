@@ -85,7 +85,7 @@ def test_every_listed_size_is_accepted(client: FlaskClient, width: int, height: 
 VIOLATIONS = [
     ({"taskUUID": None}, "missingParameter", "taskUUID"),
     ({"taskUUID": "not-a-uuid"}, "invalidTaskUUID", "taskUUID"),
-    ({"model": "xai:grok-imagine@image"}, "unknownModel", "model"),
+    ({"model": "runware:101@1"}, "unknownModel", "model"),
     ({"model": None}, "missingParameter", "model"),
     ({"positivePrompt": None}, "missingParameter", "positivePrompt"),
     ({"positivePrompt": ""}, "invalidPositivePrompt", "positivePrompt"),
