@@ -34,6 +34,7 @@ class ModelSpec:
     name: str
     presets: dict[str, tuple[tuple[int, int], ...]]
     default_preset: str
+    source: str
     number_results: tuple[int, int] = (1, 20)
     output_quality: tuple[int, int] = (20, 99)
     default_output_quality: int = 95
@@ -67,6 +68,17 @@ class ModelSpec:
         if references:
             return frozenset(row)
         return frozenset({row[0]})
+
+    def size_errors(self, params: dict[str, Any]) -> dict[str, list[str]]:
+        """Only the size rules (width/height, resolution, edits): whether this model accepts the
+        size another model's request asked for."""
+        errors: dict[str, list[str]] = {}
+
+        def fail(name: str, message: str) -> None:
+            errors.setdefault(name, []).append(message)
+
+        self._check_size(params, fail)
+        return errors
 
     def estimate_cost(self, images: int, references: int) -> float:
         if references:
@@ -132,45 +144,100 @@ def _row(*sizes: tuple[int, int]) -> tuple[tuple[int, int], ...]:
     return sizes
 
 
+# Each model's thirteen sizes in the order of ASPECTS, one row per `resolution` preset.
+ROW_1K = _row(
+    (1024, 1024),
+    (896, 1280),
+    (1280, 896),
+    (768, 1408),
+    (1408, 768),
+    (864, 1296),
+    (1296, 864),
+    (576, 1248),
+    (1248, 576),
+    (576, 1280),
+    (1280, 576),
+    (704, 1408),
+    (1408, 704),
+)
+ROW_2K = _row(
+    (2048, 2048),
+    (1792, 2560),
+    (2560, 1792),
+    (1536, 2816),
+    (2816, 1536),
+    (1728, 2592),
+    (2592, 1728),
+    (1152, 2496),
+    (2496, 1152),
+    (1152, 2560),
+    (2560, 1152),
+    (1408, 2816),
+    (2816, 1408),
+)
+
 GROK_IMAGINE_IMAGE_PRO = ModelSpec(
     air="xai:grok-imagine@image-pro",
     name="Grok Imagine Image Pro",
-    presets={
-        "1K": _row(
-            (1024, 1024),
-            (896, 1280),
-            (1280, 896),
-            (768, 1408),
-            (1408, 768),
-            (864, 1296),
-            (1296, 864),
-            (576, 1248),
-            (1248, 576),
-            (576, 1280),
-            (1280, 576),
-            (704, 1408),
-            (1408, 704),
-        ),
-        "2K": _row(
-            (2048, 2048),
-            (1792, 2560),
-            (2560, 1792),
-            (1536, 2816),
-            (2816, 1536),
-            (1728, 2592),
-            (2592, 1728),
-            (1152, 2496),
-            (2496, 1152),
-            (1152, 2560),
-            (2560, 1152),
-            (1408, 2816),
-            (2816, 1408),
-        ),
-    },
+    presets={"1K": ROW_1K, "2K": ROW_2K},
     default_preset="1K",
+    source=(
+        "runware.ai/docs/models/xai-grok-imagine-image-pro: 1K and 2K dimension tables, "
+        "$0.07 per image, $0.072 per edit plus $0.002 per input image"
+    ),
 )
 
-CATALOG: dict[str, ModelSpec] = {spec.air: spec for spec in (GROK_IMAGINE_IMAGE_PRO,)}
+GROK_IMAGINE_IMAGE = ModelSpec(
+    air="xai:grok-imagine@image",
+    name="Grok Imagine Image",
+    presets={"1K": ROW_1K},
+    default_preset="1K",
+    source=(
+        "runware.ai/docs/models/xai-grok-imagine-image: thirteen 1K dimension pairs (the same as "
+        "the Pro model's 1K row), $0.02 per image at 1024x1024, $0.022 per edit "
+        "(+$0.002 per input image); resolution 1K only per runware-sdk 1.8.0 types/task_map.py"
+    ),
+    price_per_image=0.02,
+    price_per_edit=0.022,
+    price_per_input_image=0.002,
+)
+
+# --- ASSUMED: xai:grok-imagine@image-quality ---
+# runware-sdk 1.8.0 (runware/types/task_map.py) lists its parameters: resolution 1K or 2K,
+# width/height, numberResults, outputFormat JPG/PNG/WEBP, outputQuality, inputs, safety. Its
+# Runware model page was not found, so everything below that the SDK does not say is assumed:
+# the dimension pairs (the Pro model's 1K and 2K rows, which xAI's Pro redirects to), the prices
+# (the Pro model's), numberResults 1-20, outputQuality 20-99 and at most 5 reference images.
+QUALITY_ASSUMED_PRESETS = {"1K": ROW_1K, "2K": ROW_2K}
+QUALITY_ASSUMED_PRICE_PER_IMAGE = 0.07
+QUALITY_ASSUMED_PRICE_PER_EDIT = 0.072
+QUALITY_ASSUMED_PRICE_PER_INPUT_IMAGE = 0.002
+QUALITY_ASSUMED_NUMBER_RESULTS = (1, 20)
+QUALITY_ASSUMED_OUTPUT_QUALITY = (20, 99)
+QUALITY_ASSUMED_MAX_REFERENCE_IMAGES = 5
+
+GROK_IMAGINE_IMAGE_QUALITY = ModelSpec(
+    air="xai:grok-imagine@image-quality",
+    name="Grok Imagine Image Quality",
+    presets=QUALITY_ASSUMED_PRESETS,
+    default_preset="1K",
+    source=(
+        "runware-sdk 1.8.0 runware/types/task_map.py (resolution 1K or 2K, output formats); "
+        "dimension pairs, prices and limits ASSUMED from the Pro model (no Runware model page "
+        "found): see QUALITY_ASSUMED_* in pipeline/catalog.py"
+    ),
+    number_results=QUALITY_ASSUMED_NUMBER_RESULTS,
+    output_quality=QUALITY_ASSUMED_OUTPUT_QUALITY,
+    max_reference_images=QUALITY_ASSUMED_MAX_REFERENCE_IMAGES,
+    price_per_image=QUALITY_ASSUMED_PRICE_PER_IMAGE,
+    price_per_edit=QUALITY_ASSUMED_PRICE_PER_EDIT,
+    price_per_input_image=QUALITY_ASSUMED_PRICE_PER_INPUT_IMAGE,
+)
+
+CATALOG: dict[str, ModelSpec] = {
+    spec.air: spec
+    for spec in (GROK_IMAGINE_IMAGE_PRO, GROK_IMAGINE_IMAGE, GROK_IMAGINE_IMAGE_QUALITY)
+}
 
 
 class UnknownModel(KeyError):

@@ -148,3 +148,47 @@ def test_catalog_lookup() -> None:
     assert CATALOG[AIR] is SPEC
     with pytest.raises(UnknownModel):
         get_model("runware:does-not-exist@1")
+
+
+# --- the Grok Imagine family: one entry per model, each with its source ---
+
+IMAGE = get_model("xai:grok-imagine@image")
+QUALITY = get_model("xai:grok-imagine@image-quality")
+
+
+def test_the_catalog_serves_the_three_grok_imagine_models() -> None:
+    assert set(CATALOG) == {
+        "xai:grok-imagine@image-pro",
+        "xai:grok-imagine@image",
+        "xai:grok-imagine@image-quality",
+    }
+    for spec in CATALOG.values():
+        assert spec.source, f"{spec.air} names no source"
+    assert "ASSUMED" in QUALITY.source
+
+
+def test_grok_imagine_image_accepts_its_thirteen_1k_pairs_only() -> None:
+    # Runware's page docs/models/xai-grok-imagine-image lists exactly the Pro model's 1K row.
+    assert IMAGE.sizes == frozenset(TABLE_1K)
+    assert list(IMAGE.presets) == ["1K"]
+    assert IMAGE.validate(params(width=1408, height=704)) == {}
+    assert "width" in IMAGE.validate(params(width=2048, height=2048))
+    assert "resolution" in IMAGE.validate(params(width=None, height=None, resolution="2K"))
+    assert IMAGE.validate(params(width=None, height=None, resolution="1K")) == {}
+
+
+def test_grok_imagine_image_costs_two_cents_and_edits_add_per_input_image() -> None:
+    assert IMAGE.estimate_cost(3, 0) == pytest.approx(0.06)
+    assert IMAGE.estimate_cost(1, 2) == pytest.approx(0.022 + 2 * 0.002)
+
+
+def test_grok_imagine_image_quality_takes_1k_and_2k() -> None:
+    assert QUALITY.sizes == frozenset(TABLE_1K + TABLE_2K)
+    assert QUALITY.validate(params(width=None, height=None, resolution="2K")) == {}
+    assert QUALITY.expected_sizes(None, None, "2K", 0) == frozenset({(2048, 2048)})
+
+
+def test_size_errors_checks_only_the_size_rules() -> None:
+    request = params(width=2048, height=2048, numberResults=50)
+    assert set(IMAGE.size_errors(request)) == {"width"}
+    assert SPEC.size_errors(request) == {}
