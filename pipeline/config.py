@@ -111,6 +111,8 @@ class Settings:
     runware_api_url: str = "https://api.runware.ai/v1"
     runware_api_key: Secret = field(default_factory=Secret)
     runware_model: str = "xai:grok-imagine@image-pro"
+    # Models a job may name (`model`, `fallbackModel`); empty: every model of the catalog.
+    runware_allowed_models: tuple[str, ...] = ()
     runware_max_in_flight: int = 4
     runware_timeout_seconds: float = 30.0
     runware_image_hosts: tuple[str, ...] = ("im.runware.ai",)
@@ -169,6 +171,7 @@ class Settings:
             runware_api_url=runware_api_url,
             runware_api_key=Secret(_str(env, "RUNWARE_API_KEY", "")),
             runware_model=_str(env, "RUNWARE_MODEL", cls.runware_model),
+            runware_allowed_models=_list(env, "RUNWARE_ALLOWED_MODELS"),
             runware_max_in_flight=_int(env, "RUNWARE_MAX_IN_FLIGHT", cls.runware_max_in_flight, 1),
             runware_timeout_seconds=_float(
                 env, "RUNWARE_TIMEOUT_SECONDS", cls.runware_timeout_seconds, 1.0
@@ -228,13 +231,7 @@ class Settings:
             log_level=_str(env, "LOG_LEVEL", cls.log_level).upper(),
             log_format=log_format,
         )
-        from pipeline.catalog import CATALOG
-
-        if settings.runware_model not in CATALOG:
-            raise SettingsError(
-                f"RUNWARE_MODEL {settings.runware_model!r} is not in the "
-                f"catalog; known: {', '.join(sorted(CATALOG))}"
-            )
+        check_models(settings)
         if settings.retry_backoff_cap_seconds >= settings.visibility_timeout_seconds:
             raise SettingsError(
                 "RETRY_BACKOFF_CAP_SECONDS must stay below CELERY_VISIBILITY_TIMEOUT, "
@@ -254,6 +251,13 @@ class Settings:
 
     __str__ = __repr__
 
+    @property
+    def allowed_models(self) -> tuple[str, ...]:
+        """The models this deployment serves: RUNWARE_ALLOWED_MODELS, or the whole catalog."""
+        from pipeline.catalog import CATALOG
+
+        return self.runware_allowed_models or tuple(CATALOG)
+
     def require_webhook_secrets(self) -> tuple[str, ...]:
         if not self.webhook_secrets:
             raise SettingsError("WEBHOOK_SECRETS must hold at least one secret")
@@ -263,3 +267,25 @@ class Settings:
         if not self.runware_api_key:
             raise SettingsError("RUNWARE_API_KEY must be set to submit images")
         return self.runware_api_key.reveal()
+
+
+def check_models(settings: Settings) -> None:
+    """RUNWARE_ALLOWED_MODELS names catalog models only, and RUNWARE_MODEL is one it allows."""
+    from pipeline.catalog import CATALOG
+
+    known = ", ".join(sorted(CATALOG))
+    unknown = [air for air in settings.runware_allowed_models if air not in CATALOG]
+    if unknown:
+        raise SettingsError(
+            f"RUNWARE_ALLOWED_MODELS names models not in the catalog: {', '.join(unknown)}; "
+            f"known: {known}"
+        )
+    if settings.runware_model not in CATALOG:
+        raise SettingsError(
+            f"RUNWARE_MODEL {settings.runware_model!r} is not in the catalog; known: {known}"
+        )
+    if settings.runware_model not in settings.allowed_models:
+        raise SettingsError(
+            f"RUNWARE_MODEL {settings.runware_model!r} is not one of RUNWARE_ALLOWED_MODELS "
+            f"({', '.join(settings.allowed_models)})"
+        )

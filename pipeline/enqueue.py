@@ -93,7 +93,7 @@ def validate(ctx: Context, body: Any, idempotency_key: str | None) -> dict[str, 
     """The request as the catalog and the pipeline's own rules accept it, or RequestInvalid
     naming each field."""
     try:
-        request = load_job_request(body, ctx.settings.runware_model)
+        request = load_job_request(body, ctx.settings.runware_model, ctx.settings.allowed_models)
     except ValidationError as exc:
         messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
         raise RequestInvalid("the job request is invalid", messages) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,9 +89,12 @@ class JobRequestSchema(_Strict):
         strict=True, validate=validate.Range(min=30, max=86400), load_default=None
     )
 
-    def __init__(self, default_model: str, **kwargs: Any) -> None:
+    def __init__(
+        self, default_model: str, allowed_models: Collection[str] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.default_model = default_model
+        self.allowed_models = tuple(CATALOG) if allowed_models is None else tuple(allowed_models)
 
     @pre_load
     def upper_case_format(self, data: Any, **_: Any) -> Any:
@@ -98,14 +102,31 @@ class JobRequestSchema(_Strict):
             data = {**data, "outputFormat": data["outputFormat"].upper()}
         return data
 
+    def model_problem(self, air: str) -> str | None:
+        """Why a job may not name this model, or None: it must be in the catalog and allowed."""
+        if air not in CATALOG:
+            return f"unknown model {air!r}; known: {', '.join(sorted(CATALOG))}"
+        if air not in self.allowed_models:
+            return (
+                f"model {air!r} is not allowed on this deployment; "
+                f"allowed: {', '.join(self.allowed_models)}"
+            )
+        return None
+
     @validates_schema
     def check_model_rules(self, data: dict[str, Any], **_: Any) -> None:
         air = data.get("model") or self.default_model
-        if air not in CATALOG:
-            raise ValidationError(
-                {"model": [f"unknown model {air!r}; known: {', '.join(sorted(CATALOG))}"]}
-            )
+        problem = self.model_problem(air)
+        if problem:
+            raise ValidationError({"model": [problem]})
         errors = get_model(air).validate(data)
+        errors.update(self.metadata_errors(data))
+        if errors:
+            raise ValidationError(errors)
+
+    @staticmethod
+    def metadata_errors(data: dict[str, Any]) -> dict[str, list[str]]:
+        errors: dict[str, list[str]] = {}
         metadata = data.get("metadata")
         if metadata is not None:
             problems = []
@@ -127,8 +148,7 @@ class JobRequestSchema(_Strict):
                 )
             if problems:
                 errors["metadata"] = problems
-        if errors:
-            raise ValidationError(errors)
+        return errors
 
     @post_load
     def normalise(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
@@ -152,8 +172,11 @@ def _not_unicode(value: Any) -> bool:
     return False
 
 
-def load_job_request(body: Any, default_model: str) -> dict[str, Any]:
-    """Validate a job request; raise `ValidationError` with messages by field."""
+def load_job_request(
+    body: Any, default_model: str, allowed_models: Collection[str] | None = None
+) -> dict[str, Any]:
+    """Validate a job request; raise `ValidationError` with messages by field. `allowed_models`:
+    the models the deployment serves (None: the whole catalog)."""
     if not isinstance(body, dict):
         raise ValidationError({"_schema": ["the request body must be a JSON object"]})
     garbled = {
@@ -172,7 +195,7 @@ def load_job_request(body: Any, default_model: str) -> dict[str, Any]:
     }
     rest = {key: value for key, value in body.items() if key not in PIPELINE_OWNED_FIELDS}
     try:
-        result: dict[str, Any] = JobRequestSchema(default_model).load(rest)
+        result: dict[str, Any] = JobRequestSchema(default_model, allowed_models).load(rest)
     except ValidationError as exc:
         messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
         raise ValidationError({**owned, **messages}) from None

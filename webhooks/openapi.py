@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.catalog import CATALOG
 from pipeline.models import JOB_STATES, SLOT_STATES
 
 ERROR = {
@@ -27,7 +28,11 @@ JOB_REQUEST = {
             "format": "uuid",
             "description": "Kept as clientTaskUUID; never sent to the provider.",
         },
-        "model": {"type": "string"},
+        "model": {
+            "type": "string",
+            "enum": list(CATALOG),
+            "description": "Defaults to RUNWARE_MODEL; RUNWARE_ALLOWED_MODELS may allow fewer.",
+        },
         "positivePrompt": {"type": "string", "minLength": 1},
         "width": {"type": "integer"},
         "height": {"type": "integer"},

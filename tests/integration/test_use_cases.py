@@ -921,3 +921,54 @@ def test_duplicate_submits_racing_webhooks_leave_no_lease_behind(use_cases: UseC
         assert slot_states(uc, job_id) == ["received"] * 4
     assert uc.leases_in_use() == 0
     assert len(uc.runware.accepted) == len(set(uc.runware.accepted)) == 24, "nothing paid twice"
+
+
+# ------------------------------------------------------------------ the model, chosen per job
+
+PRO = "xai:grok-imagine@image-pro"
+IMAGE = "xai:grok-imagine@image"
+QUALITY = "xai:grok-imagine@image-quality"
+
+
+@pytest.mark.parametrize(
+    ("model", "size", "expected"),
+    [
+        (PRO, {"resolution": "2K"}, {"resolution": "2K"}),
+        (IMAGE, {"width": 1408, "height": 704}, {"width": 1408, "height": 704}),
+        (QUALITY, {"resolution": "2K"}, {"resolution": "2K"}),
+        (None, {"width": 1280, "height": 896}, {"width": 1280, "height": 896}),
+    ],
+)
+def test_a_job_submits_its_own_model_and_size(
+    use_cases: UseCases, model: str | None, size: dict[str, object], expected: dict[str, object]
+) -> None:
+    uc = use_cases
+    body: dict[str, object] = {"width": None, "height": None, **size}
+    if model:
+        body["model"] = model
+    job, _ = uc.service.create_job(
+        {"positivePrompt": PROMPT, **{k: v for k, v in body.items() if v is not None}}, "acme"
+    )
+
+    assert uc.service.submit_job(job.id) == "submitted"
+
+    [task] = uc.runware.submitted().values()
+    assert task["model"] == (model or PRO), "no model named: RUNWARE_MODEL"
+    assert {name: task[name] for name in expected} == expected
+    assert uc.service.get_job(job.id).model == (model or PRO)
+
+
+@pytest.mark.parametrize(
+    "use_case_settings", [{"RUNWARE_ALLOWED_MODELS": f"{PRO},{QUALITY}"}], indirect=True
+)
+def test_a_model_the_deployment_does_not_allow_is_refused_before_a_job_exists(
+    use_cases: UseCases,
+) -> None:
+    from pipeline.errors import RequestInvalid
+
+    body = {"positivePrompt": PROMPT, "width": 1024, "height": 1024, "model": IMAGE}
+    with pytest.raises(RequestInvalid) as caught:
+        use_cases.service.create_job(body, "acme")
+    assert caught.value.status == 422 and "model" in caught.value.errors
+    assert use_cases.store.active_count() == 0
+    assert use_cases.runware.inference_posts() == []

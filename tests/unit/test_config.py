@@ -189,3 +189,34 @@ def test_the_receiver_keeps_idle_connections_longer_than_a_load_balancer() -> No
     ]:
         with pytest.raises(SettingsError, match=name):
             Settings.from_env({name: value})
+
+
+def test_every_catalog_model_is_allowed_by_default() -> None:
+    settings = Settings.from_env({})
+    assert set(settings.allowed_models) == {
+        "xai:grok-imagine@image-pro",
+        "xai:grok-imagine@image",
+        "xai:grok-imagine@image-quality",
+    }
+
+
+def test_allowed_models_are_read_as_a_comma_list() -> None:
+    settings = Settings.from_env(
+        {
+            "RUNWARE_MODEL": "xai:grok-imagine@image",
+            "RUNWARE_ALLOWED_MODELS": "xai:grok-imagine@image, xai:grok-imagine@image-quality",
+        }
+    )
+    assert settings.allowed_models == ("xai:grok-imagine@image", "xai:grok-imagine@image-quality")
+
+
+def test_the_default_model_must_be_allowed() -> None:
+    with pytest.raises(SettingsError, match=r"RUNWARE_MODEL .*RUNWARE_ALLOWED_MODELS"):
+        Settings.from_env({"RUNWARE_ALLOWED_MODELS": "xai:grok-imagine@image"})
+
+
+def test_an_allowed_model_outside_the_catalog_is_refused() -> None:
+    with pytest.raises(SettingsError, match=r"RUNWARE_ALLOWED_MODELS .*image-ultra"):
+        Settings.from_env(
+            {"RUNWARE_ALLOWED_MODELS": "xai:grok-imagine@image-pro,xai:grok-imagine@image-ultra"}
+        )

@@ -399,3 +399,30 @@ def test_provider_text_is_made_safe_before_it_is_stored() -> None:
     assert failed.error_code == "providerError"
     assert failed.error_message is not None and len(failed.error_message) == 1000
     assert failed.error_message.startswith("line  next ")
+
+
+# --- the model, chosen per job ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "model",
+    ["xai:grok-imagine@image-pro", "xai:grok-imagine@image", "xai:grok-imagine@image-quality"],
+)
+def test_a_job_may_name_any_catalog_model(model: str) -> None:
+    assert load_job_request(minimal(model=model), MODEL)["model"] == model
+
+
+def test_a_job_follows_its_models_own_rules() -> None:
+    body = minimal(model="xai:grok-imagine@image", resolution="2K", width=None, height=None)
+    body = {key: value for key, value in body.items() if value is not None}
+    assert "resolution" in refusal(body)
+    assert load_job_request({**body, "model": "xai:grok-imagine@image-quality"}, MODEL)
+
+
+def test_a_model_the_deployment_does_not_allow_is_refused_naming_model() -> None:
+    allowed = ["xai:grok-imagine@image-pro"]
+    with pytest.raises(ValidationError) as caught:
+        load_job_request(minimal(model="xai:grok-imagine@image"), MODEL, allowed)
+    assert isinstance(caught.value.messages, dict)
+    assert "not allowed" in caught.value.messages["model"][0]
+    assert load_job_request(minimal(), MODEL, allowed)["model"] == MODEL
