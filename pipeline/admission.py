@@ -39,6 +39,13 @@ def model_paused_reason(model: str, code: str | None) -> str:
 BUDGET_REASON = "waiting: Runware in-flight budget is full"
 
 
+def fallback_reason(model: str, code: str | None, fallback: str) -> str:
+    return (
+        f"model {model} paused by the provider ({provider_code(code)}): "
+        f"images not sent yet go to fallbackModel {fallback}"
+    )
+
+
 def circuit_reason(ctx: Context, model: str) -> str | None:
     """Why a job of `model` may not be submitted now (the account's or the model's circuit is
     open), or None."""
@@ -49,6 +56,18 @@ def circuit_reason(ctx: Context, model: str) -> str | None:
     if paused.open:
         return model_paused_reason(model, paused.code)
     return None
+
+
+def choose_model(ctx: Context, model: str, fallback: str | None) -> tuple[str | None, str | None]:
+    """The model for a job's images not sent yet, and the reason to show: (`model`, None) when
+    its circuit is closed; (`fallback`, why) while `model` is paused and the fallback is not;
+    (None, why) while the job must wait."""
+    paused = circuit_reason(ctx, model)
+    if paused is None:
+        return model, None
+    if fallback and not ctx.circuit.state().open and circuit_reason(ctx, fallback) is None:
+        return fallback, fallback_reason(model, ctx.circuit.state(model).code, fallback)
+    return None, paused
 
 
 def open_circuit(ctx: Context, error: ProviderError, model: str | None = None) -> None:

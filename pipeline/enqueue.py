@@ -65,6 +65,7 @@ def create_job(
         tenant=tenant,
         state=JobState.QUEUED,
         model=params["model"],
+        fallback_model=request.get("fallbackModel"),
         params=params,
         slot_count=params["numberResults"],
         output_format=params["outputFormat"],

@@ -229,7 +229,7 @@ def pause_and_reopen(
     model = None
     if kind == ProviderError.MODEL:
         job = ctx.store.get_job(job_id)
-        model = job.model if job else None
+        model = slot.model or (job.model if job else None)
     admission.open_circuit(
         ctx, ProviderError(message, kind=kind, provider_code=result.error_code), model
     )

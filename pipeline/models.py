@@ -125,6 +125,9 @@ class Slot:
     requested_format: str | None = None
     size_mismatch: bool | None = None
     format_mismatch: bool | None = None
+    # The model the current task was sent on (the job's model or its fallback); set before the
+    # task is sent, so a resend under the same taskUUID keeps it.
+    model: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -146,6 +149,8 @@ class Job:
     updated_at: float
     deadline_at: float
     reason: str | None = None
+    # Used for images not sent yet while `model` is paused or refused as unknown (never silently).
+    fallback_model: str | None = None
     client_task_uuid: str | None = None
     idempotency_key: str | None = None
     callback_url: str | None = None

@@ -133,7 +133,7 @@ def promote_slot(
         prefix = ctx.storage.read_prefix(staging, HEADER_BYTES)
         info = inspect_image(prefix)
         check_complete(info.format, head.size, prefix, ctx.storage.read_suffix(staging, 16))
-        checked = examine(ctx, job, info)
+        checked = examine(ctx, job, info, slot)
     except ImageRejected as exc:
         if slot.image_url:
             # A bad upload is not the image: the provider's hosted copy may still be good.
@@ -215,7 +215,7 @@ def promote_fetched(ctx: Context, job: Job, slot: Slot) -> PromoteOutcome:
         data = fetch_image(ctx, slot.image_url)
         info = inspect_image(data)
         check_complete(info.format, len(data), data[:16], data[-16:])
-        checked = examine(ctx, job, info)
+        checked = examine(ctx, job, info, slot)
     except ImageRejected as exc:
         return reject(ctx, job, slot, exc)
     final_key = ctx.layout.final(job.id, slot.slot, info.format)
@@ -269,10 +269,11 @@ class Examined:
         }
 
 
-def examine(ctx: Context, job: Job, info: ImageInfo) -> Examined:
-    """Compare an image with the request. A paid image of another size or format is kept and
-    flagged; only SIZE_MISMATCH_FAILS makes a mismatch refuse it (`ImageRejected`)."""
-    spec = get_model(job.model)
+def examine(ctx: Context, job: Job, info: ImageInfo, slot: Slot) -> Examined:
+    """Compare an image with the request, by the rules of the model that made it. A paid image
+    of another size or format is kept and flagged; only SIZE_MISMATCH_FAILS makes a mismatch
+    refuse it (`ImageRejected`)."""
+    spec = get_model(slot.model or job.model)
     references = len((job.params.get("inputs") or {}).get("referenceImages") or [])
     expected = spec.expected_sizes(
         job.params.get("width"), job.params.get("height"), job.params.get("resolution"), references

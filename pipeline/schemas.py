@@ -68,6 +68,7 @@ class JobRequestSchema(_Strict):
     )
     taskUUID = fields.UUID(data_key="taskUUID", load_default=None)
     model = fields.String(load_default=None)
+    fallbackModel = fields.String(load_default=None)
     positivePrompt = fields.String(required=True, validate=validate.Length(min=1, max=10000))
     width = fields.Integer(strict=True, load_default=None)
     height = fields.Integer(strict=True, load_default=None)
@@ -120,9 +121,25 @@ class JobRequestSchema(_Strict):
         if problem:
             raise ValidationError({"model": [problem]})
         errors = get_model(air).validate(data)
+        errors.update(self.fallback_errors(air, data))
         errors.update(self.metadata_errors(data))
         if errors:
             raise ValidationError(errors)
+
+    def fallback_errors(self, air: str, data: dict[str, Any]) -> dict[str, list[str]]:
+        """A fallback is allowed like the model, differs from it and accepts the same request."""
+        fallback = data.get("fallbackModel")
+        if fallback is None:
+            return {}
+        problem = self.model_problem(fallback)
+        if problem is None and fallback == air:
+            problem = f"must differ from the job's model {air}"
+        if problem is None:
+            refused = get_model(fallback).validate(data)
+            if refused:
+                details = "; ".join(f"{name}: {' '.join(text)}" for name, text in refused.items())
+                problem = f"{fallback} would not accept this request ({details})"
+        return {"fallbackModel": [problem]} if problem else {}
 
     @staticmethod
     def metadata_errors(data: dict[str, Any]) -> dict[str, list[str]]:

@@ -99,7 +99,8 @@ if current then
   local previous = redis.call('HGET', KEYS[1], 'previous_task_uuids')
   if previous then previous = previous .. ',' .. current else previous = current end
   redis.call('HSET', KEYS[1], 'previous_task_uuids', previous)
-  redis.call('HDEL', KEYS[1], 'task_uuid', 'task_attempt', 'submitted_at')
+  -- The model belonged to the retired task: a new attempt is sent on whichever model is chosen.
+  redis.call('HDEL', KEYS[1], 'task_uuid', 'task_attempt', 'submitted_at', 'model')
   if KEYS[2] then redis.call('ZREM', KEYS[2], current) end
 end
 redis.call('HSET', KEYS[1], 'state', 'pending', 'attempt', ARGV[3])
@@ -208,6 +209,7 @@ def slot_from_hash(raw: dict[str, str]) -> Slot:
         requested_width=_int(raw.get("requested_width")),
         requested_height=_int(raw.get("requested_height")),
         requested_format=raw.get("requested_format") or None,
+        model=raw.get("model") or None,
         size_mismatch=_flag(raw.get("size_mismatch")),
         format_mismatch=_flag(raw.get("format_mismatch")),
     )
@@ -223,6 +225,7 @@ def job_to_hash(job: Job) -> dict[str, str]:
         "tenant": job.tenant,
         "state": job.state,
         "model": job.model,
+        "fallback_model": job.fallback_model,
         "params": job.params,
         "slot_count": job.slot_count,
         "output_format": job.output_format,
@@ -245,6 +248,7 @@ def job_from_hash(raw: dict[str, str], slots: list[Slot]) -> Job:
         tenant=raw["tenant"],
         state=JobState(raw["state"]),
         model=raw["model"],
+        fallback_model=raw.get("fallback_model") or None,
         params=json.loads(raw["params"]),
         slot_count=int(raw["slot_count"]),
         output_format=raw["output_format"],

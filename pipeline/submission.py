@@ -35,9 +35,9 @@ def submit_job(ctx: Context, job_id: str, *, probe: bool = False) -> SubmitOutco
         expire_job(ctx, job_id)
         return SubmitOutcome.EXPIRED
     pending = [slot for slot in job.slots if slot.state == SlotState.PENDING]
-    paused = admission.circuit_reason(ctx, job.model)
-    if paused and pending and not probe:
-        ctx.store.set_job_fields(job_id, reason=paused)
+    model, why = admission.choose_model(ctx, job.model, job.fallback_model)
+    if model is None and pending and not probe:
+        ctx.store.set_job_fields(job_id, reason=why)
         return SubmitOutcome.PAUSED
     ctx.store.transition_job(job_id, [JobState.QUEUED], JobState.RUNNING)
     if not pending:
@@ -47,9 +47,9 @@ def submit_job(ctx: Context, job_id: str, *, probe: bool = False) -> SubmitOutco
     granted, budget_full = admit(ctx, job, slots)
     if not granted:
         return SubmitOutcome.WAITING
-    sent = send(
-        ctx, job, {task_uuid: slots[task_uuid] for task_uuid in granted}, probe, budget_full
-    )
+    granted_slots = {task_uuid: slots[task_uuid] for task_uuid in granted}
+    # A probe goes past the open circuit on the job's own model.
+    sent = send(ctx, job, granted_slots, model or job.model, probe, budget_full)
     if len(slots) > len(granted) and not budget_full:
         ctx.dispatcher.submit_job(job.id)  # more than one request's worth: the rest next
     return sent
@@ -95,57 +95,129 @@ def still_pending(ctx: Context, job_id: str, slot: Slot, task_uuid: str) -> bool
 
 
 def send(
-    ctx: Context, job: Job, slots: dict[str, Slot], probe: bool, budget_full: bool = False
+    ctx: Context,
+    job: Job,
+    slots: dict[str, Slot],
+    model: str,
+    probe: bool,
+    budget_full: bool = False,
 ) -> SubmitOutcome:
     """POST the granted tasks in one body and record what Runware said of each."""
-    tasks = [task_payload(ctx, job, slot, task_uuid) for task_uuid, slot in slots.items()]
+    models = pin_models(ctx, job, slots, model)
+    tasks = [
+        task_payload(ctx, job, slot, task_uuid, models[task_uuid])
+        for task_uuid, slot in slots.items()
+    ]
     try:
         outcomes = ctx.runware().submit(tasks)
     except ProviderError as exc:
         if exc.retryable:
-            raise  # the outcome is unknown: the retry reuses these taskUUIDs
-        return refused(ctx, job, slots, exc)
+            raise  # the outcome is unknown: the retry reuses these taskUUIDs and their models
+        return refused(ctx, job, slots, models, exc)
     if probe:
-        close_probed_circuits(ctx, job, outcomes)
+        close_probed_circuits(ctx, outcomes, models)
     now = clock.now()
     for task_uuid, outcome in outcomes.items():
-        apply_outcome(ctx, job, slots[task_uuid], task_uuid, outcome, now)
+        apply_outcome(ctx, job, slots[task_uuid], task_uuid, models[task_uuid], outcome, now)
     ctx.store.set_job_fields(job.id, reason=waiting_reason(ctx, job.id, budget_full))
     finish_job(ctx, job.id)
     return SubmitOutcome.SUBMITTED
 
 
-def close_probed_circuits(ctx: Context, job: Job, outcomes: dict[str, TaskOutcome]) -> None:
-    """A probe's request went through: each circuit no task's answer contradicts closes."""
+def pin_models(ctx: Context, job: Job, slots: dict[str, Slot], model: str) -> dict[str, str]:
+    """The model each task is sent on, stored on its slot before Runware sees it: a task sent
+    before (its answer lost) keeps its model, so a resend never moves a paid image."""
+    models: dict[str, str] = {}
+    for task_uuid, slot in slots.items():
+        if slot.model:
+            models[task_uuid] = slot.model
+            continue
+        ctx.store.transition_slot(
+            job.id,
+            slot.slot,
+            [SlotState.PENDING],
+            SlotState.PENDING,
+            task_uuid=task_uuid,
+            model=model,
+        )
+        models[task_uuid] = model
+    moved = sorted(slots[task_uuid].slot for task_uuid, air in models.items() if air != job.model)
+    if moved:
+        log.warning(
+            "images sent on the fallback model",
+            extra={"job_id": job.id, "model": job.model, "fallback": model, "slots": moved},
+        )
+    return models
+
+
+def unpin_models(ctx: Context, job: Job, slots: dict[str, Slot]) -> None:
+    """Tasks Runware refused for their model were never accepted: they may go on another."""
+    for task_uuid, slot in slots.items():
+        ctx.store.transition_slot(
+            job.id, slot.slot, [SlotState.PENDING], SlotState.PENDING, task_uuid=task_uuid, model=""
+        )
+
+
+def close_probed_circuits(
+    ctx: Context, outcomes: dict[str, TaskOutcome], models: dict[str, str]
+) -> None:
+    """A probe's request went through: each circuit no task's answer contradicts closes (a
+    model's circuit only when a task was sent on it)."""
     kinds = {outcome.error.kind for outcome in outcomes.values() if outcome.error}
     if ProviderError.ACCOUNT not in kinds:
         admission.close_circuit(ctx)
-    if ProviderError.MODEL not in kinds:
-        admission.close_circuit(ctx, job.model)
+    faulty = {
+        models[task_uuid]
+        for task_uuid, outcome in outcomes.items()
+        if outcome.error and outcome.error.kind == ProviderError.MODEL
+    }
+    for air in set(models.values()) - faulty:
+        admission.close_circuit(ctx, air)
 
 
 def waiting_reason(ctx: Context, job_id: str, budget_full: bool) -> str | None:
     """Why a job still has images waiting to be sent (a paused circuit, the budget), or None
     once none waits: the job's `reason` says only what is true."""
     job = ctx.store.get_job(job_id)
-    if job is None or not any(slot.state == SlotState.PENDING for slot in job.slots):
+    if job is None:
         return None
-    paused = admission.circuit_reason(ctx, job.model)
-    if paused:
-        return paused
-    return admission.BUDGET_REASON if budget_full else None
+    _model, why = admission.choose_model(ctx, job.model, job.fallback_model)
+    if not any(slot.state == SlotState.PENDING for slot in job.slots):
+        # Images made by the fallback stay explained after every image was sent.
+        return fallback_note(job)
+    if why:
+        return why
+    return admission.BUDGET_REASON if budget_full else fallback_note(job)
 
 
-def refused(ctx: Context, job: Job, slots: dict[str, Slot], exc: ProviderError) -> SubmitOutcome:
+def fallback_note(job: Job) -> str | None:
+    """Why some of a job's images were sent on its fallback model, or None."""
+    moved = [slot.slot for slot in job.slots if slot.model and slot.model != job.model]
+    if not moved:
+        return None
+    slots = ", ".join(map(str, moved))
+    return (
+        f"model {job.model} was paused or refused by the provider: "
+        f"slots {slots} sent on fallbackModel {job.fallback_model}"
+    )
+
+
+def refused(
+    ctx: Context, job: Job, slots: dict[str, Slot], models: dict[str, str], exc: ProviderError
+) -> SubmitOutcome:
     """The whole request was refused: the account or the model (pause), an answer that leaves
     the tasks' fate open (send them again under the same taskUUIDs), or the tasks (fail)."""
     task_uuids = list(slots)
     if exc.kind in {ProviderError.ACCOUNT, ProviderError.MODEL}:
-        model = job.model if exc.kind == ProviderError.MODEL else None
+        model = None
+        if exc.kind == ProviderError.MODEL:
+            # One model in the request is the model refused; a mix names none: the job's own.
+            sent = set(models.values())
+            model = sent.pop() if len(sent) == 1 else job.model
+            unpin_models(ctx, job, slots)
         admission.open_circuit(ctx, exc, model)
         admission.release(ctx, task_uuids)
-        ctx.store.set_job_fields(job.id, reason=admission.circuit_reason(ctx, job.model))
-        return SubmitOutcome.PAUSED
+        return paused_or_fallback(ctx, job)
     if exc.kind != ProviderError.PERMANENT:
         # conflictTaskUUID or not-found that names no task among several: the same taskUUIDs
         # again can only meet the tasks Runware holds, never pay for one twice.
@@ -159,8 +231,23 @@ def refused(ctx: Context, job: Job, slots: dict[str, Slot], exc: ProviderError) 
     return SubmitOutcome.SUBMITTED
 
 
+def paused_or_fallback(ctx: Context, job: Job) -> SubmitOutcome:
+    """After a pause: the job waits with the reason, or its images go on to the fallback."""
+    model, why = admission.choose_model(ctx, job.model, job.fallback_model)
+    ctx.store.set_job_fields(job.id, reason=why)
+    if model is not None:
+        ctx.dispatcher.submit_job(job.id)
+    return SubmitOutcome.PAUSED
+
+
 def apply_outcome(
-    ctx: Context, job: Job, slot: Slot, task_uuid: str, outcome: TaskOutcome, now: float
+    ctx: Context,
+    job: Job,
+    slot: Slot,
+    task_uuid: str,
+    model: str,
+    outcome: TaskOutcome,
+    now: float,
 ) -> None:
     """One task's answer: accepted (maybe with its result already), or refused on its own."""
     if outcome.accepted:
@@ -171,6 +258,7 @@ def apply_outcome(
             SlotState.SUBMITTED,
             task_uuid=task_uuid,
             submitted_at=repr(now),
+            model=model,
         )
         if outcome.results:
             record_results(ctx, task_uuid, outcome.results)
@@ -184,9 +272,13 @@ def apply_outcome(
     elif error.kind == ProviderError.UNKNOWN:
         # A refusal no row of the error table knows: a new attempt, within SLOT_MAX_ATTEMPTS.
         retry_or_dead(ctx, job.id, slot, task_uuid, code, error.message)
-    elif error.kind in {ProviderError.ACCOUNT, ProviderError.MODEL}:
-        model = job.model if error.kind == ProviderError.MODEL else None
+    elif error.kind == ProviderError.ACCOUNT:
+        admission.open_circuit(ctx, error)
+    elif error.kind == ProviderError.MODEL:
         admission.open_circuit(ctx, error, model)
+        unpin_models(ctx, job, {task_uuid: slot})
+        if admission.choose_model(ctx, job.model, job.fallback_model)[0] is not None:
+            ctx.dispatcher.submit_job(job.id)
     else:
         ctx.dispatcher.submit_job(job.id, countdown=backoff(ctx, 1, error.retry_after))
     admission.release(ctx, [task_uuid])
@@ -197,14 +289,17 @@ def webhook_url(ctx: Context, task_uuid: str) -> str:
     return f"{ctx.settings.public_base_url}/webhooks/runware/{task_uuid}?token={quote(token)}"
 
 
-def task_payload(ctx: Context, job: Job, slot: Slot, task_uuid: str) -> dict[str, Any]:
-    """The `imageInference` task of one slot, checked against its schema before it is sent."""
+def task_payload(
+    ctx: Context, job: Job, slot: Slot, task_uuid: str, model: str | None = None
+) -> dict[str, Any]:
+    """The `imageInference` task of one slot on `model` (by default the slot's, else the job's),
+    checked against its schema before it is sent."""
     remaining = max(60, int(job.deadline_at - clock.now()))
     expires = remaining + ctx.settings.upload_url_margin_seconds
     payload: dict[str, Any] = {
         "taskType": "imageInference",
         "taskUUID": task_uuid,
-        "model": job.model,
+        "model": model or slot.model or job.model,
         "positivePrompt": job.params["positivePrompt"],
     }
     for name in ("width", "height", "resolution", "outputQuality", "inputs", "safety"):

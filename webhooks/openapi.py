@@ -33,6 +33,14 @@ JOB_REQUEST = {
             "enum": list(CATALOG),
             "description": "Defaults to RUNWARE_MODEL; RUNWARE_ALLOWED_MODELS may allow fewer.",
         },
+        "fallbackModel": {
+            "type": "string",
+            "enum": list(CATALOG),
+            "description": (
+                "Used for images not sent yet while `model` is paused or refused by the "
+                "provider; must differ from `model` and accept the same request."
+            ),
+        },
         "positivePrompt": {"type": "string", "minLength": 1},
         "width": {"type": "integer"},
         "height": {"type": "integer"},
@@ -63,6 +71,10 @@ SLOT = {
     "properties": {
         "slot": {"type": "integer"},
         "state": {"type": "string", "enum": list(SLOT_STATES)},
+        "model": {
+            "type": ["string", "null"],
+            "description": "The model this image's task was sent on.",
+        },
         "attempt": {"type": "integer"},
         "taskUUID": {"type": ["string", "null"]},
         "finalKey": {"type": ["string", "null"]},
@@ -81,6 +93,7 @@ JOB = {
         "tenant": {"type": "string"},
         "state": {"type": "string", "enum": list(JOB_STATES)},
         "model": {"type": "string"},
+        "fallbackModel": {"type": ["string", "null"]},
         "numberResults": {"type": "integer"},
         "outputFormat": {"type": "string"},
         "createdAt": {"type": "string"},

@@ -972,3 +972,92 @@ def test_a_model_the_deployment_does_not_allow_is_refused_before_a_job_exists(
     assert caught.value.status == 422 and "model" in caught.value.errors
     assert use_cases.store.active_count() == 0
     assert use_cases.runware.inference_posts() == []
+
+
+# ------------------------------------------------------------------ fallback, only when asked
+
+
+def sent_models(uc: UseCases) -> dict[str, list[str]]:
+    """Every model each taskUUID was posted on, in order."""
+    models: dict[str, list[str]] = {}
+    for tasks in uc.runware.inference_posts():
+        for task in tasks:
+            models.setdefault(task["taskUUID"], []).append(task["model"])
+    return models
+
+
+def test_a_refused_first_model_sends_pending_slots_on_the_fallback_and_keeps_sent_ones(
+    use_cases: UseCases,
+) -> None:
+    uc = use_cases
+    job_id = uc.create(numberResults=2, model=PRO, fallbackModel=QUALITY)
+    uc.runware.refusals = [
+        None,
+        {"code": "modelUnavailable", "message": "gone", "parameter": "model"},
+    ]
+    assert uc.service.submit_job(job_id) == "submitted"
+    [first, second] = uc.task_uuids(job_id)
+    assert slot_states(uc, job_id) == ["submitted", "pending"]
+    assert uc.service.context.circuit.state(PRO).open
+    nudges = uc.dispatcher.sent.count(("submit", (job_id,)))
+    assert nudges >= 2, "created, then the fallback is tried without waiting"
+    reason = uc.service.get_job(job_id).reason
+    assert reason is not None and PRO in reason and f"fallbackModel {QUALITY}" in reason
+
+    assert uc.service.submit_job(job_id) == "submitted"
+
+    assert slot_states(uc, job_id) == ["submitted", "submitted"]
+    assert sent_models(uc) == {first: [PRO], second: [PRO, QUALITY]}, "slot 0 never resent"
+    job = uc.service.get_job(job_id)
+    assert [slot.model for slot in job.slots] == [PRO, QUALITY]
+    assert job.reason is not None and "slots 1 sent on fallbackModel" in job.reason
+    for task_uuid, cost in ((first, 0.07), (second, 0.05)):
+        assert uc.webhook(task_uuid, {"data": [image_item(task_uuid, cost=cost)]}) == ["received"]
+    view = uc.service.job_view(uc.service.get_job(job_id))
+    assert view["fallbackModel"] == QUALITY
+    assert [(slot["model"], slot["cost"]) for slot in view["slots"]] == [
+        (PRO, 0.07),
+        (QUALITY, 0.05),
+    ]
+    uc.service.cancel_job(job_id)
+    manifest = uc.manifest(job_id)
+    assert [(slot["model"], slot["cost"]) for slot in manifest["slots"]] == [
+        (PRO, 0.07),
+        (QUALITY, 0.05),
+    ]
+
+
+def test_a_paused_model_sends_a_new_job_on_its_fallback_and_a_job_without_one_waits(
+    use_cases: UseCases,
+) -> None:
+    uc = use_cases
+    job_id, [first] = uc.submitted(model=PRO)
+    assert uc.webhook(first, {"errors": [error_item(first, "modelDisabled", "disabled")]}) == [
+        "retrying"
+    ]
+    with_fallback = uc.create(numberResults=2, model=PRO, fallbackModel=IMAGE)
+    without = uc.create(numberResults=1, model=PRO)
+
+    assert uc.service.submit_job(with_fallback) == "submitted"
+    assert uc.service.submit_job(without) == "paused"
+
+    [a, b] = uc.task_uuids(with_fallback)
+    assert sent_models(uc)[a] == [IMAGE] and sent_models(uc)[b] == [IMAGE]
+    assert {task["width"] for task in uc.runware.submitted().values()} == {1024}
+    reason = uc.service.get_job(without).reason
+    assert reason == f"waiting: model {PRO} paused by the provider (modelDisabled)"
+    assert uc.service.submit_job(job_id) == "paused", "its own job has no fallback either"
+    assert [slot.model for slot in uc.service.get_job(with_fallback).slots] == [IMAGE, IMAGE]
+
+
+def test_a_job_without_a_fallback_never_changes_model(use_cases: UseCases) -> None:
+    uc = use_cases
+    job_id = uc.create(model=QUALITY, resolution="2K", width=None, height=None)
+    uc.runware.refusals = [{"code": "modelDisabled", "message": "off", "parameter": "model"}]
+
+    assert uc.service.submit_job(job_id) == "submitted"
+    assert uc.service.submit_job(job_id) == "paused"
+
+    assert list(sent_models(uc).values()) == [[QUALITY]]
+    reason = uc.service.get_job(job_id).reason
+    assert reason is not None and f"model {QUALITY} paused" in reason

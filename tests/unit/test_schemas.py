@@ -426,3 +426,36 @@ def test_a_model_the_deployment_does_not_allow_is_refused_naming_model() -> None
     assert isinstance(caught.value.messages, dict)
     assert "not allowed" in caught.value.messages["model"][0]
     assert load_job_request(minimal(), MODEL, allowed)["model"] == MODEL
+
+
+def test_a_fallback_model_is_kept_when_it_accepts_the_request() -> None:
+    loaded = load_job_request(minimal(fallbackModel="xai:grok-imagine@image"), MODEL)
+    assert loaded["fallbackModel"] == "xai:grok-imagine@image"
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (minimal(fallbackModel=MODEL), "must differ"),
+        (minimal(fallbackModel="xai:grok-imagine@image-ultra"), "unknown model"),
+        (
+            {"positivePrompt": "p", "resolution": "2K", "fallbackModel": "xai:grok-imagine@image"},
+            "would not accept",
+        ),
+        (
+            minimal(width=2048, height=2048, fallbackModel="xai:grok-imagine@image"),
+            "would not accept",
+        ),
+    ],
+)
+def test_a_fallback_model_is_refused_naming_fallbackmodel(body: dict[str, Any], words: str) -> None:
+    messages = refusal(body)
+    assert words in messages["fallbackModel"][0]
+    assert "model" not in messages
+
+
+def test_a_fallback_model_the_deployment_does_not_allow_is_refused() -> None:
+    with pytest.raises(ValidationError) as caught:
+        load_job_request(minimal(fallbackModel="xai:grok-imagine@image"), MODEL, [MODEL])
+    assert isinstance(caught.value.messages, dict)
+    assert "not allowed" in caught.value.messages["fallbackModel"][0]
