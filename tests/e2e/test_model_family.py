@@ -75,6 +75,29 @@ def test_a_job_for_each_model_runs_end_to_end(
     assert [s["cost"] for s in manifest["slots"]] == [PRICE[model]] * 2
 
 
+def test_a_retired_model_with_a_fallback_finishes_on_the_fallback(
+    stack: Pipeline, s3_client: Any
+) -> None:
+    stack.emulator(retired_models=[PRO])
+    created = stack.submit(
+        {
+            "model": PRO,
+            "fallbackModel": IMAGE,
+            "positivePrompt": "a harbour at dusk",
+            "resolution": "1K",
+            "numberResults": 2,
+        }
+    )
+    job = stack.wait(created["id"])
+    manifest = check_stored_job(s3_client, stack, job, 1024, 1024, "JPG")
+    check_charged(stack, job, IMAGE)
+    assert [(s["model"], s["cost"]) for s in job["slots"]] == [(IMAGE, PRICE[IMAGE])] * 2
+    assert [(s["model"], s["cost"]) for s in manifest["slots"]] == [(IMAGE, PRICE[IMAGE])] * 2
+    assert job["cost"] == pytest.approx(2 * PRICE[IMAGE])
+    # The retired model charged nothing: it refused every task.
+    assert set(ledger(stack)["totals"]["byModel"]) == {IMAGE}
+
+
 def test_a_retired_model_without_a_fallback_waits_naming_the_model(
     stack: Pipeline, s3_client: Any
 ) -> None:
