@@ -22,6 +22,7 @@ from pipeline.errors import (
     UploadPending,
 )
 from pipeline.imaging import ImageInfo, check_complete, inspect_image
+from pipeline.interfaces import ObjectHead
 from pipeline.models import JOB_ENDED_EARLY, Job, PromoteOutcome, Slot, SlotState
 from pipeline.urls import UnsafeURL, check_outbound_url, pinned_request
 
@@ -154,9 +155,17 @@ def promote_slot(
         content_type=FORMAT_CONTENT_TYPES[info.format],
         metadata=object_metadata(job, slot, info),
     )
+    return record_stored(ctx, job, slot, final_key, stored, checked)
+
+
+def record_stored(
+    ctx: Context, job: Job, slot: Slot, final_key: str, stored: ObjectHead, checked: Examined
+) -> PromoteOutcome:
+    """The final object is written (staged copy or fetched one): move the slot to stored, drop
+    the staging object, and end the job if it is done."""
     applied = ctx.store.transition_slot(
-        job_id,
-        slot_no,
+        job.id,
+        slot.slot,
         [SlotState.RECEIVED],
         SlotState.STORED,
         task_uuid=slot.task_uuid,
@@ -166,10 +175,11 @@ def promote_slot(
         stored_at=repr(clock.now()),
         **checked.fields(),
     )
-    remove_staging(ctx, job_id, slot_no, staging)
+    if slot.task_uuid:
+        remove_staging(ctx, job.id, slot.slot, ctx.layout.staging(job.id, slot.task_uuid))
     if not applied:
         return PromoteOutcome.NOOP
-    stored_image(ctx, job, slot_no, final_key, checked)
+    stored_image(ctx, job, slot.slot, final_key, checked)
     return PromoteOutcome.STORED
 
 
@@ -225,23 +235,7 @@ def promote_fetched(ctx: Context, job: Job, slot: Slot) -> PromoteOutcome:
         content_type=FORMAT_CONTENT_TYPES[info.format],
         metadata=object_metadata(job, slot, info),
     )
-    applied = ctx.store.transition_slot(
-        job.id,
-        slot.slot,
-        [SlotState.RECEIVED],
-        SlotState.STORED,
-        task_uuid=slot.task_uuid,
-        final_key=final_key,
-        size=stored.size,
-        etag=stored.etag,
-        stored_at=repr(clock.now()),
-        **checked.fields(),
-    )
-    remove_staging(ctx, job.id, slot.slot, ctx.layout.staging(job.id, slot.task_uuid))
-    if not applied:
-        return PromoteOutcome.NOOP
-    stored_image(ctx, job, slot.slot, final_key, checked)
-    return PromoteOutcome.STORED
+    return record_stored(ctx, job, slot, final_key, stored, checked)
 
 
 @dataclass(frozen=True)

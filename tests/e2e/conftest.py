@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -144,3 +146,25 @@ def check_stored_job(
     assert [slot["finalKey"] for slot in manifest["slots"]] == expected
     assert all(slot["state"] == "stored" for slot in manifest["slots"])
     return manifest
+
+
+def imagine(stack: Pipeline, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the `imagine` command with the pipeline's settings."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        env=stack.env,
+        cwd=supervise.REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def metric(stack: Pipeline, name: str) -> float:
+    """One unlabelled metric as the receiver's /metrics shows it now."""
+    text = httpx.get(f"{stack.receiver_url}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no metric {name}")

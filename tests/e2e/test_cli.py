@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from infra import supervise
-from tests.e2e.conftest import Pipeline
+from tests.e2e.conftest import Pipeline, imagine
 
 pytestmark = pytest.mark.e2e
 
@@ -23,31 +20,20 @@ def test_submit_wait_status_and_jobs(stack: Pipeline, tmp_path: Path) -> None:
         )
     )
 
-    def imagine(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "pipeline.cli", *args],
-            env=stack.env,
-            cwd=supervise.REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-
-    submitted = imagine("submit", str(request), "--tenant", "ops", "--wait")
+    submitted = imagine(stack, "submit", str(request), "--tenant", "ops", "--wait")
     assert submitted.returncode == 0, submitted.stderr
     job = json.loads(submitted.stdout)
     assert job["state"] == "succeeded"
     assert job["slots"][0]["width"] == 2048 and job["slots"][0]["height"] == 2048
-    by_task = json.loads(imagine("status", job["slots"][0]["taskUUID"]).stdout)
+    by_task = json.loads(imagine(stack, "status", job["slots"][0]["taskUUID"]).stdout)
     assert by_task["id"] == job["id"]
-    listed = imagine("jobs", "--tenant", "ops", "--state", "succeeded")
+    listed = imagine(stack, "jobs", "--tenant", "ops", "--state", "succeeded")
     assert job["id"] in listed.stdout
-    unreadable = imagine("submit", "-", "--tenant", "ops")
+    unreadable = imagine(stack, "submit", "-", "--tenant", "ops")
     assert unreadable.returncode == 2 and "cannot read the request" in unreadable.stderr
     request.write_text(json.dumps({"positivePrompt": "x", "width": 5, "height": 5}))
-    refused = imagine("submit", str(request), "--tenant", "ops")
+    refused = imagine(stack, "submit", str(request), "--tenant", "ops")
     assert refused.returncode == 1 and "validation_failed" in refused.stderr
     assert "width" in json.loads(refused.stdout)
-    missing = imagine("status", "no-such-job")
+    missing = imagine(stack, "status", "no-such-job")
     assert missing.returncode == 1 and "not_found" in missing.stderr

@@ -3,39 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from typing import Any
 
 import httpx
 import pytest
 
-from infra import supervise
-from tests.e2e.conftest import Pipeline, check_stored_job, job_keys
+from tests.e2e.conftest import Pipeline, check_stored_job, imagine, job_keys, metric
 
 pytestmark = pytest.mark.e2e
 
 MODEL = "xai:grok-imagine@image-pro"
-
-
-def imagine(stack: Pipeline, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args],
-        env=stack.env,
-        cwd=supervise.REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def metric(stack: Pipeline, name: str) -> float:
-    text = httpx.get(f"{stack.receiver_url}/metrics", timeout=10).text
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"no metric {name}")
 
 
 def test_unavailable_model_pauses_submission_until_a_probe_succeeds(

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.e2e.conftest import Pipeline, job_keys, staging_keys
+from tests.e2e.conftest import Pipeline, job_keys, metric, staging_keys
 
 pytestmark = pytest.mark.e2e
 
@@ -23,14 +23,6 @@ RECONCILE_GRACE_SECONDS = 3
 def ledger(stack: Pipeline) -> dict[str, Any]:
     answer: dict[str, Any] = httpx.get(f"{stack.emulator_url}/_emulator/ledger", timeout=10).json()
     return answer
-
-
-def metric(stack: Pipeline, name: str) -> float:
-    text = httpx.get(f"{stack.receiver_url}/metrics", timeout=10).text
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"no metric {name}")
 
 
 def test_an_image_of_another_size_is_stored_flagged_and_charged_once(

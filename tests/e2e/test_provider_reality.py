@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from pipeline.models import JOB_TERMINAL
-from tests.e2e.conftest import Pipeline, check_stored_job
+from tests.e2e.conftest import Pipeline, check_stored_job, metric
 
 pytestmark = pytest.mark.e2e
 
@@ -31,14 +31,6 @@ def control(stack: Pipeline, path: str, **params: str) -> Any:
 def queue_fault(stack: Pipeline, **fault: Any) -> None:
     response = httpx.post(f"{stack.emulator_url}/_emulator/faults/queue", json=fault, timeout=10)
     response.raise_for_status()
-
-
-def metric(stack: Pipeline, name: str) -> float:
-    text = httpx.get(f"{stack.receiver_url}/metrics", timeout=10).text
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"no metric {name}")
 
 
 def eventually(condition: Callable[[], Any], timeout: float = 60.0) -> Any:
