@@ -51,6 +51,10 @@ Provider behaviour (the values of what runware-api.md lists as unknown):
                            and edits may change it): unset = as requested, `swap` = height x
                            width, `WxH` = that fixed size (e.g. `1000x700`)
   omit_image_url           webhook and getResponse items carry no `imageURL` (nothing hosted)
+  render_once              render one image per (size, format, quality) and send its bytes for
+                           every image of that kind (benchmarks: the provider's render is the floor
+                           they leave out, and at zero latency it would take the pipeline's CPU);
+                           off by default: every image is drawn from its prompt, seed and index
 
 Faults (decisions drawn from one RNG seeded by `seed`, so a schedule is reproducible):
   seed                     RNG seed; unset = random
@@ -160,6 +164,7 @@ class EmulatorConfig:
     allow_remote_control: bool = False
     returned_size: str | None = None
     omit_image_url: bool = False
+    render_once: bool = False
     seed: int | None = None
     model_unavailable: bool = False
     drop_webhook_rate: float = 0.0

@@ -396,9 +396,12 @@ class Engine:
             return
         width, height = render.returned_size(self.config.returned_size, *self._task_size(task))
         seed = self.faults.randint(1, 2**31 - 1)
-        data = render.render_image(
-            req.prompt, seed, slot.index, width, height, req.output_format, req.output_quality
-        )
+        if self.config.render_once:
+            data = render.reused_image(width, height, req.output_format, req.output_quality)
+        else:
+            data = render.render_image(
+                req.prompt, seed, slot.index, width, height, req.output_format, req.output_quality
+            )
         if not self.current(task):
             return
         image_uuid = str(uuid.uuid4())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import io
 import random
@@ -50,6 +51,12 @@ def render_image(
             draw.line((x0, y0, x1, y1), fill=_colour(rng), width=rng.randint(1, 4))
     image = image.resize((width, height), Image.Resampling.BILINEAR)
     return encode(image, output_format, quality)
+
+
+@functools.lru_cache(maxsize=64)
+def reused_image(width: int, height: int, output_format: str, quality: int) -> bytes:
+    """One rendered image per size, format and quality, drawn once (the `render_once` switch)."""
+    return render_image("render_once", 0, 0, width, height, output_format, quality)
 
 
 def returned_size(setting: str | None, width: int, height: int) -> tuple[int, int]:
