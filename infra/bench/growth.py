@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +31,12 @@ from infra.bench.receiver import (
     WrkRound,
     awaiting_tasks,
     bench_config,
+    calls_per_request,
     duplicate_webhook,
     ensure_wrk,
     fresh_results,
     hold_deliveries,
+    redis_calls,
     run_wrk,
     running_bench,
     say,
@@ -81,58 +83,102 @@ def bytes_per_image(before: int, after: int, images: int) -> float:
     return (after - before) / images
 
 
-def corrected_growth(
-    low: WrkRound, high: WrkRound, hello_low: Sequence[WrkRound], hello_high: Sequence[WrkRound]
-) -> float:
-    """p99 high over p99 low, each scaled by the hello rate around it: a CPU twice as slow
-    doubles a latency and halves the hello rate, so their product does not move."""
-    speed_low = statistics.fmean(r.rps for r in hello_low)
-    speed_high = statistics.fmean(r.rps for r in hello_high)
-    return (high.p99_ms * speed_high) / (low.p99_ms * speed_low)
-
-
-def stage_mix(
-    bench: Bench, directory: Path, name: str, job_ids: list[str], duplicate: WrkRequest,
-    image: bytes, sample: int, every: int,
-) -> Mix:  # fmt: skip
-    """Stage `sample` fresh results of the jobs' images for a round's mix."""
-    template = json.loads(duplicate.body)["data"][0]
-    fresh = fresh_results(bench, awaiting_tasks(bench, job_ids)[:sample], template, image)
-    return Mix(
-        duplicate=write_requests(directory / "duplicate.txt", [duplicate]),
-        fresh=write_requests(directory / f"fresh-{name}.txt", fresh),
-        every=every,
-    )
-
-
-def mixed_rounds(
-    bench: Bench, mix: Mix, name: str, seconds: float, load: WrkLoad
-) -> tuple[WrkRound, list[WrkRound]]:
-    """hello, the mix against the receiver, hello."""
-    hello = [run_wrk("hello", bench.hello_url, mix.duplicate, seconds, load)]
-    measured = run_wrk(
-        name, bench.receiver_url, mix.duplicate, seconds, load, (mix.fresh, mix.every)
-    )
-    hello.append(run_wrk("hello", bench.hello_url, mix.duplicate, seconds, load))
-    return measured, hello
-
-
 @dataclass(frozen=True)
 class GrowthPlan:
     """Sizes of the phase."""
 
     in_flight: int = 10_000
     low: int = 100
-    sample: int = 50  # fresh results in each round's mix
-    every: int = 10  # one request in `every` is a fresh result while the sample lasts
-    seconds: float = 5.0
+    sample: int = 40  # fresh results staged for each mix round
+    every: int = 20  # one request in `every` is a fresh result while the sample lasts
+    rounds: int = 2  # mix rounds at each size
+    seconds: float = 4.0
+
+    @property
+    def consumed(self) -> int:
+        """Images the mix rounds at one size take out of flight."""
+        return self.sample * self.rounds
+
+
+@dataclass
+class Level:
+    """The wrk rounds at one in-flight size: hello, mix, hello, mix, hello."""
+
+    name: str
+    in_flight: tuple[int, int]  # at the first and after the last round
+    hello: list[WrkRound] = field(default_factory=list)
+    mixes: list[WrkRound] = field(default_factory=list)
+    redis_per_request: dict[str, float] = field(default_factory=dict)  # of its first mix
+
+    @property
+    def p99_ms(self) -> float:
+        return statistics.fmean(r.p99_ms for r in self.mixes)
+
+    @property
+    def scaled_p99(self) -> float:
+        """Each mix's p99 times the mean hello rate around it: a CPU twice as slow doubles
+        a latency and halves the hello rate, so the product does not move."""
+        speeds = [(a.rps + b.rps) / 2 for a, b in zip(self.hello, self.hello[1:], strict=False)]
+        return statistics.fmean(
+            r.p99_ms * speed for r, speed in zip(self.mixes, speeds, strict=True)
+        )
+
+    def rounds(self) -> list[WrkRound]:
+        """In the order they ran."""
+        ordered = [self.hello[0]]
+        for mix, hello in zip(self.mixes, self.hello[1:], strict=True):
+            ordered += [mix, hello]
+        return ordered
+
+
+def p99_growth(low: Level, high: Level) -> float:
+    """The p99 at the top over the p99 at the bottom, corrected for the CPU's drift."""
+    return high.scaled_p99 / low.scaled_p99
+
+
+def stage_mixes(
+    bench: Bench, directory: Path, name: str, job_ids: list[str], duplicate: WrkRequest,
+    image: bytes, plan: GrowthPlan,
+) -> list[Mix]:  # fmt: skip
+    """For each mix round, `plan.sample` fresh results of the jobs' images, staged."""
+    template = json.loads(duplicate.body)["data"][0]
+    tasks = awaiting_tasks(bench, job_ids)
+    repeated = write_requests(directory / "duplicate.txt", [duplicate])
+    mixes = []
+    for n in range(plan.rounds):
+        sample = tasks[n * plan.sample : (n + 1) * plan.sample]
+        fresh = fresh_results(bench, sample, template, image)
+        listed = write_requests(directory / f"fresh-{name}-{n}.txt", fresh)
+        mixes.append(Mix(duplicate=repeated, fresh=listed, every=plan.every))
+    return mixes
+
+
+def measure_level(
+    bench: Bench, name: str, mixes: list[Mix], seconds: float, load: WrkLoad
+) -> Level:
+    """hello, mix, hello, mix, ..., hello; the Redis calls per request of the first mix."""
+    level = Level(name, (in_flight(bench), 0))
+    level.hello.append(run_wrk("hello", bench.hello_url, mixes[0].duplicate, seconds, load))
+    for mix in mixes:
+        before = redis_calls(bench)
+        measured = run_wrk(
+            name, bench.receiver_url, mix.duplicate, seconds, load, (mix.fresh, mix.every)
+        )
+        if not level.redis_per_request:
+            level.redis_per_request = calls_per_request(
+                before, redis_calls(bench), measured.requests
+            )
+        level.mixes.append(measured)
+        level.hello.append(run_wrk("hello", bench.hello_url, mix.duplicate, seconds, load))
+    level.in_flight = (level.in_flight[0], in_flight(bench))
+    return level
 
 
 def measure_growth(
     workdir: Path,
     *,
     in_flight: int = 10_000,
-    seconds: float = 5.0,
+    seconds: float = 4.0,
     load: WrkLoad | None = None,
 ) -> dict[str, Any]:
     """The growth phase on a stack of its own in workdir."""
@@ -141,9 +187,8 @@ def measure_growth(
     ensure_wrk()
     began = time.monotonic()
     # The emulator holds every task by design: the reconciler must not poll them meanwhile.
-    config = bench_config(
-        workdir, max_in_flight=plan.in_flight + plan.low + 100, reconcile_grace_seconds=3600
-    )
+    budget = plan.in_flight + plan.low + 2 * plan.consumed + 100
+    config = bench_config(workdir, max_in_flight=budget, reconcile_grace_seconds=3600)
     with running_bench(config) as bench:
         figures = grow(bench, workdir, plan, load)
     figures["phase_seconds"] = round(time.monotonic() - began, 1)
@@ -151,43 +196,40 @@ def measure_growth(
 
 
 def grow(bench: Bench, workdir: Path, plan: GrowthPlan, load: WrkLoad) -> dict[str, Any]:
+    """Measure at the bottom, put the top's images in flight, measure at the top."""
     duplicate, image = duplicate_webhook(bench)
     hold_deliveries(bench)
-    low_jobs = seed_in_flight(bench, plan.low)
-    low_mix = stage_mix(bench, workdir, "low", low_jobs, duplicate, image, plan.sample, plan.every)
-    at_low = in_flight(bench)
-    low, hello_low = mixed_rounds(bench, low_mix, "mix-low", plan.seconds, load)
+    # The mix rounds store some images: each size starts that many above its mark.
+    low_jobs = seed_in_flight(bench, plan.low + plan.consumed)
+    low_mixes = stage_mixes(bench, workdir, "low", low_jobs, duplicate, image, plan)
+    low = measure_level(bench, "mix-low", low_mixes, plan.seconds, load)
     before = used_memory(bench)
     seeded = time.monotonic()
-    added = plan.in_flight - in_flight(bench)
+    added = plan.in_flight + plan.consumed - in_flight(bench)
     high_jobs = seed_in_flight(bench, added)
     seed_seconds = time.monotonic() - seeded
     after = used_memory(bench)
     say(f"{added} images put in flight in {seed_seconds:.1f}s")
-    high_mix = stage_mix(
-        bench, workdir, "high", high_jobs, duplicate, image, plan.sample, plan.every
-    )
-    at_high = in_flight(bench)
-    high, hello_high = mixed_rounds(bench, high_mix, "mix-high", plan.seconds, load)
+    high_mixes = stage_mixes(bench, workdir, "high", high_jobs, duplicate, image, plan)
+    high = measure_level(bench, "mix-high", high_mixes, plan.seconds, load)
     return {
         "redis_bytes_per_image": round(bytes_per_image(before, after, added)),
-        "p99_low_ms": low.p99_ms,
-        "p99_high_ms": high.p99_ms,
-        "p99_growth": round(corrected_growth(low, high, hello_low, hello_high), 3),
+        "p99_low_ms": round(low.p99_ms, 2),
+        "p99_high_ms": round(high.p99_ms, 2),
+        "p99_growth": round(p99_growth(low, high), 3),
         "p99_growth_raw": round(high.p99_ms / low.p99_ms, 3),
-        "in_flight_low": at_low,
-        "in_flight_high": at_high,
+        "in_flight_low": list(low.in_flight),
+        "in_flight_high": list(high.in_flight),
         "redis_used_memory_before": before,
         "redis_used_memory_after": after,
         "images_added": added,
         "seed_seconds": round(seed_seconds, 1),
         "seeded_how": SEEDED_HOW,
-        "mix": f"the duplicate webhook, one of {plan.sample} fresh results every {plan.every}",
+        "redis_calls_per_request": {"low": low.redis_per_request, "high": high.redis_per_request},
+        "mix": f"the duplicate webhook; one request in {plan.every} a fresh result "
+        f"(of {plan.sample} per round)",
         "wrk": {"threads": load.threads, "connections": load.connections, "seconds": plan.seconds},
-        "rounds": [
-            r.figures()
-            for r in (hello_low[0], low, hello_low[1], hello_high[0], high, hello_high[1])
-        ],
+        "rounds": [r.figures() for r in low.rounds() + high.rounds()],
     }
 
 
@@ -202,7 +244,7 @@ def summary_line(figures: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.bench.growth", description=__doc__)
     parser.add_argument("--in-flight", type=int, default=10_000, help="images in flight at high")
-    parser.add_argument("--seconds", type=float, default=5.0, help="length of each wrk round")
+    parser.add_argument("--seconds", type=float, default=4.0, help="length of each wrk round")
     parser.add_argument("--threads", type=int, default=WrkLoad.threads, help="wrk threads")
     parser.add_argument("--connections", type=int, default=WrkLoad.connections)
     parser.add_argument("--workdir", type=Path, help="default: a new temporary directory")

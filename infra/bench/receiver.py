@@ -20,15 +20,16 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import redis
 
 from infra.stack import LocalStack, StackConfig
 from infra.supervise import (
@@ -452,13 +453,38 @@ def fresh_results(
         return list(pool.map(one, task_uuids))
 
 
-def stored_count(bench: Bench, job_ids: Iterable[str]) -> int:
-    """Images of the jobs stored so far."""
+def stored_between(bench: Bench, job_ids: Iterable[str], start: float, end: float) -> int:
+    """Images of the jobs stored (by their slot's stored_at) within [start, end]."""
     total = 0
     for job_id in job_ids:
         job = bench.service.store.get_job(job_id)
-        total += sum(slot.state == SlotState.STORED for slot in job.slots) if job else 0
+        for slot in job.slots if job else []:
+            total += slot.state == SlotState.STORED and start <= (slot.stored_at or 0) <= end
     return total
+
+
+def redis_calls(bench: Bench) -> dict[str, int]:
+    """Calls of each Redis command so far (INFO commandstats)."""
+    client = redis.Redis.from_url(bench.stack.env["REDIS_URL"])
+    try:
+        stats: dict[str, Any] = client.info("commandstats")
+    finally:
+        client.close()
+    return {name.removeprefix("cmdstat_"): int(row["calls"]) for name, row in stats.items()}
+
+
+def calls_per_request(
+    before: dict[str, int], after: dict[str, int], requests: int
+) -> dict[str, float]:
+    """Redis calls per request of a round, by command, largest first, with their total. Every
+    client counts (workers and beat too): a round's own share dominates at these rates."""
+    if requests <= 0:
+        return {}
+    used = {name: after[name] - before.get(name, 0) for name in after}
+    rows = sorted(((n, c / requests) for n, c in used.items() if c > 0), key=lambda r: -r[1])
+    per: dict[str, float] = {"total": round(sum(c for _, c in rows), 2)}
+    per.update((name, round(count, 2)) for name, count in rows)
+    return per
 
 
 # --- the phase -----------------------------------------------------------------------------------
@@ -473,16 +499,12 @@ class Files:
     fresh: Path
 
 
-def fresh_round(
-    bench: Bench, files: Files, job_ids: list[str], seconds: float, load: WrkLoad
-) -> tuple[WrkRound, int]:
-    """wrk sends each fresh result once (then stops); the images stored in that time."""
-    before = stored_count(bench, job_ids)
-    measured = run_wrk(
+def fresh_round(bench: Bench, files: Files, seconds: float, load: WrkLoad) -> WrkRound:
+    """wrk sends each fresh result once, then stops."""
+    return run_wrk(
         "fresh", bench.receiver_url, files.duplicate, seconds, load, (files.fresh, 1),
         stop_when_listed_done=True,
     )  # fmt: skip
-    return measured, stored_count(bench, job_ids) - before
 
 
 def prepare(bench: Bench, directory: Path, fresh_images: int) -> tuple[Files, list[str]]:
@@ -503,32 +525,61 @@ def prepare(bench: Bench, directory: Path, fresh_images: int) -> tuple[Files, li
     return files, job_ids
 
 
+@dataclass
+class Rounds:
+    """The receiver phase's wrk rounds, with the Redis calls per request of each measured one."""
+
+    hello: list[WrkRound] = field(default_factory=list)
+    duplicate: list[WrkRound] = field(default_factory=list)
+    fresh: list[WrkRound] = field(default_factory=list)
+    fresh_stored: int = 0
+    redis_per_request: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def counted(bench: Bench, rounds: Rounds, run: Callable[[], WrkRound]) -> WrkRound:
+    """Run a round against the receiver, counting the Redis calls it caused."""
+    before = redis_calls(bench)
+    measured = run()
+    after = redis_calls(bench)
+    rounds.redis_per_request.setdefault(
+        measured.name, calls_per_request(before, after, measured.requests)
+    )
+    return measured
+
+
 def interleaved_rounds(
     bench: Bench, files: Files, job_ids: list[str], seconds: float, load: WrkLoad
-) -> tuple[list[WrkRound], list[WrkRound], WrkRound, int]:
+) -> Rounds:
     """hello, duplicate, hello, fresh, hello, duplicate, hello."""
-    hello: list[WrkRound] = []
-    duplicate: list[WrkRound] = []
+    rounds = Rounds()
 
     def floor() -> None:
-        hello.append(run_wrk("hello", bench.hello_url, files.hello, seconds, load))
+        rounds.hello.append(run_wrk("hello", bench.hello_url, files.hello, seconds, load))
+
+    def duplicate() -> WrkRound:
+        return run_wrk("duplicate", bench.receiver_url, files.duplicate, seconds, load)
+
+    def fresh() -> WrkRound:
+        return fresh_round(bench, files, seconds, load)
 
     floor()
-    duplicate.append(run_wrk("duplicate", bench.receiver_url, files.duplicate, seconds, load))
+    rounds.duplicate.append(counted(bench, rounds, duplicate))
     floor()
-    fresh, stored = fresh_round(bench, files, job_ids, seconds, load)
+    start = time.time()
+    rounds.fresh.append(counted(bench, rounds, fresh))
+    # Counted from the store, not from wrk: a result sent twice would be a duplicate.
+    rounds.fresh_stored = stored_between(bench, job_ids, start, start + rounds.fresh[0].seconds)
     floor()
-    duplicate.append(run_wrk("duplicate", bench.receiver_url, files.duplicate, seconds, load))
+    rounds.duplicate.append(counted(bench, rounds, duplicate))
     floor()
-    return hello, duplicate, fresh, stored
+    return rounds
 
 
-def receiver_figures(
-    hello: list[WrkRound], duplicate: list[WrkRound], fresh: WrkRound, stored: int, listed: int
-) -> dict[str, Any]:
+def receiver_figures(rounds: Rounds, listed: int) -> dict[str, Any]:
     """The phase's figures: rates, each measured round against the hello rounds around it
     (hello, duplicate, hello, fresh, hello, duplicate, hello), latencies."""
-    fresh_rps = stored / fresh.seconds if fresh.seconds else 0.0
+    hello, duplicate, fresh = rounds.hello, rounds.duplicate, rounds.fresh[0]
+    fresh_rps = rounds.fresh_stored / fresh.seconds if fresh.seconds else 0.0
     ratios = drift_ratios([r.rps for r in hello], [duplicate[0].rps, fresh_rps, duplicate[1].rps])
     dup_ratios = [ratios[0], ratios[2]]
     order = [hello[0], duplicate[0], hello[1], fresh, hello[2], duplicate[1], hello[3]]
@@ -539,13 +590,14 @@ def receiver_figures(
         "receiver_ratio": round(statistics.fmean(dup_ratios), 3),
         "duplicate_ratios": [round(r, 3) for r in dup_ratios],
         "fresh_ratio": round(ratios[1], 3),
-        "fresh_stored": stored,
+        "fresh_stored": rounds.fresh_stored,
         "fresh_listed": listed,
         "hello_p99_ms": round(statistics.fmean(r.p99_ms for r in hello), 2),
         "duplicate_p50_ms": round(statistics.fmean(r.p50_ms for r in duplicate), 2),
         "duplicate_p99_ms": round(statistics.fmean(r.p99_ms for r in duplicate), 2),
         "fresh_p50_ms": fresh.p50_ms,
         "fresh_p99_ms": fresh.p99_ms,
+        "redis_calls_per_request": rounds.redis_per_request,
         "rounds": [r.figures() for r in order],
     }
 
@@ -564,8 +616,8 @@ def measure_receiver(
     config = bench_config(workdir, max_in_flight=fresh_images + 100)
     with running_bench(config) as bench:
         files, job_ids = prepare(bench, workdir, fresh_images)
-        hello, duplicate, fresh, stored = interleaved_rounds(bench, files, job_ids, seconds, load)
-    figures = receiver_figures(hello, duplicate, fresh, stored, fresh_images)
+        rounds = interleaved_rounds(bench, files, job_ids, seconds, load)
+    figures = receiver_figures(rounds, fresh_images)
     figures.update(
         wrk={"threads": load.threads, "connections": load.connections, "seconds": seconds},
         phase_seconds=round(time.monotonic() - began, 1),
