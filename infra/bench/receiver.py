@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -193,9 +194,10 @@ def run_wrk(
     load: WrkLoad,
     listed: tuple[Path, int] | None = None,
     *,
-    stop_when_listed_done: bool = False,
+    until: Callable[[], bool] | None = None,
 ) -> WrkRound:
-    """Run wrk with webhooks.lua: `repeated` over and over, one of `listed` every Nth request."""
+    """Run wrk with webhooks.lua: `repeated` over and over, one of `listed` every Nth request;
+    ended early (as Ctrl-C ends it, summary printed) once `until` says so."""
     argv = [
         ensure_wrk(), f"-t{load.threads}", f"-c{load.connections}",
         f"-d{max(1, round(seconds))}s", "--timeout", f"{load.timeout_s}s", "--latency",
@@ -203,16 +205,30 @@ def run_wrk(
     ]  # fmt: skip
     if listed is not None:
         argv += [str(listed[0]), str(listed[1]), str(load.threads)]
-        argv += ["stop"] if stop_when_listed_done else []
-    done = subprocess.run(  # noqa: S603 - argv built here
-        argv, capture_output=True, text=True, timeout=seconds + 60, check=False
-    )
-    if done.returncode != 0:
-        raise BenchError(f"wrk failed ({done.returncode}) for {name}: {done.stderr[-2000:]}")
-    measured = parse_wrk(name, done.stdout)
+    with subprocess.Popen(  # noqa: S603 - argv built here
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as process:
+        if until is not None:
+            interrupt_when(process, until, seconds)
+        stdout, stderr = process.communicate(timeout=seconds + 60)
+    if process.returncode != 0:
+        raise BenchError(f"wrk failed ({process.returncode}) for {name}: {stderr[-2000:]}")
+    measured = parse_wrk(name, stdout)
     if measured.errors:
         raise BenchError(f"{name}: {measured.errors} wrk requests failed or answered non-2xx")
     return measured
+
+
+def interrupt_when(
+    process: subprocess.Popen[str], until: Callable[[], bool], seconds: float
+) -> None:
+    """SIGINT wrk once `until()` holds: it stops and prints its summary of the time it ran."""
+    deadline = time.monotonic() + seconds
+    while process.poll() is None and time.monotonic() < deadline:
+        if until():
+            process.send_signal(signal.SIGINT)
+            return
+        time.sleep(0.2)
 
 
 def drift_ratios(hello: Sequence[float], measured: Sequence[float]) -> list[float]:
@@ -500,10 +516,10 @@ class Files:
 
 
 def fresh_round(bench: Bench, files: Files, seconds: float, load: WrkLoad) -> WrkRound:
-    """wrk sends each fresh result once, then stops."""
+    """wrk sends each fresh result once, ended early once none is awaited any more."""
     return run_wrk(
         "fresh", bench.receiver_url, files.duplicate, seconds, load, (files.fresh, 1),
-        stop_when_listed_done=True,
+        until=lambda: bench.service.context.budget.in_use() == 0,
     )  # fmt: skip
 
 

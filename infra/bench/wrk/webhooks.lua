@@ -1,11 +1,10 @@
 -- POST requests read from files, for wrk: one request repeated, and optionally a list of
 -- requests each sent once (fresh webhook results), interleaved every Nth request.
 --
--- wrk -s webhooks.lua URL -- REPEAT_FILE [LIST_FILE EVERY THREADS [stop]]
+-- wrk -s webhooks.lua URL -- REPEAT_FILE [LIST_FILE EVERY THREADS]
 --   REPEAT_FILE  the request sent whenever no listed one is due (its first line)
 --   LIST_FILE    requests sent once each; thread k of THREADS takes lines k, k+THREADS, ...
 --   EVERY        one request in EVERY is the next listed one, while any is left (1: all)
---   stop         a thread stops once every one of its listed requests has been answered
 -- A file holds one request per line: the path (with its query), a tab, the JSON body.
 -- The summary is printed as one line: WRK {json}.
 
@@ -33,7 +32,9 @@ local listed = {}
 local every = 1
 local next_listed = 0
 local sent = 0
-local answered = 0
+-- wrk calls the first thread's request() once to check the script before any connection:
+-- that call must not use up a listed request.
+local checked = false
 
 local function mine(all, threads)
   local share = {}
@@ -51,18 +52,15 @@ function init(args)
     listed = mine(load(args[2]), tonumber(args[4]))
     every = tonumber(args[3])
   end
-  if args[5] == "stop" then
-    -- Defined only here: wrk parses responses only for a script that wants them.
-    function response()
-      answered = answered + 1
-      if answered >= #listed then
-        wrk.thread:stop()
-      end
-    end
-  end
 end
 
 function request()
+  if not checked then
+    checked = true
+    if thread_number == 1 then
+      return repeated
+    end
+  end
   sent = sent + 1
   if next_listed < #listed and (sent - 1) % every == 0 then
     next_listed = next_listed + 1
