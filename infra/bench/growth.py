@@ -43,6 +43,7 @@ from infra.bench.receiver import (
     seed_in_flight,
     write_requests,
 )
+from pipeline.store import RedisJobStore
 
 SEEDED_HOW = (
     "in-process: JobService.create_job (validation, job and slot records) then "
@@ -69,6 +70,38 @@ def used_memory(bench: Bench) -> int:
     finally:
         client.close()
     return int(info["used_memory"])
+
+
+def memory_by_kind(bench: Bench, job_id: str) -> dict[str, float]:
+    """Redis bytes per in-flight image by record (MEMORY USAGE): the job's hash and its index
+    entries shared by its images, each image's slot hash and taskUUID index key, its lease."""
+    store = bench.service.store
+    if not isinstance(store, RedisJobStore) or store.leases_key is None:
+        return {}
+    job = store.get_job(job_id)
+    if job is None or not job.slots:
+        return {}
+    images = len(job.slots)
+    client = store.redis
+
+    def usage(key: str) -> int:
+        return int(client.memory_usage(key, samples=0) or 0)
+
+    def per_member(key: str) -> float:
+        members = int(client.zcard(key)) or 1
+        return usage(key) / members
+
+    slots = [store.slot_key(job_id, slot.slot) for slot in job.slots]
+    tasks = [store.task_key(slot.task_uuid) for slot in job.slots if slot.task_uuid]
+    kinds = {
+        "job_hash_share": usage(store.job_key(job_id)) / images,
+        "slot_hash": statistics.fmean(usage(key) for key in slots),
+        "task_index_key": statistics.fmean(usage(key) for key in tasks) if tasks else 0.0,
+        "lease_member": per_member(store.leases_key),
+        "job_index_share": (per_member(store.active_key) + per_member(store.tenant_key(job.tenant)))
+        / images,
+    }
+    return {name: round(value, 1) for name, value in kinds.items()}
 
 
 def in_flight(bench: Bench) -> int:
@@ -222,6 +255,7 @@ def grow(bench: Bench, workdir: Path, plan: GrowthPlan, load: WrkLoad) -> dict[s
         "in_flight_high": list(high.in_flight),
         "redis_used_memory_before": before,
         "redis_used_memory_after": after,
+        "redis_bytes_by_record": memory_by_kind(bench, high_jobs[len(high_jobs) // 2]),
         "images_added": added,
         "seed_seconds": round(seed_seconds, 1),
         "seeded_how": SEEDED_HOW,
