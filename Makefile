@@ -30,7 +30,7 @@ test-fast: $(STAMP) ## Run the unit tests only
 lint: $(STAMP) ## ruff format --check, ruff check and mypy strict
 	$(BIN)/ruff format --check . && $(BIN)/ruff check . && $(BIN)/mypy
 
-bench: $(STAMP) ## Throughput of the pipeline on the local stack
+bench: $(STAMP) ## The pipeline against a floor of the same run: speed, CPU, latency, receiver, growth
 	$(BIN)/python -m infra.bench
 
 chaos: $(STAMP) ## 500 images through the local stack under injected faults and kills

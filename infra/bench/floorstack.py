@@ -17,6 +17,7 @@ from infra.supervise import (
     ManagedProcess,
     Service,
     child_env,
+    free_port,
     poll_until,
     start_listening,
     venv_bin,
@@ -29,41 +30,34 @@ class FloorError(RuntimeError):
     """The floor did not finish its images."""
 
 
-def start_floor_receiver(env: Mapping[str, str], log_dir: Path) -> Service:
+def start_floor_receiver(env: Mapping[str, str], log_dir: Path, port: int) -> Service:
     """The hello-world handler under the receiver's gunicorn settings (webhooks.gunicorn_conf)."""
 
-    def build(port: int) -> ManagedProcess:
+    def build(chosen: int) -> ManagedProcess:
         argv = [venv_bin("gunicorn"), "-c", "python:webhooks.gunicorn_conf",
-                "-b", f"127.0.0.1:{port}", "infra.bench.floor_wsgi:app"]  # fmt: skip
+                "-b", f"127.0.0.1:{chosen}", "infra.bench.floor_wsgi:app"]  # fmt: skip
         return ManagedProcess(
             "floor-receiver", argv, log_dir=log_dir, env=child_env(env), cwd=REPO_ROOT
         )
 
-    def ready(process: ManagedProcess, port: int) -> None:
-        wait_for_http(f"http://127.0.0.1:{port}/healthz", 30, process=process)
+    def ready(process: ManagedProcess, chosen: int) -> None:
+        wait_for_http(f"http://127.0.0.1:{chosen}/healthz", 60, process=process)
 
-    process, port = start_listening(build, ready, None)
-    return Service(process, f"http://127.0.0.1:{port}", port)
+    process, chosen = start_listening(build, ready, port)
+    return Service(process, f"http://127.0.0.1:{chosen}", chosen)
 
 
-def start_floor_worker(
-    env: Mapping[str, str], concurrency: int, log_dir: Path, client: redis.Redis
-) -> Service:
+def launch_floor_worker(
+    env: Mapping[str, str], concurrency: int, log_dir: Path
+) -> tuple[ManagedProcess, str]:
     """A prefork worker of the floor's queue with the pipeline worker's concurrency."""
     hostname = f"bench-floor-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
     argv = [venv_bin("celery"), "-A", "infra.bench.floor_worker", "worker",
             "-Q", floor.FLOOR_QUEUE, "-c", str(concurrency), "--hostname", hostname,
             "-l", "WARNING", "--without-gossip", "--without-mingle"]  # fmt: skip
-    process = ManagedProcess(
-        "floor-worker", argv, log_dir=log_dir, env=child_env(env), cwd=REPO_ROOT
-    ).start()
-    try:
-        poll_until(lambda: bool(client.exists(floor.ready_key(hostname))), 60,
-                   "floor worker ready", process)  # fmt: skip
-    except BaseException:
-        process.stop(timeout=5)
-        raise
-    return Service(process)
+    process = ManagedProcess("floor-worker", argv, log_dir=log_dir, env=child_env(env),
+                             cwd=REPO_ROOT)  # fmt: skip
+    return process.start(), hostname
 
 
 class Floor:
@@ -77,12 +71,16 @@ class Floor:
         self.app = floor.create_floor_celery(Settings.from_env(stack.env))
 
     def start(self) -> None:
-        receiver = start_floor_receiver(self.stack.env, self.stack.log_dir)
-        self.services["floor-receiver"] = receiver
-        env = {**self.stack.env, floor.RECEIVER_VARIABLE: str(receiver.url)}
-        self.services["floor-worker"] = start_floor_worker(
-            env, self.concurrency, self.stack.log_dir, self.redis
+        """Start the worker and the handler at once: the worker only needs the handler's URL."""
+        port = free_port()
+        env = {**self.stack.env, floor.RECEIVER_VARIABLE: f"http://127.0.0.1:{port}"}
+        worker, hostname = launch_floor_worker(env, self.concurrency, self.stack.log_dir)
+        self.services["floor-worker"] = Service(worker)
+        self.services["floor-receiver"] = start_floor_receiver(
+            self.stack.env, self.stack.log_dir, port
         )
+        poll_until(lambda: bool(self.redis.exists(floor.ready_key(hostname))), 60,
+                   "floor worker ready", worker)  # fmt: skip
 
     def pids(self) -> dict[str, int | None]:
         return {name: service.process.pid for name, service in self.services.items()}
@@ -107,7 +105,9 @@ class Floor:
                 raise FloorError(f"{service.name} exited:\n{service.process.tail(30)}")
 
     def stop(self) -> None:
-        for service in reversed(list(self.services.values())):
-            service.stop(10)
+        # The worker first: its keep-alive connections would hold the handler's graceful stop.
+        for name in ("floor-worker", "floor-receiver"):
+            if name in self.services:
+                self.services[name].stop(10)
         self.app.close()
         self.redis.close()

@@ -36,7 +36,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--phases", default=",".join(PHASES), help=f"comma separated, of {','.join(PHASES)}")
     add("--images", type=int, default=2000, help="pipeline images in all, split over the rounds")
     add("--rounds", type=int, default=2, help="pipeline rounds, each between two floor rounds")
-    add("--floor-images", type=int, help="images per floor round (default: a pipeline round's)")
+    add("--floor-images", type=int, help="images per floor round (default: half a round's)")
     add("--per-job", type=int, default=4, help="numberResults of each job")
     add("--latency-ms", type=int, default=0, help="the emulator's render latency per image")
     add("--in-flight", type=int, help="RUNWARE_MAX_IN_FLIGHT (default: --images, at least 400)")
@@ -57,7 +57,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown phases {unknown}; choose from {list(PHASES)}")
     if args.floor_images is None:
-        args.floor_images = max(args.per_job, args.images // args.rounds)
+        args.floor_images = max(args.per_job, args.images // args.rounds // 2)
     return args
 
 
@@ -84,9 +84,11 @@ class Run:
 
 def stack_phases(args: argparse.Namespace, workdir: Path, run: Run) -> None:
     """e2e then latency on one stack: latency is paced at half the e2e phase's throughput."""
+    began = time.monotonic()
     rig = stackphases.open_rig(args, workdir)
     try:
         stackphases.warm_up(rig, max(args.per_job, 2 * args.concurrency))
+        print(f"bench: stack, floor and warm-up took {time.monotonic() - began:.1f}s", flush=True)
         if "e2e" in args.phases:
             run.phase("e2e", lambda: stackphases.measure_e2e(
                 rig, args.images, args.rounds, args.floor_images))  # fmt: skip
@@ -95,7 +97,9 @@ def stack_phases(args: argparse.Namespace, workdir: Path, run: Run) -> None:
             run.phase("latency", lambda: stackphases.measure_latency(
                 rig, args.latency_images, rate))  # fmt: skip
     finally:
+        stopping = time.monotonic()
         stackphases.close_rig(rig)
+        print(f"bench: stack stopped in {time.monotonic() - stopping:.1f}s", flush=True)
 
 
 def _half_throughput(run: Run) -> float:

@@ -120,7 +120,7 @@ def render_targets(doc: Mapping[str, Any]) -> list[str]:
         [t["target"], _value_text(t, doc["figures"]), "met" if t["met"] else "MISSED"]
         for t in doc["targets"]
     ]
-    return [stats.table(["target", "value", ""], rows)]
+    return [stats.table(["target", "value", "result"], rows)]
 
 
 def render(doc: Mapping[str, Any]) -> str:

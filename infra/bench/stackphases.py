@@ -182,4 +182,9 @@ def open_rig(args: argparse.Namespace, workdir: Path) -> Rig:
 def close_rig(rig: Rig) -> None:
     rig.client.close()
     rig.floor.stop()
+    # The emulator first: its idle keep-alive connections would hold the receiver's graceful
+    # stop for gunicorn's whole graceful_timeout.
+    emulator = rig.stack.services.get("emulator")
+    if emulator is not None:
+        emulator.stop(10)
     rig.stack.stop()

@@ -124,6 +124,9 @@ def last_line(figures: Mapping[str, float | None]) -> str:
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A plain text table with columns as wide as their widest cell."""
     widths = [max(len(str(row[n])) for row in [header, *rows]) for n in range(len(header))]
-    lines = ["  ".join(str(cell).ljust(widths[n]) for n, cell in enumerate(row)) for row in rows]
-    head = "  ".join(cell.ljust(widths[n]) for n, cell in enumerate(header))
-    return "\n".join([head, "  ".join("-" * w for w in widths), *lines])
+    lines = [
+        "  ".join(str(cell).ljust(widths[n]) for n, cell in enumerate(row)).rstrip()
+        for row in [header, [""] * len(header), *rows]
+    ]
+    lines[1] = "  ".join("-" * w for w in widths)
+    return "\n".join(lines)
