@@ -622,7 +622,7 @@ def measure_receiver(
     workdir: Path,
     *,
     seconds: float = 6.0,
-    fresh_images: int = 600,
+    fresh_images: int = 300,
     load: WrkLoad | None = None,
 ) -> dict[str, Any]:
     """The receiver phase on a stack of its own in workdir: `seconds` per wrk round."""
@@ -652,7 +652,7 @@ def summary_line(figures: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.bench.receiver", description=__doc__)
     parser.add_argument("--seconds", type=float, default=6.0, help="length of each wrk round")
-    parser.add_argument("--fresh-images", type=int, default=600, help="fresh results staged")
+    parser.add_argument("--fresh-images", type=int, default=300, help="fresh results staged")
     parser.add_argument("--threads", type=int, default=WrkLoad.threads, help="wrk threads")
     parser.add_argument("--connections", type=int, default=WrkLoad.connections)
     parser.add_argument("--workdir", type=Path, help="default: a new temporary directory")
