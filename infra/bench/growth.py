@@ -46,10 +46,11 @@ from infra.bench.receiver import (
 from pipeline.store import RedisJobStore
 
 SEEDED_HOW = (
-    "in-process: JobService.create_job (validation, job and slot records) then "
-    "JobService.submit_job (taskUUIDs, leases, presigned upload URLs, one imageInference "
-    "request of up to 20 tasks to the emulator, which holds them; slots submitted) - the API's "
-    "and the submit task's use cases without the Celery hop"
+    "in the benchmark's own process (4 threads), not through the API and the workers: "
+    "JobService.create_job (validation, job and slot records) then JobService.submit_job "
+    "(taskUUIDs, leases, presigned upload URLs, one imageInference request of up to 20 tasks to "
+    "the emulator, which holds them; slots submitted) - the use cases the API and the submit "
+    "task run, without the Celery hop"
 )
 
 

@@ -410,25 +410,33 @@ def hold_deliveries(bench: Bench) -> None:
     bench.emulator.patch("/_emulator/config", json={"latency_ms": NEVER_MS}).raise_for_status()
 
 
-def seed_in_flight(bench: Bench, images: int, workers: int = 4) -> list[str]:
+def job_sizes(images: int) -> list[int]:
+    """Jobs of 20 images (one Runware request each), and one smaller for the rest."""
+    sizes = [IMAGES_PER_JOB] * (images // IMAGES_PER_JOB)
+    return sizes + ([images % IMAGES_PER_JOB] if images % IMAGES_PER_JOB else [])
+
+
+def submit_jobs(service: JobService, sizes: Sequence[int], threads: int) -> list[str]:
+    """Create and submit one job per size; their ids."""
+
+    def one(count: int) -> str:
+        job, _created = service.create_job({**JOB_REQUEST, "numberResults": count}, TENANT)
+        outcome = service.submit_job(job.id)
+        if outcome != SubmitOutcome.SUBMITTED:
+            raise BenchError(f"job {job.id} was not submitted: {outcome}")
+        return job.id
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(one, sizes))
+
+
+def seed_in_flight(bench: Bench, images: int) -> list[str]:
     """Put `images` images in flight, sent to the emulator and awaiting their results, through
     the pipeline's own use cases in this process: JobService.create_job (validation, the job
     and slot records) then JobService.submit_job (taskUUIDs, leases, presigned upload URLs, one
     imageInference request per job of up to 20 tasks, slots moved to submitted), i.e. what the
     API and the worker's submit task do, without the Celery hop. The job ids."""
-    sizes = [IMAGES_PER_JOB] * (images // IMAGES_PER_JOB)
-    if images % IMAGES_PER_JOB:
-        sizes.append(images % IMAGES_PER_JOB)
-
-    def one(count: int) -> str:
-        job, _created = bench.service.create_job({**JOB_REQUEST, "numberResults": count}, TENANT)
-        outcome = bench.service.submit_job(job.id)
-        if outcome != SubmitOutcome.SUBMITTED:
-            raise BenchError(f"job {job.id} was not submitted: {outcome}")
-        return job.id
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(one, sizes))
+    return submit_jobs(bench.service, job_sizes(images), threads=4)
 
 
 def awaiting_tasks(bench: Bench, job_ids: Iterable[str]) -> list[str]:

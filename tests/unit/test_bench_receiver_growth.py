@@ -16,6 +16,7 @@ from infra.bench.receiver import (
     drift_ratios,
     emulator_body,
     fresh_item,
+    job_sizes,
     parse_wrk,
     webhook_request,
     write_requests,
@@ -154,3 +155,10 @@ def test_p99_growth_is_corrected_by_the_hello_rates_around_each_round() -> None:
     assert high.p99_ms == 200
     assert p99_growth(low, high) == pytest.approx(1.0)
     assert [r.name for r in high.rounds()] == ["hello", "mix-high", "hello", "mix-high", "hello"]
+
+
+def test_images_go_in_flight_as_jobs_of_twenty_and_one_for_the_rest() -> None:
+    assert job_sizes(100) == [20] * 5
+    assert job_sizes(9_930) == [20] * 496 + [10]
+    assert job_sizes(7) == [7]
+    assert job_sizes(0) == []
