@@ -36,12 +36,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--phases", default=",".join(PHASES), help=f"comma separated, of {','.join(PHASES)}")
     add("--images", type=int, default=2000, help="pipeline images in all, split over the rounds")
     add("--rounds", type=int, default=2, help="pipeline rounds, each between two floor rounds")
-    add("--floor-images", type=int, help="images per floor round (default: half a round's)")
+    add("--floor-images", type=int, help="images per floor round (default: a quarter of a round's)")
     add("--per-job", type=int, default=4, help="numberResults of each job")
     add("--latency-ms", type=int, default=0, help="the emulator's render latency per image")
     add("--in-flight", type=int, help="RUNWARE_MAX_IN_FLIGHT (default: --images, at least 400)")
     add("--concurrency", type=int, default=4, help="worker processes, the pipeline's and floor's")
-    add("--latency-images", type=int, default=400, help="images of the paced latency phase")
+    add("--latency-images", type=int, default=300, help="images of the paced latency phase")
     add("--receiver-seconds", type=float, default=10.0, help="seconds per receiver load run")
     add("--growth-in-flight", type=int, default=10_000, help="in-flight images of growth's top")
     add("--timeout", type=float, default=600, help="seconds any one round may take")
@@ -56,8 +56,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown = [p for p in args.phases if p not in PHASES]
     if unknown:
         parser.error(f"unknown phases {unknown}; choose from {list(PHASES)}")
+    args.in_flight = args.in_flight or max(args.images, 400)
     if args.floor_images is None:
-        args.floor_images = max(args.per_job, args.images // args.rounds // 2)
+        args.floor_images = max(args.per_job, args.images // args.rounds // 4)
     return args
 
 

@@ -25,7 +25,6 @@ OTHERS = ("emulator", "s3", "redis")
 
 def bench_config(args: argparse.Namespace, workdir: Path) -> StackConfig:
     """The stack of a benchmark: one worker, no Flower, the emulator without its render cost."""
-    in_flight = args.in_flight or max(args.images, 400)
     return StackConfig(
         workdir=workdir,
         bucket="imagine-bench",
@@ -38,7 +37,7 @@ def bench_config(args: argparse.Namespace, workdir: Path) -> StackConfig:
         workers=("bench",),
         concurrency=args.concurrency,
         flower=False,
-        extra_env={"RUNWARE_MAX_IN_FLIGHT": str(in_flight), "LOG_LEVEL": "WARNING"},
+        extra_env={"RUNWARE_MAX_IN_FLIGHT": str(args.in_flight), "LOG_LEVEL": "WARNING"},
     )  # fmt: skip
 
 
