@@ -30,6 +30,10 @@ class ObjectStorage(Protocol):
 
     def read_prefix(self, key: str, length: int) -> bytes: ...
 
+    def read_start(self, key: str, length: int) -> tuple[ObjectHead, bytes] | None:
+        """The object's head and its first `length` bytes in one request; None if it is absent."""
+        ...
+
     def read_suffix(self, key: str, length: int) -> bytes: ...
 
     def copy(
@@ -40,7 +44,11 @@ class ObjectStorage(Protocol):
         if_match: str,
         content_type: str,
         metadata: dict[str, str],
-    ) -> ObjectHead: ...
+        size: int | None = None,
+    ) -> ObjectHead:
+        """Copy `source` if its ETag is `if_match`. With `size` (the source's, known from that
+        head) the destination's head comes from the copy's own answer, with no request after."""
+        ...
 
     def put(
         self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None

@@ -121,19 +121,21 @@ def promote_slot(
         finish_job(ctx, job_id)
         return PromoteOutcome.DISCARDED
     staging = ctx.layout.staging(job_id, slot.task_uuid)
-    head = ctx.storage.head(staging)
-    if head is None:
+    # One ranged GET is the head and the header bytes; a small image is read whole by it.
+    start = ctx.storage.read_start(staging, HEADER_BYTES)
+    if start is None:
         if not allow_fetch or not slot.image_url:
             return PromoteOutcome.MISSING
         return promote_fetched(ctx, job, slot)
+    head, prefix = start
     try:
         if head.size > ctx.settings.max_image_bytes:
             raise ImageRejected(
                 f"the staged object has {head.size} bytes, more than {ctx.settings.max_image_bytes}"
             )
-        prefix = ctx.storage.read_prefix(staging, HEADER_BYTES)
         info = inspect_image(prefix)
-        check_complete(info.format, head.size, prefix, ctx.storage.read_suffix(staging, 16))
+        suffix = prefix[-16:] if head.size <= len(prefix) else ctx.storage.read_suffix(staging, 16)
+        check_complete(info.format, head.size, prefix, suffix)
         checked = examine(ctx, job, info, slot)
     except ImageRejected as exc:
         if slot.image_url:
@@ -154,6 +156,7 @@ def promote_slot(
         if_match=head.etag,
         content_type=FORMAT_CONTENT_TYPES[info.format],
         metadata=object_metadata(job, slot, info),
+        size=head.size,
     )
     return record_stored(ctx, job, slot, final_key, stored, checked)
 

@@ -64,6 +64,12 @@ def _coded_error(action: str, key: str, code: str) -> StorageError:
     return StorageError(f"S3 {action} of {key} failed: {code}", transient=code in TRANSIENT_CODES)
 
 
+def _total_size(content_range: str | None, received: int) -> int:
+    """The object's size from a ranged answer's Content-Range ("bytes 0-9/1234")."""
+    total = (content_range or "").rpartition("/")[2]
+    return int(total) if total.isdigit() else received
+
+
 def _storage_error(action: str, key: str, exc: Exception) -> StorageError:
     if isinstance(exc, ClientError):
         return _coded_error(action, key, _error_code(exc))
@@ -138,6 +144,30 @@ class S3ObjectStorage:
     def read_suffix(self, key: str, length: int) -> bytes:
         return self._read_range(key, f"bytes=-{length}")
 
+    def read_start(self, key: str, length: int) -> tuple[ObjectHead, bytes] | None:
+        # A ranged GET answers with the object's ETag and total size: the HEAD it replaces.
+        try:
+            answer = self._s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes=0-{length - 1}")
+            data: bytes = answer["Body"].read()
+        except ClientError as exc:
+            code = _error_code(exc)
+            if code in MISSING_CODES:
+                return None
+            if code == "InvalidRange":  # an empty object has no first byte
+                head = self.head(key)
+                return None if head is None else (head, b"")
+            raise _coded_error("read", key, code) from None
+        except BotoCoreError as exc:
+            raise _storage_error("read", key, exc) from None
+        head = ObjectHead(
+            key=key,
+            size=_total_size(answer.get("ContentRange"), len(data)),
+            etag=answer["ETag"],
+            content_type=answer.get("ContentType"),
+            metadata=dict(answer.get("Metadata") or {}),
+        )
+        return head, data[:length]
+
     def _read_range(self, key: str, byte_range: str) -> bytes:
         try:
             answer = self._s3.get_object(Bucket=self.bucket, Key=key, Range=byte_range)
@@ -154,9 +184,10 @@ class S3ObjectStorage:
         if_match: str,
         content_type: str,
         metadata: dict[str, str],
+        size: int | None = None,
     ) -> ObjectHead:
         try:
-            self._s3.copy_object(
+            answer = self._s3.copy_object(
                 Bucket=self.bucket,
                 Key=destination,
                 CopySource={"Bucket": self.bucket, "Key": source},
@@ -167,6 +198,12 @@ class S3ObjectStorage:
             )
         except (ClientError, BotoCoreError) as exc:
             raise _storage_error("copy", source, exc) from None
+        etag = answer.get("CopyObjectResult", {}).get("ETag")
+        if size is not None and etag:
+            # The copy wrote the bytes whose ETag was checked: their size is the source's.
+            return ObjectHead(
+                key=destination, size=size, etag=etag, content_type=content_type, metadata=metadata
+            )
         head = self.head(destination)
         if head is None:
             raise StorageError(f"S3 copy to {destination} left no object", transient=True)
@@ -290,6 +327,11 @@ class MemoryObjectStorage:
             raise _coded_error("read", key, "InvalidRange")
         return data[:length]
 
+    def read_start(self, key: str, length: int) -> tuple[ObjectHead, bytes] | None:
+        with self._lock:
+            found = self._objects.get(key)
+        return None if found is None else (self._head(key, found), found.data[:length])
+
     def read_suffix(self, key: str, length: int) -> bytes:
         # A suffix longer than the object is the whole object (an empty one included).
         return self._get("read", key).data[-length:]
@@ -302,6 +344,7 @@ class MemoryObjectStorage:
         if_match: str,
         content_type: str,
         metadata: dict[str, str],
+        size: int | None = None,
     ) -> ObjectHead:
         found = self._get("copy", source)
         if if_match.strip() != "*" and if_match.strip().strip('"') != found.etag.strip('"'):
@@ -377,6 +420,9 @@ class BudgetedObjectStorage:
     def read_suffix(self, key: str, length: int) -> bytes:
         return self._storage().read_suffix(key, length)
 
+    def read_start(self, key: str, length: int) -> tuple[ObjectHead, bytes] | None:
+        return self._storage().read_start(key, length)
+
     def copy(
         self,
         source: str,
@@ -385,9 +431,15 @@ class BudgetedObjectStorage:
         if_match: str,
         content_type: str,
         metadata: dict[str, str],
+        size: int | None = None,
     ) -> ObjectHead:
         return self._storage().copy(
-            source, destination, if_match=if_match, content_type=content_type, metadata=metadata
+            source,
+            destination,
+            if_match=if_match,
+            content_type=content_type,
+            metadata=metadata,
+            size=size,
         )
 
     def put(

@@ -10,9 +10,14 @@ imports the app, makes redis-py and boto3 (urllib3) cooperative: the view's inli
 calls yield instead of blocking the worker.
 """
 
+import os
+
 from pipeline.config import Settings
 
 _settings = Settings.from_env()
+
+# Read by gevent in each worker when its hub first resolves a name (see the class's docstring).
+os.environ.setdefault("GEVENT_RESOLVER", "webhooks.serving.LiteralAddressResolver")
 
 worker_class = "gevent"
 workers = 2

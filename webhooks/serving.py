@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import _socket
+import ipaddress
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeVar
 
 import gevent
+from gevent.resolver.thread import Resolver as ThreadResolver
 from werkzeug.exceptions import RequestTimeout
 
 T = TypeVar("T")
@@ -109,3 +112,24 @@ def finish_request_body(req: Any) -> None:
     body = req.body
     if isinstance(body, DeadlineBody) and not body.discard_rest():
         req.must_close = True
+
+
+def _is_address(host: Any) -> bool:
+    text = host.decode("ascii", "replace") if isinstance(host, bytes) else str(host)
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+class LiteralAddressResolver(ThreadResolver):  # type: ignore[misc]  # gevent is untyped
+    """gevent's default resolver, except for an IP address, which needs no lookup: it never goes
+    through the resolver's thread pool. Every connection the receiver opens to an S3 server at an
+    address (the local stack's closes its connections after each request) was handed to a
+    thread and back, a quarter of the receiver's CPU in a profile of the 400-image bench."""
+
+    def getaddrinfo(self, host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if _is_address(host):
+            return _socket.getaddrinfo(host, port, *args, **kwargs)
+        return super().getaddrinfo(host, port, *args, **kwargs)

@@ -159,6 +159,57 @@ def test_ranges_of_an_empty_object(storage: ObjectStorage, prefix: str) -> None:
     assert storage.read(f"{prefix}empty", max_bytes=10) == b""
 
 
+def test_read_start_is_the_head_and_the_first_bytes_in_one_call(
+    storage: ObjectStorage, prefix: str
+) -> None:
+    image = png_bytes()
+    written = storage.put(
+        f"{prefix}x.png", image, content_type="image/png", metadata={"uploaded-by": "provider"}
+    )
+
+    start = storage.read_start(f"{prefix}x.png", 8)
+    whole = storage.read_start(f"{prefix}x.png", len(image) + 100)
+
+    assert start is not None and whole is not None
+    head, first = start
+    assert (head.key, head.size, head.etag) == (f"{prefix}x.png", len(image), written.etag)
+    assert (head.content_type, head.metadata) == ("image/png", {"uploaded-by": "provider"})
+    assert first == PNG_MAGIC
+    assert whole == (head, image)
+    assert storage.read_start(f"{prefix}missing.png", 8) is None
+
+
+def test_read_start_of_an_empty_object_is_its_head_and_no_bytes(
+    storage: ObjectStorage, prefix: str
+) -> None:
+    storage.put(f"{prefix}empty", b"", content_type="application/octet-stream")
+
+    start = storage.read_start(f"{prefix}empty", 8)
+
+    assert start is not None and (start[0].size, start[1]) == (0, b"")
+
+
+def test_copy_given_the_source_size_reports_the_copy_without_reading_it_again(
+    storage: ObjectStorage, prefix: str
+) -> None:
+    image = png_bytes()
+    staged = storage.put(f"{prefix}staging/t", image, content_type="application/octet-stream")
+
+    copied = storage.copy(
+        f"{prefix}staging/t",
+        f"{prefix}jobs/00.png",
+        if_match=staged.etag,
+        content_type="image/png",
+        metadata={"imagine-slot": "0"},
+        size=len(image),
+    )
+
+    head = storage.head(f"{prefix}jobs/00.png")
+    assert head is not None
+    assert (copied.size, copied.etag) == (head.size, head.etag) == (len(image), staged.etag)
+    assert storage.read(f"{prefix}jobs/00.png", max_bytes=len(image)) == image
+
+
 def test_copy_with_the_right_etag_writes_new_type_and_metadata(
     storage: ObjectStorage, prefix: str
 ) -> None:

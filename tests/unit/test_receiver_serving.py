@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import socket
 from dataclasses import dataclass, field
 
 import gevent
@@ -13,6 +14,7 @@ from webhooks.serving import (
     DRAIN_MAX_BYTES,
     BodyTimeout,
     DeadlineBody,
+    LiteralAddressResolver,
     bound_request_body,
     finish_request_body,
 )
@@ -102,3 +104,21 @@ def test_a_webhook_body_past_its_deadline_gets_a_408_in_the_error_shape() -> Non
     assert set(answer.json) == {"code", "status", "message", "errors"}
     assert answer.json["status"] == 408
     assert closed == [True]
+
+
+class RefusingPool:
+    """A resolver thread pool that must not be used."""
+
+    def apply(self, *args: object, **kwargs: object) -> object:
+        raise AssertionError("an IP address went to the resolver's threads")
+
+
+def test_an_ip_address_is_resolved_without_the_resolver_threads() -> None:
+    resolver = LiteralAddressResolver()
+    resolver.pool = RefusingPool()
+
+    answer = resolver.getaddrinfo("127.0.0.1", 9000, 0, socket.SOCK_STREAM)
+
+    assert [item[4] for item in answer] == [("127.0.0.1", 9000)]
+    with pytest.raises(AssertionError, match="resolver's threads"):
+        resolver.getaddrinfo("localhost", 9000)
