@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import redis
 
 from infra.bench.receiver import (
@@ -143,6 +144,7 @@ class Level:
     hello: list[WrkRound] = field(default_factory=list)
     mixes: list[WrkRound] = field(default_factory=list)
     redis_per_request: dict[str, float] = field(default_factory=dict)  # of its first mix
+    cores: dict[str, float] = field(default_factory=dict)  # each process, during its first mix
 
     @property
     def p99_ms(self) -> float:
@@ -187,21 +189,55 @@ def stage_mixes(
     return mixes
 
 
+def cpu_seconds(bench: Bench) -> dict[str, float]:
+    """CPU seconds (user and system) used so far by each process of the stack and its children."""
+    return {name: tree_cpu(service.process.pid) for name, service in bench.stack.services.items()}
+
+
+def tree_cpu(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for process in tree:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def cores_busy(
+    before: dict[str, float], after: dict[str, float], seconds: float
+) -> dict[str, float]:
+    """Each process's CPU between two readings, in cores (CPU seconds per second)."""
+    if seconds <= 0:
+        return {}
+    return {name: round((after[name] - before.get(name, 0.0)) / seconds, 2) for name in after}
+
+
 def measure_level(
     bench: Bench, name: str, mixes: list[Mix], seconds: float, load: WrkLoad
 ) -> Level:
-    """hello, mix, hello, mix, ..., hello; the Redis calls per request of the first mix."""
+    """hello, mix, hello, mix, ..., hello; the Redis calls per request of the first mix, and
+    the cores each process of the stack kept busy during the first mix."""
     level = Level(name, (in_flight(bench), 0))
     level.hello.append(run_wrk("hello", bench.hello_url, mixes[0].duplicate, seconds, load))
     for mix in mixes:
-        before = redis_calls(bench)
+        calls, cpu = redis_calls(bench), cpu_seconds(bench)
         measured = run_wrk(
             name, bench.receiver_url, mix.duplicate, seconds, load, (mix.fresh, mix.every)
         )
         if not level.redis_per_request:
             level.redis_per_request = calls_per_request(
-                before, redis_calls(bench), measured.requests
+                calls, redis_calls(bench), measured.requests
             )
+            level.cores = cores_busy(cpu, cpu_seconds(bench), measured.seconds)
         level.mixes.append(measured)
         level.hello.append(run_wrk("hello", bench.hello_url, mix.duplicate, seconds, load))
     level.in_flight = (level.in_flight[0], in_flight(bench))
@@ -261,6 +297,7 @@ def grow(bench: Bench, workdir: Path, plan: GrowthPlan, load: WrkLoad) -> dict[s
         "seed_seconds": round(seed_seconds, 1),
         "seeded_how": SEEDED_HOW,
         "redis_calls_per_request": {"low": low.redis_per_request, "high": high.redis_per_request},
+        "cores_busy": {"low": low.cores, "high": high.cores},
         "mix": f"the duplicate webhook; one request in {plan.every} a fresh result "
         f"(of {plan.sample} per round)",
         "wrk": {"threads": load.threads, "connections": load.connections, "seconds": plan.seconds},
