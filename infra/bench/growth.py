@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 import redis
 
 from infra.bench.receiver import (
@@ -33,6 +32,8 @@ from infra.bench.receiver import (
     awaiting_tasks,
     bench_config,
     calls_per_request,
+    cores_busy,
+    cpu_seconds,
     duplicate_webhook,
     ensure_wrk,
     fresh_results,
@@ -187,38 +188,6 @@ def stage_mixes(
         listed = write_requests(directory / f"fresh-{name}-{n}.txt", fresh)
         mixes.append(Mix(duplicate=repeated, fresh=listed, every=plan.every))
     return mixes
-
-
-def cpu_seconds(bench: Bench) -> dict[str, float]:
-    """CPU seconds (user and system) used so far by each process of the stack and its children."""
-    return {name: tree_cpu(service.process.pid) for name, service in bench.stack.services.items()}
-
-
-def tree_cpu(pid: int | None) -> float:
-    if pid is None:
-        return 0.0
-    try:
-        root = psutil.Process(pid)
-        tree = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0.0
-    total = 0.0
-    for process in tree:
-        try:
-            times = process.cpu_times()
-        except psutil.Error:
-            continue
-        total += times.user + times.system
-    return total
-
-
-def cores_busy(
-    before: dict[str, float], after: dict[str, float], seconds: float
-) -> dict[str, float]:
-    """Each process's CPU between two readings, in cores (CPU seconds per second)."""
-    if seconds <= 0:
-        return {}
-    return {name: round((after[name] - before.get(name, 0.0)) / seconds, 2) for name in after}
 
 
 def measure_level(

@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import psutil
 import redis
 
 from infra.stack import LocalStack, StackConfig
@@ -549,25 +550,81 @@ def prepare(bench: Bench, directory: Path, fresh_images: int) -> tuple[Files, li
     return files, job_ids
 
 
+def cpu_seconds(bench: Bench) -> dict[str, float]:
+    """CPU seconds (user and system) used so far by each process of the stack and the floor,
+    each with its children."""
+    services = {**bench.stack.services, "hello": bench.hello}
+    return {name: tree_cpu(service.process.pid) for name, service in services.items()}
+
+
+def tree_cpu(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for process in tree:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def cores_busy(
+    before: dict[str, float], after: dict[str, float], seconds: float
+) -> dict[str, float]:
+    """Each process's CPU between two readings, in cores (CPU seconds per second)."""
+    if seconds <= 0:
+        return {}
+    return {name: round((after[name] - before.get(name, 0.0)) / seconds, 2) for name in after}
+
+
+def cpu_ms_per_request(
+    before: dict[str, float], after: dict[str, float], requests: int
+) -> dict[str, float]:
+    """Each process's CPU per request of a round, in ms; processes that did nothing left out.
+    Unlike a rate, it holds while other work on the machine takes the CPU away."""
+    if requests <= 0:
+        return {}
+    used = {name: (after[name] - before.get(name, 0.0)) * 1000 / requests for name in after}
+    return {name: round(ms, 3) for name, ms in used.items() if ms >= 0.01}
+
+
 @dataclass
 class Rounds:
-    """The receiver phase's wrk rounds, with the Redis calls per request of each measured one."""
+    """The receiver phase's wrk rounds, with the Redis calls per request of each measured one
+    and the CPU per request of each process in every round."""
 
     hello: list[WrkRound] = field(default_factory=list)
     duplicate: list[WrkRound] = field(default_factory=list)
     fresh: list[WrkRound] = field(default_factory=list)
     fresh_stored: int = 0
     redis_per_request: dict[str, dict[str, float]] = field(default_factory=dict)
+    cpu_per_request: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+
+    def cpu_ms(self, name: str, process: str) -> float:
+        """The mean CPU per request of `process` over the rounds called `name`."""
+        rows = self.cpu_per_request.get(name, [])
+        return statistics.fmean(row.get(process, 0.0) for row in rows) if rows else 0.0
 
 
 def counted(bench: Bench, rounds: Rounds, run: Callable[[], WrkRound]) -> WrkRound:
-    """Run a round against the receiver, counting the Redis calls it caused."""
-    before = redis_calls(bench)
+    """Run a round, counting the CPU each process spent on it and, against the receiver,
+    the Redis calls it caused."""
+    calls, cpu = redis_calls(bench), cpu_seconds(bench)
     measured = run()
-    after = redis_calls(bench)
-    rounds.redis_per_request.setdefault(
-        measured.name, calls_per_request(before, after, measured.requests)
+    rounds.cpu_per_request.setdefault(measured.name, []).append(
+        cpu_ms_per_request(cpu, cpu_seconds(bench), measured.requests)
     )
+    if measured.name != "hello":
+        rounds.redis_per_request.setdefault(
+            measured.name, calls_per_request(calls, redis_calls(bench), measured.requests)
+        )
     return measured
 
 
@@ -577,8 +634,11 @@ def interleaved_rounds(
     """hello, duplicate, hello, fresh, hello, duplicate, hello."""
     rounds = Rounds()
 
+    def hello() -> WrkRound:
+        return run_wrk("hello", bench.hello_url, files.hello, seconds, load)
+
     def floor() -> None:
-        rounds.hello.append(run_wrk("hello", bench.hello_url, files.hello, seconds, load))
+        rounds.hello.append(counted(bench, rounds, hello))
 
     def duplicate() -> WrkRound:
         return run_wrk("duplicate", bench.receiver_url, files.duplicate, seconds, load)
@@ -597,6 +657,13 @@ def interleaved_rounds(
     rounds.duplicate.append(counted(bench, rounds, duplicate))
     floor()
     return rounds
+
+
+def cpu_ratio(rounds: Rounds) -> float | None:
+    """The floor's CPU per request over the receiver's on the duplicate path: what
+    receiver_ratio would be if each had the CPU to itself."""
+    duplicate = rounds.cpu_ms("duplicate", "receiver")
+    return round(rounds.cpu_ms("hello", "hello") / duplicate, 3) if duplicate else None
 
 
 def receiver_figures(rounds: Rounds, listed: int) -> dict[str, Any]:
@@ -621,6 +688,12 @@ def receiver_figures(rounds: Rounds, listed: int) -> dict[str, Any]:
         "duplicate_p99_ms": round(statistics.fmean(r.p99_ms for r in duplicate), 2),
         "fresh_p50_ms": fresh.p50_ms,
         "fresh_p99_ms": fresh.p99_ms,
+        "receiver_cpu_ratio": cpu_ratio(rounds),
+        "cpu_ms_per_request": {
+            "hello": round(rounds.cpu_ms("hello", "hello"), 3),
+            "duplicate": round(rounds.cpu_ms("duplicate", "receiver"), 3),
+            "fresh": rounds.cpu_per_request["fresh"][0],
+        },
         "redis_calls_per_request": rounds.redis_per_request,
         "rounds": [r.figures() for r in order],
     }
@@ -653,6 +726,7 @@ def summary_line(figures: dict[str, Any]) -> str:
     return (
         f"receiver: hello_rps={figures['hello_rps']} duplicate_rps={figures['duplicate_rps']} "
         f"fresh_rps={figures['fresh_rps']} receiver_ratio={figures['receiver_ratio']} "
+        f"receiver_cpu_ratio={figures['receiver_cpu_ratio']} "
         f"duplicate_p99_ms={figures['duplicate_p99_ms']} fresh_p99_ms={figures['fresh_p99_ms']}"
     )
 

@@ -10,9 +10,13 @@ import pytest
 from infra.bench.growth import Level, bytes_per_image, p99_growth
 from infra.bench.receiver import (
     BenchError,
+    Rounds,
     WrkRequest,
     WrkRound,
     calls_per_request,
+    cores_busy,
+    cpu_ms_per_request,
+    cpu_ratio,
     drift_ratios,
     emulator_body,
     fresh_item,
@@ -162,3 +166,25 @@ def test_images_go_in_flight_as_jobs_of_twenty_and_one_for_the_rest() -> None:
     assert job_sizes(9_930) == [20] * 496 + [10]
     assert job_sizes(7) == [7]
     assert job_sizes(0) == []
+
+
+def test_cpu_per_request_leaves_out_idle_processes() -> None:
+    before = {"receiver": 10.0, "redis": 2.0, "beat": 1.0}
+    after = {"receiver": 12.0, "redis": 2.5, "beat": 1.0, "hello": 0.0}
+    assert cpu_ms_per_request(before, after, 1000) == {"receiver": 2.0, "redis": 0.5}
+    assert cores_busy(before, after, 4.0) == {
+        "receiver": 0.5,
+        "redis": 0.12,
+        "beat": 0.0,
+        "hello": 0.0,
+    }
+
+
+def test_the_cpu_ratio_is_the_floors_cpu_per_request_over_the_receivers() -> None:
+    rounds = Rounds()
+    rounds.cpu_per_request = {
+        "hello": [{"hello": 0.5}, {"hello": 0.7}, {"hello": 0.6}],
+        "duplicate": [{"receiver": 3.0, "redis": 0.4}, {"receiver": 3.0}],
+    }
+    assert cpu_ratio(rounds) == 0.2
+    assert cpu_ratio(Rounds()) is None
