@@ -33,6 +33,7 @@ from infra.bench.receiver import (
     bench_config,
     calls_per_request,
     cores_busy,
+    cpu_ms_per_request,
     cpu_seconds,
     duplicate_webhook,
     ensure_wrk,
@@ -146,6 +147,7 @@ class Level:
     mixes: list[WrkRound] = field(default_factory=list)
     redis_per_request: dict[str, float] = field(default_factory=dict)  # of its first mix
     cores: dict[str, float] = field(default_factory=dict)  # each process, during its first mix
+    cpu_ms: dict[str, float] = field(default_factory=dict)  # each process's, per request of it
 
     @property
     def p99_ms(self) -> float:
@@ -166,6 +168,14 @@ class Level:
         for mix, hello in zip(self.mixes, self.hello[1:], strict=True):
             ordered += [mix, hello]
         return ordered
+
+
+def stack_cpu_growth(low: Level, high: Level) -> float | None:
+    """The stack's CPU per request of the mix (the floor left out) at the top over the bottom:
+    what the work beside each request (a scan, a bigger structure) adds as images pile up."""
+    low_ms = sum(ms for name, ms in low.cpu_ms.items() if name != "hello")
+    high_ms = sum(ms for name, ms in high.cpu_ms.items() if name != "hello")
+    return round(high_ms / low_ms, 3) if low_ms else None
 
 
 def p99_growth(low: Level, high: Level) -> float:
@@ -206,7 +216,9 @@ def measure_level(
             level.redis_per_request = calls_per_request(
                 calls, redis_calls(bench), measured.requests
             )
-            level.cores = cores_busy(cpu, cpu_seconds(bench), measured.seconds)
+            after = cpu_seconds(bench)
+            level.cores = cores_busy(cpu, after, measured.seconds)
+            level.cpu_ms = cpu_ms_per_request(cpu, after, measured.requests)
         level.mixes.append(measured)
         level.hello.append(run_wrk("hello", bench.hello_url, mix.duplicate, seconds, load))
     level.in_flight = (level.in_flight[0], in_flight(bench))
@@ -267,6 +279,8 @@ def grow(bench: Bench, workdir: Path, plan: GrowthPlan, load: WrkLoad) -> dict[s
         "seeded_how": SEEDED_HOW,
         "redis_calls_per_request": {"low": low.redis_per_request, "high": high.redis_per_request},
         "cores_busy": {"low": low.cores, "high": high.cores},
+        "cpu_ms_per_request": {"low": low.cpu_ms, "high": high.cpu_ms},
+        "stack_cpu_growth": stack_cpu_growth(low, high),
         "mix": f"the duplicate webhook; one request in {plan.every} a fresh result "
         f"(of {plan.sample} per round)",
         "wrk": {"threads": load.threads, "connections": load.connections, "seconds": plan.seconds},
@@ -278,7 +292,8 @@ def summary_line(figures: dict[str, Any]) -> str:
     return (
         f"growth: redis_bytes_per_image={figures['redis_bytes_per_image']} "
         f"p99_low_ms={figures['p99_low_ms']} p99_high_ms={figures['p99_high_ms']} "
-        f"p99_growth={figures['p99_growth']} (raw {figures['p99_growth_raw']})"
+        f"p99_growth={figures['p99_growth']} (raw {figures['p99_growth_raw']}) "
+        f"stack_cpu_growth={figures['stack_cpu_growth']}"
     )
 
 

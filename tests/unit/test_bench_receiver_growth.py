@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.bench.growth import Level, bytes_per_image, p99_growth
+from infra.bench.growth import Level, bytes_per_image, p99_growth, stack_cpu_growth
 from infra.bench.receiver import (
     BenchError,
     Rounds,
@@ -188,3 +188,12 @@ def test_the_cpu_ratio_is_the_floors_cpu_per_request_over_the_receivers() -> Non
     }
     assert cpu_ratio(rounds) == 0.2
     assert cpu_ratio(Rounds()) is None
+
+
+def test_stack_cpu_growth_compares_the_stacks_cpu_per_request_without_the_floor() -> None:
+    low = Level("mix-low", (180, 100))
+    low.cpu_ms = {"receiver": 9.0, "redis": 1.0, "hello": 5.0}
+    high = Level("mix-high", (10_080, 10_000))
+    high.cpu_ms = {"receiver": 9.0, "redis": 2.0, "worker-bench": 4.0}
+    assert stack_cpu_growth(low, high) == 1.5
+    assert stack_cpu_growth(Level("mix-low", (0, 0)), high) is None
