@@ -61,13 +61,11 @@ def ready_key(hostname: str) -> str:
 
 @dataclass(frozen=True)
 class Parts:
-    """What one floor process holds for its life: clients built once, the image bytes."""
+    """What one floor process holds for its life: clients built once."""
 
     settings: Settings
     s3: Any
     redis: redis.Redis
-    http: httpx.Client
-    image: bytes
 
 
 def _s3_client(settings: Settings) -> Any:
@@ -88,13 +86,13 @@ def _s3_client(settings: Settings) -> Any:
 def parts() -> Parts:
     """Built in the process that serves (a prefork child, a gevent-patched gunicorn worker)."""
     settings = Settings.from_env()
-    return Parts(
-        settings=settings,
-        s3=_s3_client(settings),
-        redis=redis.Redis.from_url(settings.redis_url),
-        http=httpx.Client(timeout=30),
-        image=render.reused_image(SIDE, SIDE, "JPG", catalog.DEFAULT_QUALITY),
-    )
+    return Parts(settings, _s3_client(settings), redis.Redis.from_url(settings.redis_url))
+
+
+@functools.cache
+def provider() -> tuple[httpx.Client, bytes]:
+    """The worker's side of the provider: its webhook client and the bytes it uploads."""
+    return httpx.Client(timeout=30), render.reused_image(SIDE, SIDE, "JPG", catalog.DEFAULT_QUALITY)
 
 
 def staging_key(run: str, n: int) -> str:
@@ -104,10 +102,11 @@ def staging_key(run: str, n: int) -> str:
 def deliver_image(run: str, n: int, total: int) -> None:
     """What the provider does for one image: PUT its bytes, then POST the webhook."""
     own = parts()
+    http, image = provider()
     key = staging_key(run, n)
-    own.s3.put_object(Bucket=own.settings.s3_bucket, Key=key, Body=own.image)
+    own.s3.put_object(Bucket=own.settings.s3_bucket, Key=key, Body=image)
     receiver = os.environ[RECEIVER_VARIABLE]
-    answer = own.http.post(f"{receiver}/hook/{run}/{n}", json={"key": key, "total": total})
+    answer = http.post(f"{receiver}/hook/{run}/{n}", json={"key": key, "total": total})
     answer.raise_for_status()
 
 

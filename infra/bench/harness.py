@@ -42,7 +42,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--in-flight", type=int, help="RUNWARE_MAX_IN_FLIGHT (default: --images, at least 400)")
     add("--concurrency", type=int, default=4, help="worker processes, the pipeline's and floor's")
     add("--latency-images", type=int, default=300, help="images of the paced latency phase")
-    add("--receiver-seconds", type=float, default=10.0, help="seconds per receiver load run")
+    add("--receiver-seconds", type=float, default=6.0, help="seconds per receiver load run")
     add("--growth-in-flight", type=int, default=10_000, help="in-flight images of growth's top")
     add("--timeout", type=float, default=600, help="seconds any one round may take")
     add("--out", type=Path, default=Path("out"), help="where bench.json is written")

@@ -115,11 +115,14 @@ def _value_text(target: Mapping[str, Any], figures: Mapping[str, float | None]) 
     return text
 
 
+def _result(target: Mapping[str, Any]) -> str:
+    if target["met"]:
+        return "met"
+    return "MISSED" if target["value"] is not None else "MISSED (not measured)"
+
+
 def render_targets(doc: Mapping[str, Any]) -> list[str]:
-    rows = [
-        [t["target"], _value_text(t, doc["figures"]), "met" if t["met"] else "MISSED"]
-        for t in doc["targets"]
-    ]
+    rows = [[t["target"], _value_text(t, doc["figures"]), _result(t)] for t in doc["targets"]]
     return [stats.table(["target", "value", "result"], rows)]
 
 
