@@ -102,7 +102,5 @@ def release(ctx: Context, task_uuids: list[str]) -> None:
     and wake as many jobs waiting for the budget as there is room for."""
     if not ctx.settings.runware_api_key:
         return
-    ctx.budget.release(task_uuids)
-    room = ctx.settings.runware_max_in_flight - ctx.budget.in_use()
-    for waiting in ctx.budget.pop_waiters(room):
+    for waiting in ctx.budget.release_and_wake(task_uuids, ctx.settings.runware_max_in_flight):
         ctx.dispatcher.submit_job(waiting)

@@ -107,7 +107,7 @@ def put_manifest(ctx: Context, job: Job, state: JobState, version: int, ended: f
 
 def announce_end(ctx: Context, job: Job, state: JobState, manifest_key: str) -> None:
     """An ended job: retention TTLs, the event consumers follow, and the callback."""
-    ctx.store.retire_job(job.id)
+    ctx.store.retire_job(job.id, job)
     ctx.store.publish_event(
         {
             "type": "job.ended",

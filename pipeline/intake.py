@@ -81,7 +81,8 @@ def promote_inline(ctx: Context, outcome: SlotResult, deadline: float) -> Promot
 
 def accept_webhook(ctx: Context, task_uuid: str, body: Any) -> list[SlotResult]:
     """Record what a webhook says about one task."""
-    if ctx.store.find_task(task_uuid) is None:
+    location = ctx.store.find_task(task_uuid)
+    if location is None:
         raise NotFound(f"no task {task_uuid}")
     try:
         results, untied = parse_provider_body(body)
@@ -97,12 +98,18 @@ def accept_webhook(ctx: Context, task_uuid: str, body: Any) -> list[SlotResult]:
         results = [untied_error_result(task_uuid, untied[0])]
     if not results:
         raise RequestInvalid("the webhook body holds no result", {"data": ["empty"]})
-    return record_results(ctx, task_uuid, results)
+    return record_results(ctx, task_uuid, results, location)
 
 
-def record_results(ctx: Context, task_uuid: str, results: list[ProviderResult]) -> list[SlotResult]:
-    """Feed provider results into the slot they belong to."""
-    location = ctx.store.find_task(task_uuid)
+def record_results(
+    ctx: Context,
+    task_uuid: str,
+    results: list[ProviderResult],
+    location: tuple[str, int] | None = None,
+) -> list[SlotResult]:
+    """Feed provider results into the slot they belong to (`location`: the job and slot the
+    caller already found for the taskUUID; they never change once written)."""
+    location = location or ctx.store.find_task(task_uuid)
     if location is None:
         raise NotFound(f"no task {task_uuid}")
     job_id, slot_no = location
@@ -125,8 +132,7 @@ def record_results(ctx: Context, task_uuid: str, results: list[ProviderResult]) 
 def record_one(ctx: Context, job_id: str, slot_no: int, result: ProviderResult) -> ResultOutcome:
     if result.status == "processing":
         return ResultOutcome.PROCESSING
-    job_state = ctx.store.job_state(job_id)
-    slot = ctx.store.get_slot(job_id, slot_no)
+    slot, job_state = ctx.store.slot_and_job_state(job_id, slot_no)
     if slot is None or job_state is None:
         raise NotFound(f"no job {job_id}")
     if slot.task_uuid != result.task_uuid:

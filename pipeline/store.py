@@ -144,6 +144,34 @@ return granted
 """
 
 
+_READ_JOB = """
+-- KEYS[1]: a job hash. Its fields, then each slot's, in one round trip: every step of an image
+-- reads its job. The slot keys follow from the job's (KEYS[1] .. ':slot:' .. n), so they are
+-- not passed in: the store lives on one Redis (Celery's Redis transport has no Cluster support).
+local job = redis.call('HGETALL', KEYS[1])
+if #job == 0 then return {} end
+local count = tonumber(redis.call('HGET', KEYS[1], 'slot_count')) or 0
+local rows = {job}
+for n = 0, count - 1 do
+  rows[n + 2] = redis.call('HGETALL', KEYS[1] .. ':slot:' .. n)
+end
+return rows
+"""
+
+_RELEASE_AND_WAKE = """
+-- KEYS[1] leases, KEYS[2] jobs waiting for one. ARGV: now, limit, members...
+-- Gives leases back, drops lapsed ones, and pops as many waiting jobs as there is room for.
+for i = 3, #ARGV do redis.call('ZREM', KEYS[1], ARGV[i]) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local room = tonumber(ARGV[2]) - redis.call('ZCARD', KEYS[1])
+if room <= 0 then return {} end
+local popped = redis.call('ZPOPMIN', KEYS[2], room)
+local woken = {}
+for i = 1, #popped, 2 do woken[#woken + 1] = popped[i] end
+return woken
+"""
+
+
 def leases_key(api_key: str, namespace: str = "imagine") -> str:
     """The sorted set of one Runware API key's in-flight leases."""
     digest = hashlib.sha256(api_key.encode()).hexdigest()[:16]
@@ -163,6 +191,12 @@ def _encode(value: Any) -> str:
 def _text(raw: Any) -> dict[str, str]:
     """A hash as read with decode_responses (redis-py types it loosely)."""
     return {str(key): str(value) for key, value in dict(raw).items()}
+
+
+def _pairs(flat: Any) -> dict[str, str]:
+    """A hash as a script returns it: a flat list of names and values."""
+    items = [str(item) for item in flat]
+    return dict(zip(items[::2], items[1::2], strict=True))
 
 
 def _scored(rows: Any) -> list[tuple[str, float]]:
@@ -298,6 +332,7 @@ class RedisJobStore:
         self._transition = client.register_script(_TRANSITION)
         self._mint = client.register_script(_MINT_TASK)
         self._new_attempt = client.register_script(_NEW_ATTEMPT)
+        self._read_job = client.register_script(_READ_JOB)
 
     @classmethod
     def from_settings(cls, settings: Settings, client: redis.Redis | None = None) -> RedisJobStore:
@@ -364,14 +399,20 @@ class RedisJobStore:
         return job.id, None
 
     def get_job(self, job_id: str) -> Job | None:
-        raw = _text(self.redis.hgetall(self.job_key(job_id)))
-        if not raw:
+        rows = self._read_job(keys=[self.job_key(job_id)])
+        if not rows:
             return None
+        slots = [slot_from_hash(_pairs(row)) for row in rows[1:] if row]
+        return job_from_hash(_pairs(rows[0]), slots)
+
+    def slot_and_job_state(self, job_id: str, slot: int) -> tuple[Slot | None, JobState | None]:
+        """A slot and its job's state, read in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
-        for n in range(int(raw["slot_count"])):
-            pipe.hgetall(self.slot_key(job_id, n))
-        slots = [slot_from_hash(_text(item)) for item in pipe.execute() if item]
-        return job_from_hash(raw, slots)
+        pipe.hgetall(self.slot_key(job_id, slot))
+        pipe.hget(self.job_key(job_id), "state")
+        raw, state = pipe.execute()
+        found = _text(raw)
+        return (slot_from_hash(found) if found else None), (JobState(str(state)) if state else None)
 
     def get_slot(self, job_id: str, slot: int) -> Slot | None:
         raw = _text(self.redis.hgetall(self.slot_key(job_id, slot)))
@@ -466,9 +507,10 @@ class RedisJobStore:
         job_id, _, slot = str(value).rpartition(":")
         return job_id, int(slot)
 
-    def retire_job(self, job_id: str) -> None:
-        """Give a terminal job's records their retention TTL and drop it from the active set."""
-        job = self.get_job(job_id)
+    def retire_job(self, job_id: str, job: Job | None = None) -> None:
+        """Give a terminal job's records their retention TTL and drop it from the active set
+        (`job`: the ended job as the caller read it, so it is not read again)."""
+        job = job or self.get_job(job_id)
         if job is None:
             return
         pipe = self.redis.pipeline()
@@ -641,6 +683,7 @@ class RedisInFlightBudget:
         self.leases_key = leases_key(api_key, namespace)
         self.waiters_key = f"{namespace}:budget-waiters:{digest}"
         self._acquire = client.register_script(_ACQUIRE)
+        self._release_and_wake = client.register_script(_RELEASE_AND_WAKE)
 
     def acquire(self, members: list[str], limit: int, ttl: float) -> list[str]:
         """Grant leases up to `limit` across every worker; already held ones count. A member
@@ -667,6 +710,14 @@ class RedisInFlightBudget:
         if not members:
             return 0
         return int(self.redis.zrem(self.leases_key, *members))
+
+    def release_and_wake(self, members: list[str], limit: int) -> list[str]:
+        """Give leases back and pop the jobs waiting for one that now fit under `limit`, in one
+        round trip (the oldest first)."""
+        woken = self._release_and_wake(
+            keys=[self.leases_key, self.waiters_key], args=[repr(time.time()), limit, *members]
+        )
+        return [str(job_id) for job_id in woken]
 
     def wait(self, job_id: str) -> None:
         """Queue a job to be woken when a lease is given back (oldest first)."""

@@ -261,7 +261,7 @@ def apply_outcome(
             model=model,
         )
         if outcome.results:
-            record_results(ctx, task_uuid, outcome.results)
+            record_results(ctx, task_uuid, outcome.results, (job.id, slot.slot))
         return
     error = outcome.error or ProviderError(
         "Runware did not acknowledge this task", kind=ProviderError.TRANSIENT

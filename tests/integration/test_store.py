@@ -451,3 +451,30 @@ def test_releasing_a_lease_says_whether_it_was_held(redis_client: redis.Redis) -
     assert budget.acquire(["a", "b"], 4, 60) == ["a", "b"]
     assert budget.release(["a", "zz"]) == 1
     assert budget.release(["a"]) == 0
+
+
+def test_releasing_wakes_as_many_waiting_jobs_as_there_is_room_for(
+    redis_client: redis.Redis,
+) -> None:
+    budget = RedisInFlightBudget(redis_client, API_KEY)
+    assert budget.acquire(["a", "b", "c"], 3, 60) == ["a", "b", "c"]
+    for job_id in ("first", "second", "third"):
+        budget.wait(job_id)
+
+    assert budget.release_and_wake(["a"], 3) == ["first"]
+    assert budget.release_and_wake([], 2) == []  # no room: nobody woken
+    assert budget.release_and_wake(["b", "c", "zz"], 3) == ["second", "third"]
+    assert budget.in_use() == 0 and budget.pop_waiters(5) == []
+
+
+def test_a_slot_and_its_jobs_state_are_read_together(store: RedisJobStore) -> None:
+    job = make_job()
+    store.create_job(job, "h")
+    store.transition_job(job.id, ["queued"], "running")
+
+    slot, state = store.slot_and_job_state(job.id, 0)
+
+    assert slot is not None and (slot.job_id, slot.slot, slot.state) == (job.id, 0, "pending")
+    assert state == "running"
+    assert store.slot_and_job_state(job.id, 99) == (None, "running")
+    assert store.slot_and_job_state("no-such-job", 0) == (None, None)
