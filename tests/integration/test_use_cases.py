@@ -274,6 +274,23 @@ def test_promote_turns_the_staged_jpeg_into_the_final_object_with_metadata(
     assert uc.service.promote_slot(job_id, 0) == "noop"
 
 
+def test_while_one_step_ends_the_job_another_writes_no_manifest(use_cases: UseCases) -> None:
+    uc = use_cases
+    job_id, [task_uuid] = uc.submitted()
+    manifest = f"{USE_CASE_PREFIX}jobs/{job_id}/manifest.json"
+    uc.upload(task_uuid, jpeg_bytes())
+    uc.webhook(task_uuid, {"data": [image_item(task_uuid)]})
+
+    with uc.store.exclusive(f"finish:{job_id}", 30) as held:  # another step is ending it
+        assert held
+        assert uc.service.promote_slot(job_id, 0) == "stored"
+        assert uc.storage.head(manifest) is None and job_state(uc, job_id) == "running"
+
+    assert uc.service.finish_job(job_id)  # its retry, once the other step gave up
+    assert uc.storage.head(manifest) is not None and job_state(uc, job_id) == "succeeded"
+    assert not uc.service.finish_job(job_id)
+
+
 def test_promote_without_an_upload_reports_it_missing_and_stores_nothing(
     use_cases: UseCases,
 ) -> None:
