@@ -9,7 +9,7 @@ import logging
 from pipeline import admission, clock
 from pipeline.context import Context
 from pipeline.documents import manifest
-from pipeline.errors import Conflict, NotFound
+from pipeline.errors import Conflict, NotFound, StorageError
 from pipeline.models import (
     JOB_OPEN,
     JOB_TERMINAL,
@@ -80,6 +80,7 @@ def end_job(ctx: Context, job: Job, state: JobState) -> bool:
         or max((slot.updated_at or 0.0 for slot in job.slots), default=0.0)
         or clock.now()
     )
+    remove_staged(ctx, job)
     manifest_key = put_manifest(ctx, job, state, version, ended)
     applied = ctx.store.transition_job(
         job_id,
@@ -103,6 +104,22 @@ def end_job(ctx: Context, job: Job, state: JobState) -> bool:
         },
     )
     return True
+
+
+def remove_staged(ctx: Context, job: Job) -> None:
+    """Drop the staged uploads of a job's stored images, all in one request as the job ends
+    (one request per image before: a quarter of the local S3 server's requests)."""
+    keys = [
+        ctx.layout.staging(job.id, slot.task_uuid)
+        for slot in job.slots
+        if slot.state == SlotState.STORED and slot.task_uuid
+    ]
+    if not keys:
+        return
+    try:
+        ctx.storage.delete_many(keys)
+    except StorageError:
+        log.warning("staging objects left for the lifecycle rule", extra={"job_id": job.id})
 
 
 def put_manifest(ctx: Context, job: Job, state: JobState, version: int, ended: float) -> str:
@@ -181,6 +198,7 @@ def write_final_manifest(ctx: Context, job_id: str) -> None:
     if job is None:
         return
     version = max(job.manifest_version, 1)
+    remove_staged(ctx, job)
     key = put_manifest(ctx, job, job.state, version, job.ended_at or clock.now())
     ctx.store.set_job_fields(job_id, manifest_key=key, manifest_version=version)
     announce_end(ctx, job, job.state, key)

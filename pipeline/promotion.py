@@ -18,7 +18,6 @@ from pipeline.errors import (
     ImageFetchUnavailable,
     ImageRejected,
     ProviderError,
-    StorageError,
     UploadPending,
 )
 from pipeline.imaging import ImageInfo, check_complete, inspect_image
@@ -164,8 +163,8 @@ def promote_slot(
 def record_stored(
     ctx: Context, job: Job, slot: Slot, final_key: str, stored: ObjectHead, checked: Examined
 ) -> PromoteOutcome:
-    """The final object is written (staged copy or fetched one): move the slot to stored, drop
-    the staging object, and end the job if it is done."""
+    """The final object is written (staged copy or fetched one): move the slot to stored and
+    end the job if it is done (its end drops the staging objects)."""
     applied = ctx.store.transition_slot(
         job.id,
         slot.slot,
@@ -178,8 +177,6 @@ def record_stored(
         stored_at=repr(clock.now()),
         **checked.fields(),
     )
-    if slot.task_uuid:
-        remove_staging(ctx, job.id, slot.slot, ctx.layout.staging(job.id, slot.task_uuid))
     if not applied:
         return PromoteOutcome.NOOP
     stored_image(ctx, job, slot.slot, final_key, checked)
@@ -209,15 +206,6 @@ def reject(ctx: Context, job: Job, slot: Slot, exc: ImageRejected) -> PromoteOut
     fail_slot(ctx, job.id, slot.slot, slot.task_uuid, "image_rejected", exc.message)
     finish_job(ctx, job.id)
     return PromoteOutcome.REJECTED
-
-
-def remove_staging(ctx: Context, job_id: str, slot_no: int, key: str) -> None:
-    try:
-        ctx.storage.delete(key)
-    except StorageError:
-        log.warning(
-            "staging object left for the lifecycle rule", extra={"job_id": job_id, "slot": slot_no}
-        )
 
 
 def promote_fetched(ctx: Context, job: Job, slot: Slot) -> PromoteOutcome:

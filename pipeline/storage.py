@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # the stubs are a dev dependency; boto3 builds the client at 
     from mypy_boto3_s3 import S3Client
 
 MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
+DELETE_BATCH = 1000  # S3's DeleteObjects takes at most 1,000 keys
 TRANSIENT_CODES = {
     "500",
     "502",
@@ -236,6 +237,21 @@ class S3ObjectStorage:
         except (ClientError, BotoCoreError) as exc:
             raise _storage_error("delete", key, exc) from None
 
+    def delete_many(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), DELETE_BATCH):
+            batch = keys[start : start + DELETE_BATCH]
+            try:
+                answer = self._s3.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True},
+                )
+            except (ClientError, BotoCoreError) as exc:
+                raise _storage_error("delete", batch[0], exc) from None
+            errors = answer.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise _coded_error("delete", first.get("Key", batch[0]), first.get("Code", ""))
+
     def list_keys(self, prefix: str) -> list[str]:
         keys: list[str] = []
         try:
@@ -368,6 +384,11 @@ class MemoryObjectStorage:
         with self._lock:
             self._objects.pop(key, None)
 
+    def delete_many(self, keys: list[str]) -> None:
+        with self._lock:
+            for key in keys:
+                self._objects.pop(key, None)
+
     def list_keys(self, prefix: str) -> list[str]:
         # S3 lists in UTF-8 byte order, which is the code point order `sorted` gives.
         with self._lock:
@@ -449,6 +470,9 @@ class BudgetedObjectStorage:
 
     def delete(self, key: str) -> None:
         self._storage().delete(key)
+
+    def delete_many(self, keys: list[str]) -> None:
+        self._storage().delete_many(keys)
 
     def list_keys(self, prefix: str) -> list[str]:
         return self._storage().list_keys(prefix)

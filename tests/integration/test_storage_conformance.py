@@ -210,6 +210,18 @@ def test_copy_given_the_source_size_reports_the_copy_without_reading_it_again(
     assert storage.read(f"{prefix}jobs/00.png", max_bytes=len(image)) == image
 
 
+def test_delete_many_removes_every_key_absent_ones_included(
+    storage: ObjectStorage, prefix: str
+) -> None:
+    for name in ("a", "b", "c"):
+        storage.put(f"{prefix}{name}", b"x", content_type="application/octet-stream")
+
+    storage.delete_many([f"{prefix}a", f"{prefix}b", f"{prefix}missing"])
+    storage.delete_many([])
+
+    assert storage.list_keys(prefix) == [f"{prefix}c"]
+
+
 def test_copy_with_the_right_etag_writes_new_type_and_metadata(
     storage: ObjectStorage, prefix: str
 ) -> None:
