@@ -51,7 +51,7 @@ def receive_webhook(ctx: Context, task_uuid: str, body: Any) -> list[SlotResult]
         ),
     )
     for outcome in outcomes:
-        if outcome.outcome not in PROMOTABLE:
+        if outcome.outcome not in PROMOTABLE or outcome.settled:
             continue
         if promote_inline(inline, outcome, deadline) == PromoteOutcome.MISSING:
             ctx.dispatcher.finalize_slot(
@@ -114,7 +114,7 @@ def record_results(
         raise NotFound(f"no task {task_uuid}")
     job_id, slot_no = location
     outcomes = [
-        SlotResult(job_id, slot_no, record_one(ctx, job_id, slot_no, result)) for result in results
+        SlotResult(job_id, slot_no, *record_one(ctx, job_id, slot_no, result)) for result in results
     ]
     if (
         any(
@@ -129,9 +129,12 @@ def record_results(
     return outcomes
 
 
-def record_one(ctx: Context, job_id: str, slot_no: int, result: ProviderResult) -> ResultOutcome:
+def record_one(
+    ctx: Context, job_id: str, slot_no: int, result: ProviderResult
+) -> tuple[ResultOutcome, bool]:
+    """What one result did to its slot, and whether the slot had already ended."""
     if result.status == "processing":
-        return ResultOutcome.PROCESSING
+        return ResultOutcome.PROCESSING, False
     slot, job_state = ctx.store.slot_and_job_state(job_id, slot_no)
     if slot is None or job_state is None:
         raise NotFound(f"no job {job_id}")
@@ -140,14 +143,19 @@ def record_one(ctx: Context, job_id: str, slot_no: int, result: ProviderResult) 
             "result of an earlier attempt ignored",
             extra={"job_id": job_id, "slot": slot_no, "task_uuid": result.task_uuid},
         )
-        return ResultOutcome.STALE
+        return ResultOutcome.STALE, False
+    settled = slot.terminal
+    if result.ok and settled and job_state not in JOB_ENDED_EARLY:
+        # A replay for an image that has ended: its state only moves forward (an operator's
+        # retry gives it a new taskUUID), and its lease went back when it left `submitted`.
+        return ResultOutcome.DUPLICATE, True
     if result.ok:
-        return record_image(ctx, job_id, job_state, slot, result)
+        return record_image(ctx, job_id, job_state, slot, result), False
     if job_state in JOB_TERMINAL or slot.state not in AWAITING_RESULT:
         # A failure reported for an image that has ended (or a replayed webhook URL) can
         # change nothing: no new attempt, no circuit, no lease.
-        return ResultOutcome.DUPLICATE
-    return record_failure(ctx, job_id, slot, result)
+        return ResultOutcome.DUPLICATE, settled
+    return record_failure(ctx, job_id, slot, result), False
 
 
 def record_image(

@@ -88,6 +88,7 @@ class SlotResult:
     job_id: str
     slot: int
     outcome: ResultOutcome
+    settled: bool = False  # the slot had already ended: nothing of it is left to store
 
 
 @dataclass
