@@ -81,8 +81,8 @@ def promote_inline(ctx: Context, outcome: SlotResult, deadline: float) -> Promot
 
 def accept_webhook(ctx: Context, task_uuid: str, body: Any) -> list[SlotResult]:
     """Record what a webhook says about one task."""
-    location = ctx.store.find_task(task_uuid)
-    if location is None:
+    found = ctx.store.locate_task(task_uuid)
+    if found is None:
         raise NotFound(f"no task {task_uuid}")
     try:
         results, untied = parse_provider_body(body)
@@ -98,7 +98,8 @@ def accept_webhook(ctx: Context, task_uuid: str, body: Any) -> list[SlotResult]:
         results = [untied_error_result(task_uuid, untied[0])]
     if not results:
         raise RequestInvalid("the webhook body holds no result", {"data": ["empty"]})
-    return record_results(ctx, task_uuid, results, location)
+    job_id, slot_no, slot, job_state = found
+    return record_results(ctx, task_uuid, results, (job_id, slot_no), (slot, job_state))
 
 
 def record_results(
@@ -106,16 +107,22 @@ def record_results(
     task_uuid: str,
     results: list[ProviderResult],
     location: tuple[str, int] | None = None,
+    read: tuple[Slot | None, JobState | None] | None = None,
 ) -> list[SlotResult]:
     """Feed provider results into the slot they belong to (`location`: the job and slot the
-    caller already found for the taskUUID; they never change once written)."""
+    caller already found for the taskUUID, which never change once written; `read`: the slot
+    and its job's state as the caller read them, for the first result only, since a result
+    may change them)."""
     location = location or ctx.store.find_task(task_uuid)
     if location is None:
         raise NotFound(f"no task {task_uuid}")
     job_id, slot_no = location
-    outcomes = [
-        SlotResult(job_id, slot_no, *record_one(ctx, job_id, slot_no, result)) for result in results
-    ]
+    outcomes = []
+    for result in results:
+        outcomes.append(
+            SlotResult(job_id, slot_no, *record_one(ctx, job_id, slot_no, result, read))
+        )
+        read = None
     if (
         any(
             o.outcome in {ResultOutcome.FAILED, ResultOutcome.DISCARDED, ResultOutcome.DEAD}
@@ -130,12 +137,16 @@ def record_results(
 
 
 def record_one(
-    ctx: Context, job_id: str, slot_no: int, result: ProviderResult
+    ctx: Context,
+    job_id: str,
+    slot_no: int,
+    result: ProviderResult,
+    read: tuple[Slot | None, JobState | None] | None = None,
 ) -> tuple[ResultOutcome, bool]:
     """What one result did to its slot, and whether the slot had already ended."""
     if result.status == "processing":
         return ResultOutcome.PROCESSING, False
-    slot, job_state = ctx.store.slot_and_job_state(job_id, slot_no)
+    slot, job_state = read or ctx.store.slot_and_job_state(job_id, slot_no)
     if slot is None or job_state is None:
         raise NotFound(f"no job {job_id}")
     if slot.task_uuid != result.task_uuid:

@@ -158,6 +158,19 @@ end
 return rows
 """
 
+_LOCATE_TASK = """
+-- KEYS[1]: a taskUUID's index key. ARGV[1]: the prefix of job keys. Where the task belongs
+-- ('<job id>:<slot>'), that slot's fields and its job's state, in one round trip: a webhook
+-- needs all three before it can tell a first result from a replay.
+local location = redis.call('GET', KEYS[1])
+if not location then return false end
+local job_id, slot = string.match(location, '^(.*):(%d+)$')
+if not job_id then return {location, {}, false} end
+local job_key = ARGV[1] .. job_id
+return {location, redis.call('HGETALL', job_key .. ':slot:' .. slot),
+        redis.call('HGET', job_key, 'state')}
+"""
+
 _RELEASE_AND_WAKE = """
 -- KEYS[1] leases, KEYS[2] jobs waiting for one. ARGV: now, limit, members...
 -- Gives leases back, drops lapsed ones, and pops as many waiting jobs as there is room for.
@@ -333,6 +346,7 @@ class RedisJobStore:
         self._mint = client.register_script(_MINT_TASK)
         self._new_attempt = client.register_script(_NEW_ATTEMPT)
         self._read_job = client.register_script(_READ_JOB)
+        self._locate_task = client.register_script(_LOCATE_TASK)
 
     @classmethod
     def from_settings(cls, settings: Settings, client: redis.Redis | None = None) -> RedisJobStore:
@@ -499,6 +513,22 @@ class RedisJobStore:
             args += [name, _encode(value)]
         keys = [self.slot_key(job_id, slot), *self._leases()]
         return bool(self._new_attempt(keys=keys, args=args))
+
+    def locate_task(self, task_uuid: str) -> tuple[str, int, Slot | None, JobState | None] | None:
+        """Where a taskUUID belongs (job, slot), with that slot and its job's state, in one
+        round trip; None for a taskUUID the pipeline never minted."""
+        found = self._locate_task(keys=[self.task_key(task_uuid)], args=[self.job_key("")])
+        if not found:
+            return None
+        location, raw, state = found
+        job_id, _, slot = str(location).rpartition(":")
+        fields = _pairs(raw) if raw else {}
+        return (
+            job_id,
+            int(slot),
+            slot_from_hash(fields) if fields else None,
+            JobState(str(state)) if state else None,
+        )
 
     def find_task(self, task_uuid: str) -> tuple[str, int] | None:
         value = self.redis.get(self.task_key(task_uuid))

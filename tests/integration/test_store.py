@@ -478,3 +478,21 @@ def test_a_slot_and_its_jobs_state_are_read_together(store: RedisJobStore) -> No
     assert state == "running"
     assert store.slot_and_job_state(job.id, 99) == (None, "running")
     assert store.slot_and_job_state("no-such-job", 0) == (None, None)
+
+
+def test_a_task_is_located_with_its_slot_and_its_jobs_state_in_one_read(
+    store: RedisJobStore,
+) -> None:
+    job = make_job()
+    store.create_job(job, "h")
+    store.transition_job(job.id, ["queued"], "running")
+    task_uuid = store.mint_task_uuid(job.id, 0, 1, str(uuid.uuid4()))
+    assert task_uuid
+
+    found = store.locate_task(task_uuid)
+
+    assert found is not None
+    job_id, slot_no, slot, state = found
+    assert (job_id, slot_no, state) == (job.id, 0, "running")
+    assert slot is not None and slot.task_uuid == task_uuid and slot.state == "pending"
+    assert store.locate_task(str(uuid.uuid4())) is None
