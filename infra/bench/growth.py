@@ -15,7 +15,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,7 +25,6 @@ import redis
 
 from infra.bench.receiver import (
     Bench,
-    BenchError,
     WrkLoad,
     WrkRequest,
     WrkRound,
@@ -41,6 +39,7 @@ from infra.bench.receiver import (
     fresh_results,
     hold_deliveries,
     redis_calls,
+    run_alone,
     run_wrk,
     running_bench,
     say,
@@ -318,18 +317,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=LATENCY_CONNECTIONS)
     parser.add_argument("--workdir", type=Path, help="default: a new temporary directory")
     args = parser.parse_args(argv)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="imagine-bench-growth-"))
-    try:
-        figures = measure_growth(
-            workdir, in_flight=args.in_flight, seconds=args.seconds,
-            load=WrkLoad(threads=args.threads, connections=args.connections),
-        )  # fmt: skip
-    except BenchError as exc:
-        print(f"bench: growth phase failed: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(figures, indent=2))
-    print(summary_line(figures))
-    return 0
+    load = WrkLoad(threads=args.threads, connections=args.connections)
+    return run_alone("growth", args.workdir, summary_line, lambda workdir: measure_growth(
+        workdir, in_flight=args.in_flight, seconds=args.seconds, load=load))  # fmt: skip
 
 
 if __name__ == "__main__":

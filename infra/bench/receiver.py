@@ -739,17 +739,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=WrkLoad.connections)
     parser.add_argument("--workdir", type=Path, help="default: a new temporary directory")
     args = parser.parse_args(argv)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="imagine-bench-receiver-"))
+    load = WrkLoad(threads=args.threads, connections=args.connections)
+    return run_alone("receiver", args.workdir, summary_line, lambda workdir: measure_receiver(
+        workdir, seconds=args.seconds, fresh_images=args.fresh_images, load=load))  # fmt: skip
+
+
+def run_alone(
+    phase: str,
+    workdir: Path | None,
+    summary: Callable[[dict[str, Any]], str],
+    measure: Callable[[Path], dict[str, Any]],
+) -> int:
+    """A phase run on its own: its figures as JSON, then its summary line."""
+    workdir = workdir or Path(tempfile.mkdtemp(prefix=f"imagine-bench-{phase}-"))
     try:
-        figures = measure_receiver(
-            workdir, seconds=args.seconds, fresh_images=args.fresh_images,
-            load=WrkLoad(threads=args.threads, connections=args.connections),
-        )  # fmt: skip
+        figures = measure(workdir)
     except BenchError as exc:
-        print(f"bench: receiver phase failed: {exc}", file=sys.stderr)
+        print(f"bench: {phase} phase failed: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(figures, indent=2))
-    print(summary_line(figures))
+    print(summary(figures))
     return 0
 
 
