@@ -81,7 +81,8 @@ class JobStore(Protocol):
     """The system of record: jobs, slots, the taskUUID index, idempotency keys, dead letters.
 
     Every transition is atomic and returns whether it applied (the state was allowed, and the
-    slot still belongs to the expected taskUUID)."""
+    slot still belongs to the expected taskUUID). Every write to an active job also makes it
+    due for the reconciler within the grace period, in the same step."""
 
     def create_job(self, job: Job, body_hash: str) -> tuple[str, str | None]: ...
 
@@ -138,6 +139,19 @@ class JobStore(Protocol):
     def reopen_job(self, job_id: str, deadline_at: float, manifest_version: int) -> None: ...
 
     def active_jobs(self, page: int = 1000) -> Iterator[tuple[str, float]]: ...
+
+    def claim_due_jobs(self, now: float, limit: int) -> list[tuple[str, float]]:
+        """Up to `limit` active jobs the reconciler may have something to do for by `now`, with
+        their deadlines, each claimed (not due again) for the grace period."""
+        ...
+
+    def mark_due(self, times: dict[str, float]) -> None:
+        """Make each job due by its time at the latest (an earlier time stays)."""
+        ...
+
+    def backfill_due(self, page: int = 1000) -> int:
+        """Make each active job that has no due time due now; returns how many."""
+        ...
 
     def active_count(self) -> int: ...
 

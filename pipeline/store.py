@@ -18,7 +18,9 @@ from pipeline.models import CircuitState, DeadLetter, Job, JobState, Slot, SlotS
 log = logging.getLogger(__name__)
 
 _CREATE_JOB = """
--- KEYS: job, idempotency (or a placeholder when ARGV[3] is ''), tenant index, active set, slots...
+-- KEYS: job, idempotency (or a placeholder when ARGV[3] is ''), tenant index, active set,
+-- due set, slots... ARGV: fields, slot count, idempotency value, its ttl, deadline, job key
+-- prefix, first due time.
 if ARGV[3] ~= '' then
   local existing = redis.call('GET', KEYS[2])
   if existing then
@@ -29,18 +31,20 @@ if ARGV[3] ~= '' then
 end
 local fields = cjson.decode(ARGV[1])
 for name, value in pairs(fields) do redis.call('HSET', KEYS[1], name, value) end
-for i = 5, #KEYS do
-  redis.call('HSET', KEYS[i], 'state', 'pending', 'slot', tostring(i - 5), 'attempt', '1',
+for i = 6, #KEYS do
+  redis.call('HSET', KEYS[i], 'state', 'pending', 'slot', tostring(i - 6), 'attempt', '1',
              'job_id', fields['id'], 'updated_at', fields['created_at'])
 end
 redis.call('ZADD', KEYS[3], fields['created_at'], fields['id'])
 redis.call('ZADD', KEYS[4], ARGV[5], fields['id'])
+redis.call('ZADD', KEYS[5], ARGV[7], fields['id'])
 return ''
 """
 
 _TRANSITION = """
--- KEYS[1]: a job or slot hash; KEYS[2] (slots only): the in-flight leases of the API key.
--- ARGV: allowed states, new state, expected task uuid, pairs...
+-- KEYS[1]: a job or slot hash; KEYS[2]: the due set; KEYS[3] (slots only): the in-flight
+-- leases of the API key. ARGV: allowed states, new state, expected task uuid, job id, due
+-- time, pairs...
 -- A slot that leaves pending/submitted gives its task's lease back in the same step, so no
 -- lease outlives the image it was taken for.
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -55,18 +59,22 @@ for name in string.gmatch(ARGV[1], '[^,]+') do
 end
 if not allowed then return {0, state} end
 redis.call('HSET', KEYS[1], 'state', ARGV[2])
-for i = 4, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
   else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 end
-if KEYS[2] and task and ARGV[2] ~= 'pending' and ARGV[2] ~= 'submitted' then
-  redis.call('ZREM', KEYS[2], task)
+if KEYS[3] and task and ARGV[2] ~= 'pending' and ARGV[2] ~= 'submitted' then
+  redis.call('ZREM', KEYS[3], task)
 end
+-- What this write may leave to the reconciler (a silent task, an unstored image, a job whose
+-- images all ended) waits at most the grace period: the job is due by then.
+redis.call('ZADD', KEYS[2], 'XX', 'LT', ARGV[5], ARGV[4])
 return {1, state}
 """
 
 _MINT_TASK = """
--- KEYS[1] slot, KEYS[2] task index of the candidate uuid. ARGV: attempt, uuid, index value, ttl
+-- KEYS[1] slot, KEYS[2] task index of the candidate uuid, KEYS[3] due set.
+-- ARGV: attempt, uuid, index value, ttl, job id, due time
 local current = redis.call('HGET', KEYS[1], 'task_uuid')
 if current and redis.call('HGET', KEYS[1], 'task_attempt') == ARGV[1] then return current end
 if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return false end
@@ -77,12 +85,13 @@ if current then
 end
 redis.call('HSET', KEYS[1], 'task_uuid', ARGV[2], 'task_attempt', ARGV[1])
 redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
+redis.call('ZADD', KEYS[3], 'XX', 'LT', ARGV[6], ARGV[5])
 return ARGV[2]
 """
 
 _NEW_ATTEMPT = """
--- KEYS[1] slot, KEYS[2] (optional) the in-flight leases. ARGV: allowed states, expected task
--- uuid ('' = any), attempt, pairs...
+-- KEYS[1] slot, KEYS[2] due set, KEYS[3] (optional) the in-flight leases. ARGV: allowed
+-- states, expected task uuid ('' = any), attempt, job id, due time, pairs...
 -- Reopens a slot for a new attempt and retires its taskUUID in the same step, so a late or
 -- duplicate result of the old task can no longer match the slot; the retired task's lease is
 -- given back with it.
@@ -101,13 +110,14 @@ if current then
   redis.call('HSET', KEYS[1], 'previous_task_uuids', previous)
   -- The model belonged to the retired task: a new attempt is sent on whichever model is chosen.
   redis.call('HDEL', KEYS[1], 'task_uuid', 'task_attempt', 'submitted_at', 'model')
-  if KEYS[2] then redis.call('ZREM', KEYS[2], current) end
+  if KEYS[3] then redis.call('ZREM', KEYS[3], current) end
 end
 redis.call('HSET', KEYS[1], 'state', 'pending', 'attempt', ARGV[3])
-for i = 4, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
   else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 end
+redis.call('ZADD', KEYS[2], 'XX', 'LT', ARGV[5], ARGV[4])
 return 1
 """
 
@@ -182,6 +192,41 @@ local popped = redis.call('ZPOPMIN', KEYS[2], room)
 local woken = {}
 for i = 1, #popped, 2 do woken[#woken + 1] = popped[i] end
 return woken
+"""
+
+_CLAIM_DUE = """
+-- KEYS[1] due set, KEYS[2] active set. ARGV: now, limit, end of the claim.
+-- The jobs due by now, earliest first, as (id, deadline) pairs. Each is claimed: its due time
+-- moves to the end of the claim (its deadline if sooner), so a pass that dies before looking
+-- at a job leaves it due again then, as a message's visibility timeout would; the look lowers
+-- it to what the job needs next. A member that left the active set is dropped.
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+local rows = {}
+for _, id in ipairs(ids) do
+  local deadline = redis.call('ZSCORE', KEYS[2], id)
+  if deadline then
+    local claim = ARGV[3]
+    if tonumber(deadline) < tonumber(claim) then claim = deadline end
+    redis.call('ZADD', KEYS[1], 'XX', claim, id)
+    rows[#rows + 1] = id
+    rows[#rows + 1] = deadline
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return rows
+"""
+
+_BACKFILL_DUE = """
+-- KEYS[1] active set, KEYS[2] due set. ARGV: start, count.
+-- One page of the active set: a job without a due time gets 0 (due now).
+local last = tonumber(ARGV[1]) + tonumber(ARGV[2]) - 1
+local ids = redis.call('ZRANGE', KEYS[1], ARGV[1], last)
+local added = 0
+for _, id in ipairs(ids) do
+  added = added + redis.call('ZADD', KEYS[2], 'NX', 0, id)
+end
+return added
 """
 
 
@@ -335,10 +380,13 @@ class RedisJobStore:
         retention_seconds: int = 7 * 86400,
         namespace: str = "imagine",
         api_key: str | None = None,
+        reconcile_grace_seconds: float = 60,
     ) -> None:
         self.redis = client
         self.retention_seconds = retention_seconds
         self.ns = namespace
+        # How long a write may wait for the reconciler: each write makes its job due by then.
+        self.reconcile_grace_seconds = reconcile_grace_seconds
         # The leases a slot gives back when it stops being in flight (None: no Runware key).
         self.leases_key = leases_key(api_key, namespace) if api_key else None
         self._create = client.register_script(_CREATE_JOB)
@@ -347,6 +395,8 @@ class RedisJobStore:
         self._new_attempt = client.register_script(_NEW_ATTEMPT)
         self._read_job = client.register_script(_READ_JOB)
         self._locate_task = client.register_script(_LOCATE_TASK)
+        self._claim_due = client.register_script(_CLAIM_DUE)
+        self._backfill_due = client.register_script(_BACKFILL_DUE)
 
     @classmethod
     def from_settings(cls, settings: Settings, client: redis.Redis | None = None) -> RedisJobStore:
@@ -354,6 +404,7 @@ class RedisJobStore:
             client or redis_client(settings),
             retention_seconds=settings.job_retention_seconds,
             api_key=settings.runware_api_key.reveal() or None,
+            reconcile_grace_seconds=settings.reconcile_grace_seconds,
         )
 
     # --- keys ---
@@ -372,6 +423,19 @@ class RedisJobStore:
     @property
     def active_key(self) -> str:
         return f"{self.ns}:active"
+
+    @property
+    def due_key(self) -> str:
+        """Active jobs by the earliest time the reconciler may have something to do for each.
+
+        A write only moves that time earlier (LT) and never adds a job (XX): a job enters with
+        its creation or reopening and leaves with the active set, so a late write to an ended
+        job cannot bring it back.
+        """
+        return f"{self.ns}:due"
+
+    def _due_after_write(self) -> str:
+        return repr(time.time() + self.reconcile_grace_seconds)
 
     @property
     def events_key(self) -> str:
@@ -394,6 +458,7 @@ class RedisJobStore:
             self.idempotency_key(job.tenant, idem) if idem else f"{self.ns}:idem:-",
             self.tenant_key(job.tenant),
             self.active_key,
+            self.due_key,
         ]
         keys += [self.slot_key(job.id, n) for n in range(job.slot_count)]
         existing = self._create(
@@ -405,6 +470,7 @@ class RedisJobStore:
                 self.retention_seconds,
                 repr(job.deadline_at),
                 f"{self.ns}:job:",
+                repr(min(job.deadline_at, time.time() + self.reconcile_grace_seconds)),
             ],
         )
         if existing:
@@ -447,13 +513,14 @@ class RedisJobStore:
             else:
                 pipe.hset(key, name, _encode(value))
         pipe.hset(key, "updated_at", repr(time.time()))
+        pipe.zadd(self.due_key, {job_id: self._due_after_write()}, xx=True, lt=True)
         pipe.execute()
 
     def transition_job(
         self, job_id: str, allowed: Iterable[JobState], to: JobState, **values: Any
     ) -> bool:
         values.setdefault("updated_at", repr(time.time()))
-        return self._apply(self.job_key(job_id), allowed, to, "", values)
+        return self._apply([self.job_key(job_id), self.due_key], job_id, allowed, to, "", values)
 
     def transition_slot(
         self,
@@ -466,33 +533,39 @@ class RedisJobStore:
         **values: Any,
     ) -> bool:
         values.setdefault("updated_at", repr(time.time()))
-        keys = [self.slot_key(job_id, slot), *self._leases()]
-        return self._apply(keys, allowed, to, task_uuid or "", values)
+        keys = [self.slot_key(job_id, slot), self.due_key, *self._leases()]
+        return self._apply(keys, job_id, allowed, to, task_uuid or "", values)
 
     def _leases(self) -> list[str]:
         return [self.leases_key] if self.leases_key else []
 
     def _apply(
         self,
-        keys: list[str] | str,
+        keys: list[str],
+        job_id: str,
         allowed: Iterable[str],
         to: str,
         task_uuid: str,
         values: dict[str, Any],
     ) -> bool:
-        args: list[str] = [",".join(allowed), to, task_uuid]
+        args: list[str] = [",".join(allowed), to, task_uuid, job_id, self._due_after_write()]
         for name, value in values.items():
             args += [name, _encode(value)]
-        applied, _previous = self._transition(
-            keys=[keys] if isinstance(keys, str) else keys, args=args
-        )
+        applied, _previous = self._transition(keys=keys, args=args)
         return bool(applied)
 
     def mint_task_uuid(self, job_id: str, slot: int, attempt: int, candidate: str) -> str | None:
         """Persist a taskUUID for this attempt of a slot, or return the one already minted."""
         result = self._mint(
-            keys=[self.slot_key(job_id, slot), self.task_key(candidate)],
-            args=[attempt, candidate, f"{job_id}:{slot}", self.retention_seconds],
+            keys=[self.slot_key(job_id, slot), self.task_key(candidate), self.due_key],
+            args=[
+                attempt,
+                candidate,
+                f"{job_id}:{slot}",
+                self.retention_seconds,
+                job_id,
+                self._due_after_write(),
+            ],
         )
         return str(result) if result else None
 
@@ -508,10 +581,16 @@ class RedisJobStore:
     ) -> bool:
         """Reopen a slot as `pending` for `attempt`, retiring its current taskUUID."""
         values.setdefault("updated_at", repr(time.time()))
-        args: list[str] = [",".join(allowed), task_uuid or "", str(attempt)]
+        args: list[str] = [
+            ",".join(allowed),
+            task_uuid or "",
+            str(attempt),
+            job_id,
+            self._due_after_write(),
+        ]
         for name, value in values.items():
             args += [name, _encode(value)]
-        keys = [self.slot_key(job_id, slot), *self._leases()]
+        keys = [self.slot_key(job_id, slot), self.due_key, *self._leases()]
         return bool(self._new_attempt(keys=keys, args=args))
 
     def locate_task(self, task_uuid: str) -> tuple[str, int, Slot | None, JobState | None] | None:
@@ -538,13 +617,14 @@ class RedisJobStore:
         return job_id, int(slot)
 
     def retire_job(self, job_id: str, job: Job | None = None) -> None:
-        """Give a terminal job's records their retention TTL and drop it from the active set
-        (`job`: the ended job as the caller read it, so it is not read again)."""
+        """Give a terminal job's records their retention TTL and drop it from the active and due
+        sets (`job`: the ended job as the caller read it, so it is not read again)."""
         job = job or self.get_job(job_id)
         if job is None:
             return
         pipe = self.redis.pipeline()
         pipe.zrem(self.active_key, job_id)
+        pipe.zrem(self.due_key, job_id)
         pipe.expire(self.job_key(job_id), self.retention_seconds)
         for slot in job.slots:
             pipe.expire(self.slot_key(job_id, slot.slot), self.retention_seconds)
@@ -554,8 +634,11 @@ class RedisJobStore:
         pipe.execute()
 
     def forget_job(self, job_id: str) -> None:
-        """Drop a job whose record expired from the active set."""
-        self.redis.zrem(self.active_key, job_id)
+        """Drop a job whose record expired from the active and due sets."""
+        pipe = self.redis.pipeline()
+        pipe.zrem(self.active_key, job_id)
+        pipe.zrem(self.due_key, job_id)
+        pipe.execute()
 
     def active_count(self) -> int:
         return int(self.redis.zcard(self.active_key))
@@ -586,6 +669,40 @@ class RedisJobStore:
             if len(rows) < page:
                 return
             start += page
+
+    def claim_due_jobs(self, now: float, limit: int) -> list[tuple[str, float]]:
+        """Up to `limit` jobs due by `now`, earliest first, with their deadlines; each is claimed
+        until `now` plus the grace period (its deadline if sooner), when it is due again unless
+        `mark_due` or a write sets an earlier time."""
+        claim = repr(now + self.reconcile_grace_seconds)
+        flat = self._claim_due(keys=[self.due_key, self.active_key], args=[repr(now), limit, claim])
+        return [(job_id, float(deadline)) for job_id, deadline in _pairs(flat).items()]
+
+    def mark_due(self, times: dict[str, float]) -> None:
+        """Make each job due by its time at the latest; an earlier time stays, and a job that
+        has left the due set is not added back."""
+        if times:
+            self.redis.zadd(self.due_key, dict(times), xx=True, lt=True)
+
+    def backfill_due(self, page: int = 1000) -> int:
+        """Give each active job without a due time one of 0 (due now); returns how many.
+
+        Every path that adds a job to the active set adds it to the due set in the same step,
+        so a missing one is a job written before the due index existed, or by a process still
+        running code from before it. Two ZCARDs tell whether any is missing; only then is the
+        active set walked, a page per script call.
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcard(self.active_key)
+        pipe.zcard(self.due_key)
+        active, due = (int(count) for count in pipe.execute())
+        if due >= active:
+            return 0
+        keys = [self.active_key, self.due_key]
+        return sum(
+            int(self._backfill_due(keys=keys, args=[start, page]))
+            for start in range(0, active, page)
+        )
 
     def list_jobs(
         self,
@@ -676,6 +793,8 @@ class RedisJobStore:
         )
         pipe.hdel(key, "ended_at")
         pipe.zadd(self.active_key, {job_id: deadline_at})
+        due = min(deadline_at, time.time() + self.reconcile_grace_seconds)
+        pipe.zadd(self.due_key, {job_id: due}, lt=True)
         raw_count = self.redis.hget(key, "slot_count")
         for n in range(int(raw_count or 0)):
             pipe.persist(self.slot_key(job_id, n))

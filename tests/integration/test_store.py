@@ -496,3 +496,169 @@ def test_a_task_is_located_with_its_slot_and_its_jobs_state_in_one_read(
     assert (job_id, slot_no, state) == (job.id, 0, "running")
     assert slot is not None and slot.task_uuid == task_uuid and slot.state == "pending"
     assert store.locate_task(str(uuid.uuid4())) is None
+
+
+# ------------------------------------------------------------------ the due index
+GRACE = 60.0  # the store's default RECONCILE_GRACE_SECONDS
+FAR = 10**10  # a due time no write or pass in these tests reaches
+
+
+def due_at(store: RedisJobStore, redis_client: redis.Redis, job_id: str) -> float | None:
+    return redis_client.zscore(store.due_key, job_id)
+
+
+def test_a_new_job_is_due_a_grace_period_after_its_creation_or_at_its_deadline(
+    store: RedisJobStore, redis_client: redis.Redis
+) -> None:
+    slow, quick = make_job(deadline=900), make_job(deadline=30)
+    before = time.time()
+    store.create_job(slow, "h")
+    store.create_job(quick, "h")
+    after = time.time()
+
+    due = due_at(store, redis_client, slow.id)
+    assert due is not None and before + GRACE <= due <= after + GRACE
+    assert due_at(store, redis_client, quick.id) == quick.deadline_at
+    # An idempotent replay writes nothing, so it does not move the first job's time.
+    first = make_job(idempotency_key="order-7")
+    store.create_job(first, "h")
+    redis_client.zadd(store.due_key, {first.id: FAR}, xx=True)
+    assert store.create_job(make_job(idempotency_key="order-7"), "h") == (first.id, "h")
+    assert due_at(store, redis_client, first.id) == FAR
+
+
+def test_every_write_to_a_job_makes_it_due_within_the_grace_period(
+    store: RedisJobStore, redis_client: redis.Redis
+) -> None:
+    job = make_job(slots=1)
+    store.create_job(job, "h")
+    task_uuid = str(uuid.uuid4())
+    writes = [
+        lambda: store.transition_job(job.id, ["queued"], "running"),
+        lambda: store.mint_task_uuid(job.id, 0, 1, task_uuid),
+        lambda: store.transition_slot(job.id, 0, ["pending"], "submitted", task_uuid=task_uuid),
+        lambda: store.new_attempt(job.id, 0, ["submitted"], 2, task_uuid=task_uuid),
+        lambda: store.set_job_fields(job.id, reason="waiting"),
+    ]
+    for write in writes:
+        redis_client.zadd(store.due_key, {job.id: FAR}, xx=True)
+        before = time.time()
+        write()
+        due = due_at(store, redis_client, job.id)
+        assert due is not None and before + GRACE <= due <= time.time() + GRACE
+
+
+def test_a_write_never_postpones_a_due_time_and_a_refused_one_leaves_it(
+    store: RedisJobStore, redis_client: redis.Redis
+) -> None:
+    job = make_job(slots=1)
+    store.create_job(job, "h")
+    redis_client.zadd(store.due_key, {job.id: 5}, xx=True)
+
+    assert store.transition_slot(job.id, 0, ["pending"], "submitted")
+    assert not store.transition_slot(job.id, 0, ["pending"], "received")
+
+    assert due_at(store, redis_client, job.id) == 5
+
+
+def test_retire_and_forget_drop_the_due_time_and_a_late_write_does_not_bring_it_back(
+    store: RedisJobStore, redis_client: redis.Redis
+) -> None:
+    ended, gone = make_job(slots=1), make_job(slots=1)
+    store.create_job(ended, "h")
+    store.create_job(gone, "h")
+    assert store.transition_job(ended.id, ["queued"], "cancelled")
+
+    store.retire_job(ended.id)
+    store.forget_job(gone.id)
+
+    assert redis_client.zrange(store.due_key, 0, -1) == []
+    # A result that arrives after the job ended is still recorded on its slot.
+    assert store.transition_slot(ended.id, 0, ["pending"], "discarded")
+    store.set_job_fields(ended.id, manifest_version=2)
+    store.mark_due({ended.id: 0})
+    assert redis_client.zrange(store.due_key, 0, -1) == []
+
+
+def test_a_reopened_job_is_due_again(store: RedisJobStore, redis_client: redis.Redis) -> None:
+    job = make_job(slots=1)
+    store.create_job(job, "h")
+    assert store.transition_job(job.id, ["queued"], "failed")
+    store.retire_job(job.id)
+
+    before = time.time()
+    store.reopen_job(job.id, before + 900, 2)
+
+    due = due_at(store, redis_client, job.id)
+    assert due is not None and before + GRACE <= due <= time.time() + GRACE
+
+
+def test_claiming_takes_the_due_jobs_earliest_first_and_claims_each_for_the_grace_period(
+    store: RedisJobStore, redis_client: redis.Redis
+) -> None:
+    jobs = [make_job(deadline=900), make_job(deadline=900), make_job(deadline=900)]
+    expiring = make_job(deadline=900)
+    for job in [*jobs, expiring]:
+        store.create_job(job, "h")
+    now = time.time() + 2 * GRACE
+    times = {jobs[0].id: 30.0, jobs[1].id: 10.0, jobs[2].id: 20.0, expiring.id: FAR}
+    redis_client.zadd(store.due_key, times, xx=True)
+    redis_client.zadd(store.active_key, {expiring.id: now + 5}, xx=True)
+    redis_client.zadd(store.due_key, {expiring.id: 40.0}, xx=True)
+
+    taken = store.claim_due_jobs(now, 3)
+
+    assert taken == [
+        (jobs[1].id, jobs[1].deadline_at),
+        (jobs[2].id, jobs[2].deadline_at),
+        (jobs[0].id, jobs[0].deadline_at),
+    ]
+    for job in jobs:
+        assert due_at(store, redis_client, job.id) == now + GRACE
+    assert store.claim_due_jobs(now, 3) == [(expiring.id, now + 5)]
+    assert due_at(store, redis_client, expiring.id) == now + 5, "claimed until its deadline"
+    assert store.claim_due_jobs(now, 3) == []
+
+
+def test_claiming_drops_a_due_time_left_by_a_job_no_longer_active(
+    store: RedisJobStore, redis_client: redis.Redis
+) -> None:
+    redis_client.zadd(store.due_key, {"stale": 1})
+
+    assert store.claim_due_jobs(time.time(), 10) == []
+    assert redis_client.zrange(store.due_key, 0, -1) == []
+
+
+def test_a_write_during_a_look_keeps_its_earlier_time_over_the_looks_own(
+    store: RedisJobStore, redis_client: redis.Redis
+) -> None:
+    job = make_job(slots=1, deadline=3600)
+    store.create_job(job, "h")
+    # The pass runs two grace periods after the job was written: its claim ends after that.
+    now = time.time() + 2 * GRACE
+    assert [job_id for job_id, _ in store.claim_due_jobs(now, 10)] == [job.id]
+    assert due_at(store, redis_client, job.id) == now + GRACE
+
+    before = time.time()
+    assert store.transition_slot(job.id, 0, ["pending"], "submitted")  # while the pass looks
+    store.mark_due({job.id: job.deadline_at})  # what the pass worked out from its older read
+
+    due = due_at(store, redis_client, job.id)
+    assert due is not None and before + GRACE <= due <= time.time() + GRACE
+
+
+def test_backfill_makes_active_jobs_without_a_due_time_due_now(
+    store: RedisJobStore, redis_client: redis.Redis
+) -> None:
+    jobs = [make_job(slots=1) for _ in range(5)]
+    for job in jobs:
+        store.create_job(job, "h")
+    assert store.backfill_due(page=2) == 0, "nothing missing: nothing walked"
+    # Jobs written before the due index existed.
+    redis_client.zrem(store.due_key, jobs[0].id, jobs[3].id, jobs[4].id)
+    kept = [due_at(store, redis_client, job.id) for job in jobs[1:3]]
+
+    assert store.backfill_due(page=2) == 3
+
+    assert [due_at(store, redis_client, job.id) for job in jobs] == [0, *kept, 0, 0]
+    assert store.backfill_due(page=2) == 0
