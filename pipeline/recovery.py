@@ -4,6 +4,7 @@ deadlines), and the operator's way back (retry a job, replay dead letters)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pipeline import clock
@@ -19,11 +20,17 @@ from pipeline.submission import submit_job
 
 log = logging.getLogger(__name__)
 
+# Jobs one pass looks at, at most, earliest due first: a pass stays well inside its lock's TTL
+# however many come due at once (after an outage, or over jobs written before the due index);
+# the next passes take the rest.
+DUE_PER_PASS = 1000
+
 
 @dataclass
 class ReconcilePass:
     """What one pass did, counted; `skipped` when another pass held the lock."""
 
+    looked: int = 0  # jobs read
     expired: int = 0
     redriven: int = 0
     polled: int = 0
@@ -38,8 +45,8 @@ class ReconcilePass:
 
 
 def reconcile(ctx: Context) -> ReconcilePass:
-    """One pass over active jobs, by one process at a time: a second beat, or a pass slower
-    than the interval, never runs two at once."""
+    """One pass over the jobs that are due, by one process at a time: a second beat, or a pass
+    slower than the interval, never runs two at once."""
     ttl = max(30.0, ctx.settings.reconcile_interval_seconds * 6)
     with ctx.store.exclusive("reconcile", ttl) as acquired:
         if not acquired:
@@ -48,6 +55,9 @@ def reconcile(ctx: Context) -> ReconcilePass:
 
 
 def reconcile_pass(ctx: Context) -> ReconcilePass:
+    """Look at the jobs that are due (`next_look`), not at every active one, so a pass costs
+    what is due rather than what is in flight; each is then made due again when it next
+    needs a look."""
     now = clock.now()
     circuit = ctx.circuit.state()
     counts = ReconcilePass(probe_due=circuit.open and now >= (circuit.probe_at or 0.0))
@@ -57,19 +67,81 @@ def reconcile_pass(ctx: Context) -> ReconcilePass:
             for paused in ctx.circuit.open_models()
             if paused.model and now >= (paused.probe_at or 0.0)
         }
-    for job_id, deadline in ctx.store.active_jobs():
-        try:
-            reconcile_job(ctx, job_id, deadline, now, counts)
-        except Exception:
-            # One job's failure must not stop the pass for every other job's deadline.
-            counts.errors += 1
-            log.exception("reconcile step failed", extra={"job_id": job_id})
+    ctx.store.backfill_due()
+    marks: dict[str, float] = {}
+    for job_id, deadline in jobs_to_look_at(ctx, now, counts):
+        due = look(ctx, job_id, deadline, now, counts)
+        if due is not None:
+            marks[job_id] = due
+    ctx.store.mark_due(marks)
     return counts
+
+
+def jobs_to_look_at(ctx: Context, now: float, counts: ReconcilePass) -> Iterable[tuple[str, float]]:
+    """The due jobs, claimed; every active job while a circuit probe is due, because a probe
+    takes the first job with a pending image, and a job waiting on an open circuit need not be
+    due. A probe taken is scheduled a probe interval later, so while a circuit is open this is
+    one pass per interval (every pass while no job has a pending image to probe with)."""
+    if counts.probe_due or counts.model_probes_due:
+        return ctx.store.active_jobs()
+    return ctx.store.claim_due_jobs(now, DUE_PER_PASS)
+
+
+def look(
+    ctx: Context, job_id: str, deadline: float, now: float, counts: ReconcilePass
+) -> float | None:
+    """Reconcile one job; returns when it next needs a look (None: it has left the active set)."""
+    counts.looked += 1
+    try:
+        job = reconcile_job(ctx, job_id, deadline, now, counts)
+    except Exception:
+        # One job's failure must not stop the pass for every other job's deadline; the next
+        # pass tries this one again.
+        counts.errors += 1
+        log.exception("reconcile step failed", extra={"job_id": job_id})
+        return now
+    if job is None or job.terminal:
+        return None
+    # Still due (a silent task keeps being polled): due again at the next pass, behind the jobs
+    # that were due before this one was looked at.
+    return max(now, next_look(job, ctx.settings.reconcile_grace_seconds))
+
+
+def next_look(job: Job, grace: float) -> float:
+    """When the reconciler next has something to check on `job` as read: its deadline, or the
+    grace period after the time its earliest check counts from (see `reconcile_job`). Only the
+    passing of time is covered here: a write makes its job due by itself (`JobStore`)."""
+    if all(slot.terminal for slot in job.slots):
+        quiet = [last_write(job)]
+    else:
+        quiet = open_checks_since(job)
+    return min([job.deadline_at, *(since + grace for since in quiet)])
+
+
+def open_checks_since(job: Job) -> list[float]:
+    """What each check of an unfinished job counts its grace from: the job's last update while
+    an image is pending (re-drive), each silent task's submission (poll), each unstored image's
+    receipt (promote)."""
+    since = []
+    if any(slot.state == SlotState.PENDING for slot in job.slots):
+        since.append(job.updated_at)
+    for slot in job.slots:
+        if slot.state == SlotState.SUBMITTED and slot.task_uuid and slot.submitted_at is not None:
+            since.append(slot.submitted_at)
+        elif slot.state == SlotState.RECEIVED and slot.received_at is not None:
+            since.append(slot.received_at)
+    return since
+
+
+def last_write(job: Job) -> float:
+    """The latest update of the job or of any of its slots."""
+    return max([job.updated_at, *(slot.updated_at or 0.0 for slot in job.slots)])
 
 
 def reconcile_job(
     ctx: Context, job_id: str, deadline: float, now: float, counts: ReconcilePass
-) -> None:
+) -> Job | None:
+    """Act on one job as it reads now; returns it as read (None: it has no record)."""
     job = ctx.store.get_job(job_id)
     if job is None:
         ctx.store.forget_job(job_id)
@@ -83,15 +155,13 @@ def reconcile_job(
     else:
         redrive(ctx, job, now, counts)
         check_slots(ctx, job, now, counts)
+    return job
 
 
 def finish_orphan(ctx: Context, job: Job, now: float, counts: ReconcilePass) -> None:
     """Every slot has ended but the job has not: the process that moved the last slot died
     before finishing it. Nothing else would end the job before its deadline."""
-    last = max((slot.updated_at or 0.0 for slot in job.slots), default=0.0)
-    if now - max(last, job.updated_at) > ctx.settings.reconcile_grace_seconds and finish_job(
-        ctx, job.id
-    ):
+    if now - last_write(job) > ctx.settings.reconcile_grace_seconds and finish_job(ctx, job.id):
         counts.finished += 1
 
 
