@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import uuid
 from typing import Any
 
@@ -34,12 +35,13 @@ GENERATION_FIELDS = (
 )
 
 
+# The canonical text of a UUID, as str(uuid.UUID(...)) writes it: lower-case hex, hyphenated.
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def is_job_id(value: str) -> bool:
     """Job ids are the canonical text of a UUID; anything else never reaches a key name."""
-    try:
-        return str(uuid.UUID(value)) == value
-    except (ValueError, TypeError, AttributeError):
-        return False
+    return isinstance(value, str) and _CANONICAL_UUID.fullmatch(value) is not None
 
 
 def canonical_hash(value: Any) -> str:

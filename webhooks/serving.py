@@ -43,6 +43,9 @@ class DeadlineBody:
         self._deadline = time.monotonic() + seconds
         self._on_expiry = on_expiry
         self.expired = False
+        # Once a read has come back empty the body has ended: later reads (werkzeug's last
+        # read, the drain after the response) answer at once, with no timer armed for them.
+        self._ended = False
 
     def _by_deadline(self, read: Callable[[], T]) -> T:
         remaining = self._deadline - time.monotonic()
@@ -54,11 +57,20 @@ class DeadlineBody:
         self._on_expiry()
         raise BodyTimeout()
 
+    def _until_end(self, chunk: bytes, whole: bool) -> bytes:
+        self._ended = whole or not chunk
+        return chunk
+
     def read(self, size: int | None = None) -> bytes:
-        return self._by_deadline(lambda: self._body.read(size))
+        if self._ended:
+            return b""
+        whole = size is None or size < 0
+        return self._until_end(self._by_deadline(lambda: self._body.read(size)), whole)
 
     def readline(self, size: int | None = None) -> bytes:
-        return self._by_deadline(lambda: self._body.readline(size))
+        if self._ended:
+            return b""
+        return self._until_end(self._by_deadline(lambda: self._body.readline(size)), False)
 
     def readlines(self, hint: int | None = None) -> list[bytes]:
         lines: list[bytes] = []

@@ -14,7 +14,7 @@ from pipeline.models import JobState
 from pipeline.schemas import IDEMPOTENCY_KEY
 from pipeline.services import JobService
 from pipeline.signing import verify_webhook_token
-from webhooks.limits import MAX_JSON_DEPTH, json_depth
+from webhooks.limits import MAX_JSON_DEPTH, nests_too_deep
 from webhooks.openapi import openapi_document
 from webhooks.schemas import ListQuerySchema, load_or_422
 
@@ -48,7 +48,7 @@ def _json_body(lenient: bool = False) -> Any:
         raise UnsupportedMediaType("the body must be application/json")
     raw = request.get_data(cache=True)
     # Python's parser recurses per level: a deep body would end in RecursionError (a 500).
-    if json_depth(raw) > MAX_JSON_DEPTH:
+    if nests_too_deep(raw):
         raise BodyInvalid(f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels")
     body = request.get_json(force=True, silent=True)
     if body is None and raw.strip() != b"null":

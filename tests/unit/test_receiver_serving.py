@@ -122,3 +122,35 @@ def test_an_ip_address_is_resolved_without_the_resolver_threads() -> None:
     assert [item[4] for item in answer] == [("127.0.0.1", 9000)]
     with pytest.raises(AssertionError, match="resolver's threads"):
         resolver.getaddrinfo("localhost", 9000)
+
+
+class CountingBody(io.BytesIO):
+    """A body that counts the reads that reach it."""
+
+    reads = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.reads += 1
+        return super().read(size)
+
+
+def test_reads_after_the_body_ended_do_not_reach_it() -> None:
+    inner = CountingBody(b'{"a":1}')
+    req = Request(inner)
+    bound_request_body(req, 5.0)
+    assert isinstance(req.body, DeadlineBody)
+    assert req.body.read(100) == b'{"a":1}'
+    assert req.body.read(100) == b""
+    assert req.body.read() == b""
+    finish_request_body(req)
+    assert inner.reads == 2
+    assert req.must_close is False
+
+
+def test_a_whole_read_ends_the_body() -> None:
+    inner = CountingBody(b"abc")
+    body = DeadlineBody(inner, 5.0, lambda: None)
+    assert body.read() == b"abc"
+    assert body.read(10) == b""
+    assert body.discard_rest() is True
+    assert inner.reads == 1
