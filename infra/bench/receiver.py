@@ -4,8 +4,11 @@ Against the receiver of a local stack, wrk replays (a) the exact webhook of an i
 stored (the duplicate path) and (b) first results of images awaiting them, their bytes staged
 beforehand at their upload keys (fresh results); (c) the same wrk settings against a hello-world
 Flask app under the receiver's gunicorn settings give the floor. The CPU's speed drifts, so the
-rounds are interleaved (hello, duplicate, hello, fresh, hello, duplicate, hello) and each
-measured round is compared with the mean of the hello rounds on either side of it.
+rounds are interleaved (hello, redis floor, duplicate, hello, fresh, hello, duplicate, redis
+floor, hello) and each measured round is compared with the mean of the hello rounds on either
+side of it. The redis floor is the same app reading the JSON body and making one Redis round
+trip, the least any webhook handler does: the receiver's rate beside it shows what is left of
+its own.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ from pipeline.services import JobService
 from pipeline.wiring import build_service
 
 WRK_SCRIPT = Path(__file__).with_name("wrk") / "webhooks.lua"
+# The hello app's path prefix for its floor with a JSON body read and one Redis round trip.
+REDIS_FLOOR = "/floor/redis"
 BUCKET = "imagine-bench"
 TENANT = "dev"
 IMAGES_PER_JOB = 20  # the most one job asks for: one Runware request carries all its tasks
@@ -522,6 +527,7 @@ class Files:
     duplicate: Path
     hello: Path
     fresh: Path
+    redis_floor: Path
 
 
 def fresh_round(bench: Bench, files: Files, seconds: float, load: WrkLoad) -> WrkRound:
@@ -545,6 +551,10 @@ def prepare(bench: Bench, directory: Path, fresh_images: int) -> tuple[Files, li
         duplicate=write_requests(directory / "duplicate.txt", [duplicate]),
         # The floor gets the same bytes on the same path: only the handler differs.
         hello=write_requests(directory / "hello.txt", [duplicate]),
+        redis_floor=write_requests(
+            directory / "redis_floor.txt",
+            [WrkRequest(REDIS_FLOOR + duplicate.path, duplicate.body)],
+        ),
         fresh=write_requests(directory / "fresh.txt", fresh),
     )
     return files, job_ids
@@ -601,6 +611,7 @@ class Rounds:
     and the CPU per request of each process in every round."""
 
     hello: list[WrkRound] = field(default_factory=list)
+    redis_floor: list[WrkRound] = field(default_factory=list)
     duplicate: list[WrkRound] = field(default_factory=list)
     fresh: list[WrkRound] = field(default_factory=list)
     fresh_stored: int = 0
@@ -631,7 +642,7 @@ def counted(bench: Bench, rounds: Rounds, run: Callable[[], WrkRound]) -> WrkRou
 def interleaved_rounds(
     bench: Bench, files: Files, job_ids: list[str], seconds: float, load: WrkLoad
 ) -> Rounds:
-    """hello, duplicate, hello, fresh, hello, duplicate, hello."""
+    """hello, redis floor, duplicate, hello, fresh, hello, duplicate, redis floor, hello."""
     rounds = Rounds()
 
     def hello() -> WrkRound:
@@ -640,6 +651,10 @@ def interleaved_rounds(
     def floor() -> None:
         rounds.hello.append(counted(bench, rounds, hello))
 
+    def redis_floor() -> None:
+        measured = run_wrk("redis_floor", bench.hello_url, files.redis_floor, seconds, load)
+        rounds.redis_floor.append(measured)
+
     def duplicate() -> WrkRound:
         return run_wrk("duplicate", bench.receiver_url, files.duplicate, seconds, load)
 
@@ -647,6 +662,7 @@ def interleaved_rounds(
         return fresh_round(bench, files, seconds, load)
 
     floor()
+    redis_floor()
     rounds.duplicate.append(counted(bench, rounds, duplicate))
     floor()
     start = time.time()
@@ -655,6 +671,7 @@ def interleaved_rounds(
     rounds.fresh_stored = stored_between(bench, job_ids, start, start + rounds.fresh[0].seconds)
     floor()
     rounds.duplicate.append(counted(bench, rounds, duplicate))
+    redis_floor()
     floor()
     return rounds
 
@@ -667,19 +684,29 @@ def cpu_ratio(rounds: Rounds) -> float | None:
 
 
 def receiver_figures(rounds: Rounds, listed: int) -> dict[str, Any]:
-    """The phase's figures: rates, each measured round against the hello rounds around it
-    (hello, duplicate, hello, fresh, hello, duplicate, hello), latencies."""
+    """The phase's figures: rates, each measured round against the hello rounds around it,
+    the redis floor and the duplicate rounds beside it, latencies."""
     hello, duplicate, fresh = rounds.hello, rounds.duplicate, rounds.fresh[0]
+    floors = rounds.redis_floor
     fresh_rps = rounds.fresh_stored / fresh.seconds if fresh.seconds else 0.0
     ratios = drift_ratios([r.rps for r in hello], [duplicate[0].rps, fresh_rps, duplicate[1].rps])
     dup_ratios = [ratios[0], ratios[2]]
-    order = [hello[0], duplicate[0], hello[1], fresh, hello[2], duplicate[1], hello[3]]
+    order = [
+        hello[0], floors[0], duplicate[0], hello[1], fresh, hello[2], duplicate[1], floors[1],
+        hello[3],
+    ]  # fmt: skip
+    # Each redis floor round sits between a hello round and a duplicate round.
+    floor_ratios = [floors[0].rps / hello[0].rps, floors[1].rps / hello[3].rps]
+    to_floor = [duplicate[0].rps / floors[0].rps, duplicate[1].rps / floors[1].rps]
     return {
         "hello_rps": round(statistics.fmean(r.rps for r in hello), 1),
         "duplicate_rps": round(statistics.fmean(r.rps for r in duplicate), 1),
         "fresh_rps": round(fresh_rps, 1),
         "receiver_ratio": round(statistics.fmean(dup_ratios), 3),
         "duplicate_ratios": [round(r, 3) for r in dup_ratios],
+        "redis_floor_rps": round(statistics.fmean(r.rps for r in floors), 1),
+        "redis_floor_ratio": round(statistics.fmean(floor_ratios), 3),
+        "duplicate_to_redis_floor": round(statistics.fmean(to_floor), 3),
         "fresh_ratio": round(ratios[1], 3),
         "fresh_stored": rounds.fresh_stored,
         "fresh_listed": listed,
@@ -726,6 +753,8 @@ def summary_line(figures: dict[str, Any]) -> str:
     return (
         f"receiver: hello_rps={figures['hello_rps']} duplicate_rps={figures['duplicate_rps']} "
         f"fresh_rps={figures['fresh_rps']} receiver_ratio={figures['receiver_ratio']} "
+        f"redis_floor_ratio={figures['redis_floor_ratio']} "
+        f"duplicate_to_redis_floor={figures['duplicate_to_redis_floor']} "
         f"receiver_cpu_ratio={figures['receiver_cpu_ratio']} "
         f"duplicate_p99_ms={figures['duplicate_p99_ms']} fresh_p99_ms={figures['fresh_p99_ms']}"
     )

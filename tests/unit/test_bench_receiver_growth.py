@@ -22,6 +22,7 @@ from infra.bench.receiver import (
     fresh_item,
     job_sizes,
     parse_wrk,
+    receiver_figures,
     webhook_request,
     write_requests,
 )
@@ -197,3 +198,23 @@ def test_stack_cpu_growth_compares_the_stacks_cpu_per_request_without_the_floor(
     high.cpu_ms = {"receiver": 9.0, "redis": 2.0, "worker-bench": 4.0}
     assert stack_cpu_growth(low, high) == 1.5
     assert stack_cpu_growth(Level("mix-low", (0, 0)), high) is None
+
+
+def test_the_receiver_is_compared_with_hello_and_with_the_redis_floor_beside_it() -> None:
+    rounds = Rounds(
+        hello=[wrk_round("hello", rps, 3.0) for rps in (4000, 3600, 3800, 4200)],
+        redis_floor=[wrk_round("redis_floor", 2000, 3.0), wrk_round("redis_floor", 2100, 3.0)],
+        duplicate=[wrk_round("duplicate", 1900, 3.0), wrk_round("duplicate", 1800, 3.0)],
+        fresh=[wrk_round("fresh", 100, 3.0)],
+        fresh_stored=1000,
+        cpu_per_request={"fresh": [{"receiver": 5.0}]},
+    )
+    figures = receiver_figures(rounds, 1000)
+    # Each duplicate round against the hello rounds on either side of it.
+    assert figures["duplicate_ratios"] == [round(1900 / 3800, 3), round(1800 / 4000, 3)]
+    assert figures["redis_floor_ratio"] == round((2000 / 4000 + 2100 / 4200) / 2, 3)
+    assert figures["duplicate_to_redis_floor"] == round((1900 / 2000 + 1800 / 2100) / 2, 3)
+    assert [r["name"] for r in figures["rounds"]] == [
+        "hello", "redis_floor", "duplicate", "hello", "fresh", "hello", "duplicate",
+        "redis_floor", "hello",
+    ]  # fmt: skip
