@@ -98,6 +98,26 @@ def _api_keys(env: Mapping[str, str]) -> ApiKeys:
     return ApiKeys(keys.items())
 
 
+RATE_LIMIT_ITEM = re.compile(
+    r"^\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day|month|year)s?$", re.IGNORECASE
+)
+
+
+def _rate_limit(env: Mapping[str, str]) -> str:
+    """API_RATE_LIMIT: Flask-Limiter's notation ("20/second;600/minute"), or "off"."""
+    raw = env.get("API_RATE_LIMIT")
+    if raw is None or raw.strip() == "":
+        return Settings.api_rate_limit
+    if raw.strip().lower() in {"off", "none", "0"}:
+        return ""
+    items = [item.strip() for item in re.split(r"[;,]", raw) if item.strip()]
+    if not items or not all(RATE_LIMIT_ITEM.fullmatch(item) for item in items):
+        raise SettingsError(
+            f"API_RATE_LIMIT must be limits like '20/second;600/minute' or 'off', got {raw!r}"
+        )
+    return ";".join(items)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Typed settings; build with `Settings.from_env()`."""
@@ -143,6 +163,15 @@ class Settings:
     budget_wait_seconds: int = 10
     upload_wait_seconds: int = 30
     size_mismatch_fails: bool = False
+    # How long a presigned GET URL in a job view lives; 0: job views carry no URLs.
+    result_url_seconds: int = 900
+    # Per-tenant request rates on the jobs API, in Flask-Limiter's notation; "" for none.
+    api_rate_limit: str = "20/second;600/minute"
+    # Per-tenant daily caps on images and estimated spend (USD), and one on the whole
+    # deployment's daily spend; 0: no cap.
+    tenant_daily_images: int = 5000
+    tenant_daily_spend_usd: float = 500.0
+    global_daily_spend_usd: float = 2000.0
     log_level: str = "INFO"
     log_format: str = "json"
 
@@ -228,6 +257,15 @@ class Settings:
             budget_wait_seconds=_int(env, "BUDGET_WAIT_SECONDS", cls.budget_wait_seconds, 1),
             upload_wait_seconds=_int(env, "UPLOAD_WAIT_SECONDS", cls.upload_wait_seconds, 0),
             size_mismatch_fails=_bool(env, "SIZE_MISMATCH_FAILS", cls.size_mismatch_fails),
+            result_url_seconds=_int(env, "RESULT_URL_SECONDS", cls.result_url_seconds, 0),
+            api_rate_limit=_rate_limit(env),
+            tenant_daily_images=_int(env, "TENANT_DAILY_IMAGES", cls.tenant_daily_images, 0),
+            tenant_daily_spend_usd=_float(
+                env, "TENANT_DAILY_SPEND_USD", cls.tenant_daily_spend_usd, 0.0
+            ),
+            global_daily_spend_usd=_float(
+                env, "GLOBAL_DAILY_SPEND_USD", cls.global_daily_spend_usd, 0.0
+            ),
             log_level=_str(env, "LOG_LEVEL", cls.log_level).upper(),
             log_format=log_format,
         )

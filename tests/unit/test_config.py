@@ -220,3 +220,29 @@ def test_an_allowed_model_outside_the_catalog_is_refused() -> None:
         Settings.from_env(
             {"RUNWARE_ALLOWED_MODELS": "xai:grok-imagine@image-pro,xai:grok-imagine@image-ultra"}
         )
+
+
+def test_rate_limits_read_in_flask_limiter_notation_or_off() -> None:
+    assert Settings.from_env({}).api_rate_limit == "20/second;600/minute"
+    read = Settings.from_env({"API_RATE_LIMIT": "5 per second, 100/minute"})
+    assert read.api_rate_limit == "5 per second;100/minute"
+    assert Settings.from_env({"API_RATE_LIMIT": "off"}).api_rate_limit == ""
+    with pytest.raises(SettingsError, match="API_RATE_LIMIT"):
+        Settings.from_env({"API_RATE_LIMIT": "fast"})
+
+
+def test_caps_and_result_urls_are_numbers_where_zero_turns_them_off() -> None:
+    settings = Settings.from_env(
+        {
+            "RESULT_URL_SECONDS": "0",
+            "TENANT_DAILY_IMAGES": "0",
+            "TENANT_DAILY_SPEND_USD": "12.5",
+            "GLOBAL_DAILY_SPEND_USD": "0",
+        }
+    )
+    assert settings.result_url_seconds == 0
+    assert settings.tenant_daily_images == 0
+    assert settings.tenant_daily_spend_usd == 12.5
+    assert settings.global_daily_spend_usd == 0
+    with pytest.raises(SettingsError, match="TENANT_DAILY_SPEND_USD"):
+        Settings.from_env({"TENANT_DAILY_SPEND_USD": "-1"})
