@@ -61,6 +61,25 @@ class UploadPending(Retryable):
         super().__init__(message, retry_after=retry_after, backoff=False)
 
 
+class LimitExceeded(PipelineError):
+    """A limit on what a caller may ask stops this request: 429, with `code` naming the limit
+    and `retry_after` when it frees up."""
+
+    status = 429
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "rate_limited",
+        retry_after: float | None = None,
+        errors: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message, errors)
+        self.code = code
+        self.retry_after = retry_after
+
+
 class BodyInvalid(PipelineError):
     """The body is not JSON the server will read (malformed, or nested too deep)."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -71,8 +72,12 @@ def create_app(
         app.register_blueprint(views.metrics)
 
     @app.errorhandler(PipelineError)
-    def pipeline_error(exc: PipelineError) -> tuple[Any, int]:
-        return error_response(exc.code, exc.status, exc.message, exc.errors)
+    def pipeline_error(exc: PipelineError) -> Any:
+        response, status = error_response(exc.code, exc.status, exc.message, exc.errors)
+        if exc.status in {429, 503} and exc.retry_after is not None:
+            # Whole seconds, at least one: what HTTP's Retry-After allows.
+            response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        return response, status
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Any, int]:

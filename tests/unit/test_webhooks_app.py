@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline.errors import LimitExceeded
 from pipeline.signing import webhook_token
 from tests.unit.conftest import SECRET, TASK, FakeService, make_client, url
 
@@ -99,3 +100,29 @@ def test_api_without_webhooks() -> None:
 def test_unknown_roles_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown receiver roles"):
         make_client(FakeService(), roles=("webhooks", "admin"))
+
+
+class LimitedService(FakeService):
+    """A service whose every job submission is over a limit."""
+
+    def create_job(self, body: object, tenant: str, key: str | None) -> object:
+        raise LimitExceeded(
+            "tenant acme reached its daily image cap (5000)",
+            code="daily_image_cap",
+            retry_after=3600.2,
+        )
+
+
+def test_an_exceeded_limit_answers_429_naming_it_with_retry_after() -> None:
+    client = make_client(LimitedService())
+    answer = client.post(
+        "/v1/jobs", json={"positivePrompt": "x"}, headers={"Authorization": "Bearer k"}
+    )
+    assert answer.status_code == 429
+    assert answer.headers["Retry-After"] == "3601"
+    assert answer.json == {
+        "code": "daily_image_cap",
+        "status": 429,
+        "message": "tenant acme reached its daily image cap (5000)",
+        "errors": {},
+    }
