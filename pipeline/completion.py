@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 
-from pipeline import admission, clock
+from pipeline import admission, clock, events
 from pipeline.context import Context
 from pipeline.documents import manifest
 from pipeline.errors import Conflict, NotFound, StorageError
@@ -82,6 +82,8 @@ def end_job(ctx: Context, job: Job, state: JobState) -> bool:
     )
     remove_staged(ctx, job)
     manifest_key = put_manifest(ctx, job, state, version, ended)
+    # Announced by the transition itself, once the manifest it names is in S3.
+    event = events.ended_event(job, state, manifest_key, version, clock.now())
     applied = ctx.store.transition_job(
         job_id,
         JOB_OPEN,
@@ -89,11 +91,19 @@ def end_job(ctx: Context, job: Job, state: JobState) -> bool:
         manifest_key=manifest_key,
         manifest_version=version,
         ended_at=repr(ended),
+        event=event,
     )
     if not applied:
-        ctx.store.set_job_fields(job_id, manifest_key=manifest_key, manifest_version=version)
+        # A job ended from outside whose manifest only now exists (its canceller died before
+        # writing it) is announced with it.
+        ctx.store.set_job_fields(
+            job_id,
+            manifest_key=manifest_key,
+            manifest_version=version,
+            event=event if job.terminal else None,
+        )
         return False
-    announce_end(ctx, job, state, manifest_key)
+    announce_end(ctx, job)
     log.info(
         "job ended",
         extra={
@@ -138,19 +148,10 @@ def put_manifest(ctx: Context, job: Job, state: JobState, version: int, ended: f
     return key
 
 
-def announce_end(ctx: Context, job: Job, state: JobState, manifest_key: str) -> None:
-    """An ended job: retention TTLs, the event consumers follow, and the callback."""
+def announce_end(ctx: Context, job: Job) -> None:
+    """An ended job (its `job.ended` event published with its manifest's record): retention
+    TTLs and the callback."""
     ctx.store.retire_job(job.id, job)
-    ctx.store.publish_event(
-        {
-            "type": "job.ended",
-            "jobId": job.id,
-            "tenant": job.tenant,
-            "state": state,
-            "manifestKey": manifest_key,
-            "cost": job.cost or 0.0,
-        }
-    )
     if job.callback_url:
         ctx.dispatcher.notify_job(job.id)
 
@@ -200,8 +201,13 @@ def write_final_manifest(ctx: Context, job_id: str) -> None:
     version = max(job.manifest_version, 1)
     remove_staged(ctx, job)
     key = put_manifest(ctx, job, job.state, version, job.ended_at or clock.now())
-    ctx.store.set_job_fields(job_id, manifest_key=key, manifest_version=version)
-    announce_end(ctx, job, job.state, key)
+    ctx.store.set_job_fields(
+        job_id,
+        manifest_key=key,
+        manifest_version=version,
+        event=events.ended_event(job, job.state, key, version, clock.now()),
+    )
+    announce_end(ctx, job)
 
 
 def rewrite_manifest(ctx: Context, job_id: str) -> None:
@@ -212,5 +218,10 @@ def rewrite_manifest(ctx: Context, job_id: str) -> None:
         return
     version = job.manifest_version + 1
     key = put_manifest(ctx, job, job.state, version, job.ended_at or clock.now())
-    ctx.store.set_job_fields(job_id, manifest_key=key, manifest_version=version)
+    ctx.store.set_job_fields(
+        job_id,
+        manifest_key=key,
+        manifest_version=version,
+        event=events.ended_event(job, job.state, key, version, clock.now()),
+    )
     log.info("manifest rewritten for a late result", extra={"job_id": job_id, "version": version})

@@ -12,15 +12,32 @@ from typing import Any
 
 import redis
 
+from pipeline import events
 from pipeline.config import Settings
 from pipeline.models import CircuitState, DeadLetter, Job, JobState, Slot, SlotState
 
 log = logging.getLogger(__name__)
 
-_CREATE_JOB = """
+_PUBLISH = """
+-- Appends an event to the stream, bounded by count (MAXLEN ~) and by age (MINID ~): XADD
+-- takes one bound, XTRIM the other; '~' trims whole stream nodes only, so both stay cheap.
+local function publish(stream, payload, max_length, oldest_id)
+  redis.call('XADD', stream, 'MAXLEN', '~', max_length, '*', 'event', payload)
+  redis.call('XTRIM', stream, 'MINID', '~', oldest_id)
+end
+local function as_json(value)
+  if value then return cjson.encode(value) end
+  return 'null'
+end
+"""
+
+_CREATE_JOB = (
+    _PUBLISH
+    + """
 -- KEYS: job, idempotency (or a placeholder when ARGV[3] is ''), tenant index, active set,
--- due set, slots... ARGV: fields, slot count, idempotency value, its ttl, deadline, job key
--- prefix, first due time.
+-- due set, event stream, slots... ARGV: fields, slot count, idempotency value, its ttl,
+-- deadline, job key prefix, first due time, the job.created event, stream max length, oldest
+-- stream id kept.
 if ARGV[3] ~= '' then
   local existing = redis.call('GET', KEYS[2])
   if existing then
@@ -31,20 +48,25 @@ if ARGV[3] ~= '' then
 end
 local fields = cjson.decode(ARGV[1])
 for name, value in pairs(fields) do redis.call('HSET', KEYS[1], name, value) end
-for i = 6, #KEYS do
-  redis.call('HSET', KEYS[i], 'state', 'pending', 'slot', tostring(i - 6), 'attempt', '1',
+for i = 7, #KEYS do
+  redis.call('HSET', KEYS[i], 'state', 'pending', 'slot', tostring(i - 7), 'attempt', '1',
              'job_id', fields['id'], 'updated_at', fields['created_at'])
 end
 redis.call('ZADD', KEYS[3], fields['created_at'], fields['id'])
 redis.call('ZADD', KEYS[4], ARGV[5], fields['id'])
 redis.call('ZADD', KEYS[5], ARGV[7], fields['id'])
+publish(KEYS[6], ARGV[8], ARGV[9], ARGV[10])
 return ''
 """
+)
 
-_TRANSITION = """
--- KEYS[1]: a job or slot hash; KEYS[2]: the due set; KEYS[3] (slots only): the in-flight
--- leases of the API key. ARGV: allowed states, new state, expected task uuid, job id, due
--- time, pairs...
+_TRANSITION = (
+    _PUBLISH
+    + """
+-- KEYS[1]: a job or slot hash; KEYS[2]: the due set; KEYS[3]: the event stream; KEYS[4]
+-- (slots only): the slot's job; KEYS[5] (slots only, optional): the in-flight leases of the
+-- API key. ARGV: allowed states, new state, expected task uuid, job id, due time, event ('':
+-- none), stream max length, oldest stream id kept, pairs...
 -- A slot that leaves pending/submitted gives its task's lease back in the same step, so no
 -- lease outlives the image it was taken for.
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -59,18 +81,34 @@ for name in string.gmatch(ARGV[1], '[^,]+') do
 end
 if not allowed then return {0, state} end
 redis.call('HSET', KEYS[1], 'state', ARGV[2])
-for i = 6, #ARGV, 2 do
+for i = 9, #ARGV, 2 do
   if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
   else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 end
-if KEYS[3] and task and ARGV[2] ~= 'pending' and ARGV[2] ~= 'submitted' then
-  redis.call('ZREM', KEYS[3], task)
+if KEYS[5] and task and ARGV[2] ~= 'pending' and ARGV[2] ~= 'submitted' then
+  redis.call('ZREM', KEYS[5], task)
 end
 -- What this write may leave to the reconciler (a silent task, an unstored image, a job whose
 -- images all ended) waits at most the grace period: the job is due by then.
 redis.call('ZADD', KEYS[2], 'XX', 'LT', ARGV[5], ARGV[4])
+-- The event is published by the step that makes the change it reports, and only if it did:
+-- no round trip of its own. An image's event gets what only the records hold: its job's
+-- tenant, its taskUUID and, for an image that was not stored, its error code.
+if ARGV[6] ~= '' then
+  local payload = ARGV[6]
+  if KEYS[4] then
+    local known = ',"tenant":' .. as_json(redis.call('HGET', KEYS[4], 'tenant'))
+      .. ',"taskUUID":' .. as_json(redis.call('HGET', KEYS[1], 'task_uuid'))
+    if ARGV[2] ~= 'stored' then
+      known = known .. ',"code":' .. as_json(redis.call('HGET', KEYS[1], 'error_code'))
+    end
+    payload = string.sub(payload, 1, -2) .. known .. '}'
+  end
+  publish(KEYS[3], payload, ARGV[7], ARGV[8])
+end
 return {1, state}
 """
+)
 
 _MINT_TASK = """
 -- KEYS[1] slot, KEYS[2] task index of the candidate uuid, KEYS[3] due set.
@@ -459,8 +497,10 @@ class RedisJobStore:
             self.tenant_key(job.tenant),
             self.active_key,
             self.due_key,
+            self.events_key,
         ]
         keys += [self.slot_key(job.id, n) for n in range(job.slot_count)]
+        now = time.time()
         existing = self._create(
             keys=keys,
             args=[
@@ -470,7 +510,8 @@ class RedisJobStore:
                 self.retention_seconds,
                 repr(job.deadline_at),
                 f"{self.ns}:job:",
-                repr(min(job.deadline_at, time.time() + self.reconcile_grace_seconds)),
+                repr(min(job.deadline_at, now + self.reconcile_grace_seconds)),
+                *self._event_args(events.created_event(job), now),
             ],
         )
         if existing:
@@ -502,7 +543,10 @@ class RedisJobStore:
         value = self.redis.hget(self.job_key(job_id), "state")
         return JobState(str(value)) if value else None
 
-    def set_job_fields(self, job_id: str, **values: Any) -> None:
+    def set_job_fields(
+        self, job_id: str, *, event: dict[str, Any] | None = None, **values: Any
+    ) -> None:
+        """Write fields of an existing job; `event` is published in the same transaction."""
         key = self.job_key(job_id)
         if not self.redis.exists(key):
             return
@@ -514,13 +558,23 @@ class RedisJobStore:
                 pipe.hset(key, name, _encode(value))
         pipe.hset(key, "updated_at", repr(time.time()))
         pipe.zadd(self.due_key, {job_id: self._due_after_write()}, xx=True, lt=True)
+        if event is not None:
+            self._publish(pipe, event)
         pipe.execute()
 
     def transition_job(
-        self, job_id: str, allowed: Iterable[JobState], to: JobState, **values: Any
+        self,
+        job_id: str,
+        allowed: Iterable[JobState],
+        to: JobState,
+        *,
+        event: dict[str, Any] | None = None,
+        **values: Any,
     ) -> bool:
+        """Move a job to `to` from an allowed state; `event` is published only if it moved."""
         values.setdefault("updated_at", repr(time.time()))
-        return self._apply([self.job_key(job_id), self.due_key], job_id, allowed, to, "", values)
+        keys = [self.job_key(job_id), self.due_key, self.events_key]
+        return self._apply(keys, job_id, allowed, to, "", values, event)
 
     def transition_slot(
         self,
@@ -532,9 +586,20 @@ class RedisJobStore:
         task_uuid: str | None = None,
         **values: Any,
     ) -> bool:
+        """Move a slot to `to` from an allowed state (under `task_uuid`, when given). A move to
+        stored, failed, dead or discarded publishes its image event in the same step."""
         values.setdefault("updated_at", repr(time.time()))
-        keys = [self.slot_key(job_id, slot), self.due_key, *self._leases()]
-        return self._apply(keys, job_id, allowed, to, task_uuid or "", values)
+        keys = [
+            self.slot_key(job_id, slot),
+            self.due_key,
+            self.events_key,
+            self.job_key(job_id),
+            *self._leases(),
+        ]
+        event = events.slot_event(
+            job_id, slot, to, float(values["updated_at"]), values.get("final_key")
+        )
+        return self._apply(keys, job_id, allowed, to, task_uuid or "", values, event)
 
     def _leases(self) -> list[str]:
         return [self.leases_key] if self.leases_key else []
@@ -547,8 +612,13 @@ class RedisJobStore:
         to: str,
         task_uuid: str,
         values: dict[str, Any],
+        event: dict[str, Any] | None,
     ) -> bool:
         args: list[str] = [",".join(allowed), to, task_uuid, job_id, self._due_after_write()]
+        if event is None:
+            args += ["", "", ""]
+        else:
+            args += self._event_args(event, time.time())
         for name, value in values.items():
             args += [name, _encode(value)]
         applied, _previous = self._transition(keys=keys, args=args)
@@ -812,10 +882,45 @@ class RedisJobStore:
         raw = _text(self.redis.hgetall(self.mismatches_key))
         return {kind: int(count) for kind, count in raw.items()}
 
-    def publish_event(self, event: dict[str, Any]) -> None:
-        self.redis.xadd(
-            self.events_key, {"event": json.dumps(event)}, maxlen=100_000, approximate=True
+    # --- lifecycle events (pipeline/events.py) ---
+    @staticmethod
+    def _event_args(event: dict[str, Any], now: float) -> list[str]:
+        """A script's arguments for one event: its JSON, the stream's bounds."""
+        return [events.encode(event), str(events.EVENTS_MAX_LENGTH), events.oldest_kept_id(now)]
+
+    def _publish(self, pipe: Any, event: dict[str, Any]) -> None:
+        """Queue an event on a pipeline, with both bounds of the stream."""
+        pipe.xadd(
+            self.events_key,
+            {"event": events.encode(event)},
+            maxlen=events.EVENTS_MAX_LENGTH,
+            approximate=True,
         )
+        pipe.xtrim(self.events_key, minid=events.oldest_kept_id(time.time()), approximate=True)
+
+    def publish_event(self, event: dict[str, Any]) -> None:
+        """Publish an event on its own (one round trip); a step that changes a record publishes
+        its event with the change instead."""
+        pipe = self.redis.pipeline(transaction=False)
+        self._publish(pipe, event)
+        pipe.execute()
+
+    def last_event_id(self) -> str:
+        """The id of the newest event ("0-0" when there is none): where reading new ones starts."""
+        newest = self.redis.xrevrange(self.events_key, count=1)
+        return str(newest[0][0]) if newest else "0-0"
+
+    def read_events(
+        self, after: str, count: int, block_ms: int | None
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Up to `count` events after the id `after`, waiting up to `block_ms` for the first
+        (None: not at all)."""
+        answer: Any = self.redis.xread({self.events_key: after}, count=count, block=block_ms)
+        return [
+            (str(entry_id), json.loads(fields["event"]))
+            for _stream, entries in answer or []
+            for entry_id, fields in entries
+        ]
 
     def ping(self) -> bool:
         return bool(self.redis.ping())
