@@ -109,7 +109,13 @@ class JobService:
         return self.store.list_jobs(tenant, state=state, cursor=cursor, limit=limit)
 
     def job_view(self, job: Job) -> dict[str, Any]:
-        return documents.job_view(job)
+        """The job as the API shows it, with fresh URLs of its stored images and its manifest
+        (null while RESULT_URL_SECONDS is 0)."""
+        return documents.job_view(job, documents.presigner(self.context))
+
+    def image_url(self, job_id: str, slot: int, tenant: str | None = None) -> documents.ResultURL:
+        """A fresh presigned URL of one stored image; another tenant's job is missing."""
+        return documents.image_url(self.context, self.get_job(job_id, tenant), slot)
 
     # --- submit, receive, store
     def submit_job(self, job_id: str, *, probe: bool = False) -> SubmitOutcome:

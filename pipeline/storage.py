@@ -110,6 +110,12 @@ class S3ObjectStorage:
         )
         return url
 
+    def presign_get(self, key: str, expires_in: int) -> str:
+        url: str = self._s3.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_in
+        )
+        return url
+
     def head(self, key: str) -> ObjectHead | None:
         try:
             answer = self._s3.head_object(Bucket=self.bucket, Key=key)
@@ -292,6 +298,9 @@ class MemoryObjectStorage:
         # Nothing listens at this URL: it names the key and expiry so a test can act as uploader.
         return f"{self.endpoint}/{self.bucket}/{quote(key)}?X-Amz-Expires={expires_in}"
 
+    def presign_get(self, key: str, expires_in: int) -> str:
+        return f"{self.endpoint}/{self.bucket}/{quote(key)}?X-Amz-Expires={expires_in}&method=GET"
+
     def _get(self, action: str, key: str) -> _MemoryObject:
         with self._lock:
             found = self._objects.get(key)
@@ -428,6 +437,9 @@ class BudgetedObjectStorage:
 
     def presign_put(self, key: str, expires_in: int) -> str:
         return self._storage().presign_put(key, expires_in)
+
+    def presign_get(self, key: str, expires_in: int) -> str:
+        return self._storage().presign_get(key, expires_in)
 
     def head(self, key: str) -> ObjectHead | None:
         return self._storage().head(key)
