@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import re
@@ -415,7 +416,7 @@ def pipeline_env(
         WEBHOOK_SECRETS=webhook_secrets or secrets.token_urlsafe(32),
         API_KEYS=api_keys or f"dev:{secrets.token_urlsafe(24)}",
         # Callbacks are always signed: the local stack has a secret of its own for them.
-        CALLBACK_SECRET=secrets.token_urlsafe(32),
+        CALLBACK_SECRET="whsec_" + base64.b64encode(secrets.token_bytes(32)).decode(),
         ALLOW_PRIVATE_URLS="true" if allow_private_urls else "false",
         RECONCILE_INTERVAL_SECONDS=_number(reconcile_interval_seconds),
         RECONCILE_GRACE_SECONDS=_number(reconcile_grace_seconds),

@@ -25,9 +25,10 @@ def send_callback(ctx: Context, job_id: str) -> CallbackOutcome:
     job = ctx.store.get_job(job_id)
     if job is None or not job.callback_url or not job.terminal:
         return CallbackOutcome.SKIPPED
-    if not ctx.settings.callback_secret:
+    secrets = ctx.settings.callback_secrets_for(job.tenant)
+    if not secrets:
         # Never unsigned: a receiver could not tell our callback from a forged one.
-        log.warning("callback not sent: no CALLBACK_SECRET to sign it", extra={"job_id": job_id})
+        log.warning("callback not sent: no secret to sign it", extra={"job_id": job_id})
         return CallbackOutcome.UNSIGNED
     try:
         checked = check_outbound_url(
@@ -39,9 +40,7 @@ def send_callback(ctx: Context, job_id: str) -> CallbackOutcome:
     body = json.dumps({"type": "job.ended", "data": job_view(job)}).encode()
     headers = {
         "Content-Type": "application/json",
-        **sign_callback(
-            ctx.settings.callback_secret.reveal().encode(), f"{job_id}:{job.state}", body
-        ),
+        **sign_callback(secrets, f"{job_id}:{job.state}", body),
     }
     request = pinned_request(
         ctx.http, "POST", checked, content=body, headers=headers, timeout=CALLBACK_TIMEOUT

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 from collections.abc import Mapping
@@ -98,6 +100,49 @@ def _api_keys(env: Mapping[str, str]) -> ApiKeys:
     return ApiKeys(keys.items())
 
 
+WHSEC_PREFIX = "whsec_"
+WHSEC_KEY_BYTES = (24, 64)
+MAKE_WHSEC = (
+    "python -c \"import base64,os;print('whsec_'+base64.b64encode(os.urandom(32)).decode())\""
+)
+
+
+def _callback_secret(name: str, value: str) -> Secret:
+    """A Standard Webhooks secret: 'whsec_' and the base64 of 24 to 64 bytes. The message never
+    repeats the value: it is a secret, even when malformed."""
+    encoded = value.removeprefix(WHSEC_PREFIX)
+    try:
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    low, high = WHSEC_KEY_BYTES
+    if not value.startswith(WHSEC_PREFIX) or not low <= len(key) <= high:
+        raise SettingsError(
+            f"{name} must hold Standard Webhooks secrets: '{WHSEC_PREFIX}' followed by "
+            f"the base64 of {low} to {high} random bytes; make one with: {MAKE_WHSEC}"
+        )
+    return Secret(value)
+
+
+def _tenant_callback_secrets(env: Mapping[str, str]) -> tuple[tuple[str, Secret], ...]:
+    """CALLBACK_SECRETS: tenant:whsec_... pairs; a tenant named twice has two secrets (rotation)."""
+    pairs = []
+    for pair in _list(env, "CALLBACK_SECRETS"):
+        tenant, sep, secret = (part.strip() for part in pair.partition(":"))
+        if not sep or not TENANT_NAME.fullmatch(tenant):
+            raise SettingsError(
+                "CALLBACK_SECRETS must be comma-separated tenant:whsec_... pairs, tenant names "
+                "of 1-64 ASCII letters, digits, '.', '-' or '_'"
+            )
+        pairs.append((tenant, _callback_secret("CALLBACK_SECRETS", secret)))
+    return tuple(pairs)
+
+
+def _default_callback_secret(env: Mapping[str, str]) -> Secret:
+    value = _str(env, "CALLBACK_SECRET", "")
+    return _callback_secret("CALLBACK_SECRET", value) if value else Secret()
+
+
 RATE_LIMIT_ITEM = re.compile(
     r"^\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day|month|year)s?$", re.IGNORECASE
 )
@@ -139,7 +184,11 @@ class Settings:
     allow_private_urls: bool = False
     public_base_url: str = "http://127.0.0.1:8000"
     webhook_secrets: tuple[Secret, ...] = ()
+    # Signs callbacks of tenants CALLBACK_SECRETS does not name; empty: they get none.
     callback_secret: Secret = field(default_factory=Secret)
+    callback_tenant_secrets: tuple[tuple[str, Secret], ...] = ()
+    # How long a callback is retried after its event (the job's end, or an operator's resend).
+    callback_retry_window_seconds: int = 6 * 3600
     api_keys: ApiKeys = field(default_factory=ApiKeys)
     receiver_roles: tuple[str, ...] = ("webhooks", "api", "metrics")
     receiver_keepalive_seconds: int = 75
@@ -209,7 +258,11 @@ class Settings:
             allow_private_urls=_bool(env, "ALLOW_PRIVATE_URLS", cls.allow_private_urls),
             public_base_url=public_base_url,
             webhook_secrets=tuple(Secret(secret) for secret in secrets),
-            callback_secret=Secret(_str(env, "CALLBACK_SECRET", "")),
+            callback_secret=_default_callback_secret(env),
+            callback_tenant_secrets=_tenant_callback_secrets(env),
+            callback_retry_window_seconds=_int(
+                env, "CALLBACK_RETRY_WINDOW_SECONDS", cls.callback_retry_window_seconds, 0
+            ),
             api_keys=_api_keys(env),
             receiver_roles=_list(env, "RECEIVER_ROLES", cls.receiver_roles),
             receiver_keepalive_seconds=_int(
@@ -300,6 +353,16 @@ class Settings:
         if not self.webhook_secrets:
             raise SettingsError("WEBHOOK_SECRETS must hold at least one secret")
         return tuple(secret.reveal() for secret in self.webhook_secrets)
+
+    def callback_secrets_for(self, tenant: str) -> tuple[str, ...]:
+        """The secrets that sign a tenant's callbacks: its own in CALLBACK_SECRETS (several
+        while it rotates), else CALLBACK_SECRET; empty when neither is set."""
+        own = tuple(
+            secret.reveal() for name, secret in self.callback_tenant_secrets if name == tenant
+        )
+        if own:
+            return own
+        return (self.callback_secret.reveal(),) if self.callback_secret else ()
 
     def require_runware_key(self) -> str:
         if not self.runware_api_key:

@@ -7,6 +7,9 @@ import hashlib
 import hmac
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from standardwebhooks import Webhook
 
 
 def webhook_token(secret: str, task_uuid: str) -> str:
@@ -27,14 +30,21 @@ def verify_webhook_token(secrets: Sequence[str], task_uuid: str, token: str | No
 
 
 def sign_callback(
-    secret: bytes, message_id: str, body: bytes, timestamp: int | None = None
+    secrets: Sequence[str], message_id: str, body: bytes, timestamp: int | None = None
 ) -> dict[str, str]:
-    """Headers of a Standard Webhooks signed request: id, timestamp, v1 signature."""
-    ts = str(int(time.time()) if timestamp is None else timestamp)
-    signed = f"{message_id}.{ts}.".encode() + body
-    signature = base64.b64encode(hmac.new(secret, signed, hashlib.sha256).digest()).decode()
+    """Standard Webhooks headers of a request: its id, its timestamp and one `v1` signature per
+    `whsec_` secret, space-separated, so a receiver holding any one of them verifies it while a
+    secret rotates."""
+    if not secrets:
+        raise ValueError("a callback is never sent unsigned: no secret to sign it")
+    ts = int(time.time()) if timestamp is None else timestamp
+    when = datetime.fromtimestamp(ts, UTC)
+    # The reference library signs text; a body we encode ourselves is UTF-8 (ASCII JSON).
+    text = body.decode()
     return {
         "webhook-id": message_id,
-        "webhook-timestamp": ts,
-        "webhook-signature": f"v1,{signature}",
+        "webhook-timestamp": str(ts),
+        "webhook-signature": " ".join(
+            Webhook(secret).sign(message_id, when, text) for secret in secrets
+        ),
     }

@@ -20,7 +20,8 @@ from infra import supervise
 from infra.stack import LocalStack, StackConfig
 from pipeline.models import JOB_TERMINAL
 
-CALLBACK_SECRET = "callback-secret-for-the-e2e-suite"
+# A Standard Webhooks secret: whsec_ and the base64 of 32 bytes.
+CALLBACK_SECRET = "whsec_Y2FsbGJhY2stc2VjcmV0LW9mLXRoZS1lMmUtc3VpdGU="
 PIL_FORMAT = {"JPG": "JPEG", "PNG": "PNG", "WEBP": "WEBP"}
 
 

@@ -31,7 +31,7 @@ from webhooks.app import create_app
 WEBHOOK_SECRET = "security-suite-webhook-secret-0001"
 OLD_WEBHOOK_SECRET = "security-suite-webhook-secret-0000"
 RUNWARE_KEY = "security-suite-runware-key"
-CALLBACK_SECRET = "security-suite-callback-secret"
+CALLBACK_SECRET = "whsec_c2VjdXJpdHktc3VpdGUtY2FsbGJhY2stc2VjcmV0ISE="
 ACME_KEY = "key-of-acme-0123456789"
 GLOBEX_KEY = "key-of-globex-0123456789"
 RUNWARE_URL = "https://api.runware.test/v1"

@@ -16,10 +16,18 @@ pytestmark = pytest.mark.unit
 
 RUNWARE_KEY = "rw-key-that-must-never-show"
 WEBHOOK_SECRET = "webhook-secret-that-must-never-show"
-CALLBACK_SECRET = "callback-secret-that-must-never-show"
+CALLBACK_SECRET = "whsec_Y2FsbGJhY2stc2VjcmV0LXRoYXQtbXVzdC1uZXZlci1zaG93"
+TENANT_CALLBACK_SECRET = "whsec_dGVuYW50LWNhbGxiYWNrLXNlY3JldC1uZXZlci1zaG93bg=="
 TENANT_KEY = "tenant-key-that-must-never-show"
 REDIS_PASSWORD = "redis-password-that-must-never-show"
-SECRETS = (RUNWARE_KEY, WEBHOOK_SECRET, CALLBACK_SECRET, TENANT_KEY, REDIS_PASSWORD)
+SECRETS = (
+    RUNWARE_KEY,
+    WEBHOOK_SECRET,
+    CALLBACK_SECRET,
+    TENANT_CALLBACK_SECRET,
+    TENANT_KEY,
+    REDIS_PASSWORD,
+)
 
 
 @pytest.fixture
@@ -29,6 +37,7 @@ def settings() -> Settings:
             "RUNWARE_API_KEY": RUNWARE_KEY,
             "WEBHOOK_SECRETS": WEBHOOK_SECRET,
             "CALLBACK_SECRET": CALLBACK_SECRET,
+            "CALLBACK_SECRETS": f"acme:{TENANT_CALLBACK_SECRET}",
             "API_KEYS": f"acme:{TENANT_KEY}",
             "REDIS_URL": f"redis://:{REDIS_PASSWORD}@127.0.0.1:6390/0",
         }
@@ -47,6 +56,8 @@ def test_the_settings_repr_masks_every_secret(settings: Settings) -> None:
     assert "acme" in repr(settings.api_keys)  # tenants are not secret; their keys are
     assert settings.require_runware_key() == RUNWARE_KEY
     assert settings.require_webhook_secrets() == (WEBHOOK_SECRET,)
+    assert settings.callback_secrets_for("acme") == (TENANT_CALLBACK_SECRET,)
+    assert settings.callback_secrets_for("globex") == (CALLBACK_SECRET,)
 
 
 def test_a_secret_serialised_by_accident_is_the_mask(settings: Settings) -> None:

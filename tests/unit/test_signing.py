@@ -5,8 +5,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
+import time
 
 import pytest
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from pipeline.signing import sign_callback, verify_webhook_token, webhook_token
 
@@ -57,12 +60,22 @@ def test_a_token_from_another_secret_is_refused() -> None:
     assert not verify_webhook_token([NEW], TASK, webhook_token("another-secret-xyz", TASK))
 
 
+def whsec(seed: bytes) -> str:
+    """A Standard Webhooks secret over 32 bytes made from `seed`."""
+    return "whsec_" + base64.b64encode(hashlib.sha256(seed).digest()).decode()
+
+
+CALLBACK = whsec(b"callback")
+NEXT_CALLBACK = whsec(b"next callback")
+BODY = b'{"type":"job.ended","data":{"id":"j1"}}'
+
+
 def test_standard_webhooks_signature_matches_the_spec() -> None:
-    secret = b"callback-secret-for-tests"
-    body = b'{"type":"job.ended","data":{"id":"j1"}}'
-    headers = sign_callback(secret, "msg_2Lq", body, timestamp=1_700_000_000)
+    """HMAC-SHA256 of "id.timestamp.body" under the base64-decoded key, base64, after "v1,"."""
+    headers = sign_callback([CALLBACK], "msg_2Lq", BODY, timestamp=1_700_000_000)
+    key = base64.b64decode(CALLBACK.removeprefix("whsec_"))
     expected = base64.b64encode(
-        hmac.new(secret, b"msg_2Lq.1700000000." + body, hashlib.sha256).digest()
+        hmac.new(key, b"msg_2Lq.1700000000." + BODY, hashlib.sha256).digest()
     ).decode()
     assert headers == {
         "webhook-id": "msg_2Lq",
@@ -71,14 +84,60 @@ def test_standard_webhooks_signature_matches_the_spec() -> None:
     }
 
 
+def test_the_reference_library_verifies_a_signed_callback() -> None:
+    headers = sign_callback([CALLBACK], "job-1-ended-1", BODY)
+    assert Webhook(CALLBACK).verify(BODY, headers) == json.loads(BODY)
+
+
+def test_a_tampered_body_fails_verification() -> None:
+    headers = sign_callback([CALLBACK], "job-1-ended-1", BODY)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(CALLBACK).verify(BODY.replace(b"j1", b"j2"), headers)
+
+
+def test_another_secret_fails_verification() -> None:
+    headers = sign_callback([CALLBACK], "job-1-ended-1", BODY)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(NEXT_CALLBACK).verify(BODY, headers)
+
+
+def test_an_old_timestamp_fails_verification() -> None:
+    """A replayed callback: the signature is right, but older than the verifier's tolerance."""
+    headers = sign_callback([CALLBACK], "job-1-ended-1", BODY, timestamp=int(time.time()) - 3600)
+    with pytest.raises(WebhookVerificationError, match="too old"):
+        Webhook(CALLBACK).verify(BODY, headers)
+
+
+def test_a_changed_id_or_timestamp_fails_verification() -> None:
+    headers = sign_callback([CALLBACK], "job-1-ended-1", BODY)
+    for name, value in [
+        ("webhook-id", "job-1-ended-2"),
+        ("webhook-timestamp", str(int(headers["webhook-timestamp"]) - 1)),
+    ]:
+        with pytest.raises(WebhookVerificationError):
+            Webhook(CALLBACK).verify(BODY, {**headers, name: value})
+
+
+def test_while_a_secret_rotates_a_receiver_holding_either_one_verifies() -> None:
+    headers = sign_callback([CALLBACK, NEXT_CALLBACK], "job-1-ended-1", BODY)
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    assert Webhook(CALLBACK).verify(BODY, headers) == json.loads(BODY)
+    assert Webhook(NEXT_CALLBACK).verify(BODY, headers) == json.loads(BODY)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(whsec(b"a third secret")).verify(BODY, headers)
+
+
+def test_a_callback_is_never_signed_without_a_secret() -> None:
+    with pytest.raises(ValueError, match="unsigned"):
+        sign_callback([], "m", b"{}")
+
+
 def test_a_signature_changes_with_the_body_and_the_timestamp() -> None:
-    secret = b"callback-secret-for-tests"
-    first = sign_callback(secret, "m", b"{}", timestamp=1)["webhook-signature"]
-    assert sign_callback(secret, "m", b"{ }", timestamp=1)["webhook-signature"] != first
-    assert sign_callback(secret, "m", b"{}", timestamp=2)["webhook-signature"] != first
+    first = sign_callback([CALLBACK], "m", b"{}", timestamp=1)["webhook-signature"]
+    assert sign_callback([CALLBACK], "m", b"{ }", timestamp=1)["webhook-signature"] != first
+    assert sign_callback([CALLBACK], "m", b"{}", timestamp=2)["webhook-signature"] != first
 
 
 def test_the_timestamp_defaults_to_now() -> None:
-    headers = sign_callback(b"k", "m", b"{}")
-    assert headers["webhook-timestamp"].isdigit()
-    assert int(headers["webhook-timestamp"]) > 1_700_000_000
+    headers = sign_callback([CALLBACK], "m", b"{}")
+    assert abs(int(headers["webhook-timestamp"]) - time.time()) < 5
