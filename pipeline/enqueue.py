@@ -11,10 +11,10 @@ from typing import Any
 
 from marshmallow import ValidationError
 
-from pipeline import clock
+from pipeline import clock, quotas
 from pipeline.completion import finish_job
 from pipeline.context import Context
-from pipeline.errors import Conflict, NotFound, RequestInvalid
+from pipeline.errors import Conflict, LimitExceeded, NotFound, RequestInvalid
 from pipeline.models import Job, JobState
 from pipeline.schemas import load_job_request
 from pipeline.urls import UnsafeURL, check_outbound_url
@@ -79,9 +79,18 @@ def create_job(
         callback_url=request.get("callbackURL"),
         metadata=request.get("metadata") or {},
     )
-    body_hash = canonical_hash({k: v for k, v in request.items() if k != "idempotencyKey"})
-    job_id, stored_hash = ctx.store.create_job(job, body_hash)
+    body_hash = request_hash(request)
+    # After validation, so a refused request counts nothing; a replay of a job made before
+    # is not counted again.
+    reservation = quotas.reserve_daily(ctx, request, tenant, key)
+    try:
+        job_id, stored_hash = ctx.store.create_job(job, body_hash)
+    except Exception:
+        quotas.give_back(ctx, reservation)
+        raise
     if stored_hash is not None:
+        # Another submit with this key made its job between the count and the write.
+        quotas.give_back(ctx, reservation)
         if stored_hash != body_hash:
             raise Conflict(
                 "this idempotency key was used with another request body", {"idempotencyKey": [key]}
@@ -90,6 +99,11 @@ def create_job(
     ctx.dispatcher.submit_job(job.id)
     log.info("job created", extra={"job_id": job.id, "tenant": tenant, "images": job.slot_count})
     return get_job(ctx, job.id), True
+
+
+def request_hash(request: dict[str, Any]) -> str:
+    """What an idempotency key is held to: the validated request, wherever its key was given."""
+    return canonical_hash({k: v for k, v in request.items() if k != "idempotencyKey"})
 
 
 def validate(ctx: Context, body: Any, idempotency_key: str | None) -> dict[str, Any]:
@@ -141,13 +155,28 @@ def create_job_from_message(
         job, _created = create_job(ctx, body, tenant, key)
     except RequestInvalid as exc:
         return create_refused_job(ctx, body, tenant, exc.errors, key)
+    except LimitExceeded as exc:
+        # A daily cap: the caller has no answer to read a 429 from, only the job. It is held
+        # to the hash a redelivery of the message computes, which then finds it as a replay.
+        held_to = request_hash(validate(ctx, body, key))
+        reason = f"{exc.code}: {exc.message}"
+        return create_refused_job(ctx, body, tenant, {}, key, reason=reason, body_hash=held_to)
     return job
 
 
 def create_refused_job(
-    ctx: Context, body: Any, tenant: str, errors: dict[str, Any], idempotency_key: str | None = None
+    ctx: Context,
+    body: Any,
+    tenant: str,
+    errors: dict[str, Any],
+    idempotency_key: str | None = None,
+    *,
+    reason: str | None = None,
+    body_hash: str | None = None,
 ) -> Job:
-    """Record a request a worker refused as a failed job that carries the errors."""
+    """Record a request a worker refused as a failed job that carries the errors (or, given,
+    the `reason` it was refused), its idempotency key held to `body_hash` (default: the
+    body's)."""
     now = clock.now()
     job = Job(
         id=str(uuid.uuid4()),
@@ -161,9 +190,10 @@ def create_refused_job(
         updated_at=now,
         deadline_at=now,
         idempotency_key=idempotency_key,
-        reason="validation_failed: " + json.dumps(errors, sort_keys=True)[:2000],
+        reason=reason or "validation_failed: " + json.dumps(errors, sort_keys=True)[:2000],
     )
-    body_hash = canonical_hash(body) if isinstance(body, dict) else canonical_hash(repr(body))
+    if body_hash is None:
+        body_hash = canonical_hash(body) if isinstance(body, dict) else canonical_hash(repr(body))
     job_id, _ = ctx.store.create_job(job, body_hash)
     finish_job(ctx, job_id)
     return get_job(ctx, job_id)

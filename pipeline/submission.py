@@ -1,5 +1,5 @@
 """Submission: one Runware task per pending image, its taskUUID stored before Runware sees it,
-within the in-flight budget and only while the circuit is closed."""
+within the in-flight budget and only while the circuit is closed and no operator has paused it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 from urllib.parse import quote
 
-from pipeline import admission, clock
+from pipeline import admission, clock, quotas
 from pipeline.completion import fail_slot, finish_job
 from pipeline.context import Context
 from pipeline.deadline import expire_job
@@ -35,6 +35,12 @@ def submit_job(ctx: Context, job_id: str, *, probe: bool = False) -> SubmitOutco
         expire_job(ctx, job_id)
         return SubmitOutcome.EXPIRED
     pending = [slot for slot in job.slots if slot.state == SlotState.PENDING]
+    # The operator's pause holds even a probe: nothing is sent until it is lifted, and the
+    # job is queued to be nudged then.
+    held = quotas.held_by_pause(ctx, job_id) if pending else None
+    if held:
+        ctx.store.set_job_fields(job_id, reason=held)
+        return SubmitOutcome.PAUSED
     model, why = admission.choose_model(ctx, job.model, job.fallback_model)
     if model is None and pending and not probe:
         ctx.store.set_job_fields(job_id, reason=why)
