@@ -69,6 +69,11 @@ PIPELINE_TUNING = {
     "RETRY_BACKOFF_CAP_SECONDS": "8",
     "RUNWARE_MAX_IN_FLIGHT": "32",
     "BUDGET_WAIT_SECONDS": "1",
+    # Limits far above any run's load: checked on every submit, never refusing one.
+    "API_RATE_LIMIT": "100000/second",
+    "TENANT_DAILY_IMAGES": "10000000",
+    "TENANT_DAILY_SPEND_USD": "10000000",
+    "GLOBAL_DAILY_SPEND_USD": "10000000",
 }
 
 

@@ -261,7 +261,15 @@ def bench_config(
         concurrency=2,
         flower=False,
         reconcile_grace_seconds=reconcile_grace_seconds,
-        extra_env={"RUNWARE_MAX_IN_FLIGHT": str(max_in_flight), "LOG_LEVEL": "WARNING"},
+        extra_env={
+            "RUNWARE_MAX_IN_FLIGHT": str(max_in_flight),
+            "LOG_LEVEL": "WARNING",
+            # Limits far above the load, so each request pays for its check but none is refused.
+            "API_RATE_LIMIT": "100000/second",
+            "TENANT_DAILY_IMAGES": "10000000",
+            "TENANT_DAILY_SPEND_USD": "10000000",
+            "GLOBAL_DAILY_SPEND_USD": "10000000",
+        },
     )
 
 

@@ -37,7 +37,12 @@ def bench_config(args: argparse.Namespace, workdir: Path) -> StackConfig:
         workers=("bench",),
         concurrency=args.concurrency,
         flower=False,
-        extra_env={"RUNWARE_MAX_IN_FLIGHT": str(args.in_flight), "LOG_LEVEL": "WARNING"},
+        extra_env={
+            "RUNWARE_MAX_IN_FLIGHT": str(args.in_flight), "LOG_LEVEL": "WARNING",
+            # Limits far above the load, so each request pays for its check but none is refused.
+            "API_RATE_LIMIT": "100000/second", "TENANT_DAILY_IMAGES": "10000000",
+            "TENANT_DAILY_SPEND_USD": "10000000", "GLOBAL_DAILY_SPEND_USD": "10000000",
+        },
     )  # fmt: skip
 
 
