@@ -96,8 +96,28 @@ def pipeline(
         yield Pipeline(env=stack.env, receiver_url=stack.urls["RECEIVER_URL"],
                        emulator_url=stack.urls["EMULATOR_URL"], api_key=stack.api_key,
                        bucket=s3_bucket, services=list(stack.services.values()))  # fmt: skip
+        check_manifests(s3_server, s3_bucket, stack.env.get("S3_PREFIX", ""))
     finally:
         stack.stop()
+
+
+def check_manifests(endpoint: str, bucket: str, prefix: str) -> None:
+    """Every manifest the suite's jobs wrote matches docs/manifest.schema.json."""
+    # Imported here: only the suite's teardown needs them.
+    from jsonschema import Draft202012Validator
+
+    from infra.servers import local_s3_client
+
+    schema = json.loads((supervise.REPO_ROOT / "docs" / "manifest.schema.json").read_text())
+    validator = Draft202012Validator(schema)
+    s3 = local_s3_client(endpoint)
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}jobs/")
+    keys = [item["Key"] for page in pages for item in page.get("Contents", [])]
+    problems = []
+    for key in (key for key in keys if key.endswith("/manifest.json")):
+        document = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        problems += [f"{key}: {error.message}" for error in validator.iter_errors(document)]
+    assert problems == [], "manifests that do not match their schema:\n" + "\n".join(problems)
 
 
 @pytest.fixture
