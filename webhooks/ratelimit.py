@@ -75,7 +75,9 @@ def install_for_blueprint(app: Flask, limiter: Limiter, name: str) -> None:
         registry: dict[str | None, list[Any]] = getattr(app, attr)
         added = [hook for hook in registry.get(None, ()) if hook not in before[attr]]
         registry[None] = before[attr]
-        registry.setdefault(name, []).extend(added)
+        # First among the blueprint's own hooks: a request is counted before it is
+        # authenticated, so guessing keys is limited too.
+        registry[name] = added + registry.get(name, [])
 
 
 def rate_limited(limiter: Limiter, exc: RateLimitExceeded) -> Any:
