@@ -5,20 +5,140 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask, jsonify
+from flask import Blueprint, Flask, jsonify
+from marshmallow import Schema
 from werkzeug.exceptions import HTTPException
 
+from pipeline.catalog import get_model
 from pipeline.config import Settings
 from pipeline.errors import PipelineError
 from pipeline.interfaces import Dispatcher
 from pipeline.logs import configure_logging
+from pipeline.schemas import JobRequestSchema
 from pipeline.services import JobService
 from pipeline.wiring import build_service, with_short_s3_timeouts
+from webhooks.schemas import ErrorSchema
+
+if TYPE_CHECKING:
+    from apispec import APISpec
+
+    class Api:
+        """The parts of flask-smorest's Api the factory uses, typed: the package ships no type
+        information."""
+
+        ERROR_SCHEMA: type[Schema]
+        DEFAULT_ERROR_RESPONSE_NAME: str | None
+        spec: APISpec
+
+        def __init__(self, app: Flask | None = None) -> None: ...
+
+        def register_blueprint(self, blp: Blueprint, **options: Any) -> None: ...
+
+        def _register_error_handlers(self) -> None: ...
+
+        def _register_pagination_header(self) -> None: ...
+
+        def _register_etag_headers(self) -> None: ...
+
+else:
+    from flask_smorest import Api
 
 log = logging.getLogger(__name__)
 ROLES = ("webhooks", "api", "metrics")
+
+# flask-smorest serves the document at /v1/openapi.json and Swagger UI at /docs (its scripts
+# come from a CDN: the page is for people, who have a browser online).
+OPENAPI_CONFIG = {
+    "API_TITLE": "imagine-pipeline jobs API",
+    "API_VERSION": "1",
+    "OPENAPI_VERSION": "3.1.0",
+    "OPENAPI_URL_PREFIX": "/",
+    "OPENAPI_JSON_PATH": "v1/openapi.json",
+    "OPENAPI_SWAGGER_UI_PATH": "docs",
+    "OPENAPI_SWAGGER_UI_URL": "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5.17.14/",
+    "OPENAPI_SWAGGER_UI_CONFIG": {"persistAuthorization": True},
+    "API_SPEC_OPTIONS": {
+        "info": {
+            "description": (
+                "Turns image requests into verified image files in S3 through Runware. "
+                "Every error is JSON `{code, status, message, errors}`. "
+                "Authenticate with `Authorization: Bearer <API key>`."
+            )
+        },
+        "security": [{"apiKey": []}],
+    },
+}
+
+
+class JobsApi(Api):
+    """flask-smorest's Api for the jobs API: documented errors are the one error shape, and
+    the app's own handlers answer them."""
+
+    ERROR_SCHEMA = ErrorSchema
+    # Each operation lists the statuses it can answer; no catch-all `default` answer.
+    DEFAULT_ERROR_RESPONSE_NAME = None
+
+    def _register_error_handlers(self) -> None:
+        """Nothing: `create_app` registers the one handler of every error."""
+
+    def _register_pagination_header(self) -> None:
+        """Nothing: the jobs API pages by cursor, not by flask-smorest's page numbers."""
+
+    def _register_etag_headers(self) -> None:
+        """Nothing: no view answers by ETag."""
+
+
+def document_job_request(api: JobsApi, settings: Settings) -> None:
+    """Document the job request with the schema the use case loads it with, built as it builds
+    it, plus what every model this deployment allows has in common from the catalog (a request
+    outside it is refused whatever the model; each model's own rules are checked on top)."""
+    schema = JobRequestSchema(settings.runware_model, settings.allowed_models)
+    api.spec.components.schema(
+        "JobRequest",
+        schema=schema,
+        description=(
+            "Runware's own parameter names plus the pipeline's fields. Give the size as "
+            "`width` and `height`, as `resolution`, or through `inputs.referenceImages` (an "
+            "edit); the model's rules are checked at once: a 422 names each refused field."
+        ),
+    )
+    properties = api.spec.components.schemas["JobRequest"]["properties"]
+    models = [get_model(air) for air in schema.allowed_models]
+    for name in ("model", "fallbackModel"):
+        properties[name]["enum"] = [*schema.allowed_models, None]
+    properties["model"]["description"] = f"Default: {settings.runware_model}."
+    properties["resolution"]["enum"] = [*sorted({p for m in models for p in m.presets}), None]
+    for name, ranges in (
+        ("numberResults", [m.number_results for m in models]),
+        ("outputQuality", [m.output_quality for m in models]),
+    ):
+        properties[name]["minimum"] = min(low for low, _ in ranges)
+        properties[name]["maximum"] = max(high for _, high in ranges)
+    formats = sorted({fmt for m in models for fmt in m.output_formats})
+    properties["outputFormat"]["description"] = f"One of {', '.join(formats)}, in any case."
+    default = get_model(settings.runware_model)
+    width, height = default.presets[default.default_preset][0]
+    api.spec.components.schemas["JobRequest"]["examples"] = [
+        {"positivePrompt": "a lighthouse at dawn, oil painting", "width": width, "height": height}
+    ]
+
+
+def register_api(app: Flask, settings: Settings) -> JobsApi:
+    """Serve the jobs API with its OpenAPI document, generated from the schemas the views load
+    and answer with, and Swagger UI at /docs."""
+    from webhooks import views
+
+    app.config.update(OPENAPI_CONFIG)
+    api = JobsApi(app)
+    api.spec.components.security_scheme(
+        "apiKey",
+        {"type": "http", "scheme": "bearer", "description": "A tenant's API key (API_KEYS)."},
+    )
+    document_job_request(api, settings)
+    api.register_blueprint(views.api)
+    return api
 
 
 def error_response(
@@ -67,7 +187,7 @@ def create_app(
     if "webhooks" in roles:
         app.register_blueprint(views.receiver)
     if "api" in roles:
-        app.register_blueprint(views.api)
+        app.extensions["imagine"]["api"] = register_api(app, settings)
     if "metrics" in roles:
         app.register_blueprint(views.metrics)
 

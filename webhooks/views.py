@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, redirect, request
+from marshmallow import Schema, ValidationError
+from webargs.flaskparser import FlaskParser
+from werkzeug import Request
+from werkzeug.wrappers import Response as WerkzeugResponse
 
 from pipeline.config import Settings
 from pipeline.enqueue import is_job_id
@@ -15,14 +20,45 @@ from pipeline.schemas import IDEMPOTENCY_KEY
 from pipeline.services import JobService
 from pipeline.signing import verify_webhook_token
 from webhooks.limits import MAX_JSON_DEPTH, nests_too_deep
-from webhooks.openapi import openapi_document
-from webhooks.schemas import ListQuerySchema, load_or_422
+from webhooks.schemas import (
+    ErrorSchema,
+    IdempotencyHeaderSchema,
+    JobPageSchema,
+    JobViewSchema,
+    ListQuerySchema,
+)
+
+View = TypeVar("View", bound=Callable[..., Any])
+
+if TYPE_CHECKING:
+
+    class DocumentedBlueprint(Blueprint):
+        """The parts of flask-smorest's Blueprint the views use, typed: the package ships no
+        type information."""
+
+        ARGUMENTS_PARSER: FlaskParser
+
+        def __init__(
+            self, name: str, import_name: str, *, description: str = "", **options: Any
+        ) -> None: ...
+
+        def arguments(self, schema: Any, **options: Any) -> Callable[[View], View]: ...
+
+        def response(
+            self, status_code: int, schema: Any = None, **options: Any
+        ) -> Callable[[View], View]: ...
+
+        def alt_response(self, status_code: int, **options: Any) -> Callable[[View], View]: ...
+
+        def doc(self, **doc: Any) -> Callable[[View], View]: ...
+
+else:
+    from flask_smorest import Blueprint as DocumentedBlueprint
 
 log = logging.getLogger(__name__)
 
 health = Blueprint("health", __name__)
 receiver = Blueprint("receiver", __name__)
-api = Blueprint("api", __name__, url_prefix="/v1")
 metrics = Blueprint("metrics", __name__)
 
 
@@ -115,7 +151,96 @@ def runware_webhook(task_uuid: str) -> Any:
 
 
 # ---------------------------------------------------------------- jobs API
-def _tenant() -> str:
+class QueryParser(FlaskParser):
+    """Loads query parameters with the schema's own `unknown` (RAISE: an unknown parameter is a
+    422, as a misspelt filter must not silently list everything) and reports a refusal as the
+    one error shape, naming each field."""
+
+    def __init__(self) -> None:
+        super().__init__(unknown=None)
+
+    def handle_error(
+        self,
+        error: ValidationError,
+        req: Request,
+        schema: Schema,
+        *,
+        error_status_code: int | None,
+        error_headers: Mapping[str, str] | None,
+    ) -> NoReturn:
+        # webargs files the messages under the location they came from: {"query": {...}}.
+        filed = error.messages if isinstance(error.messages, dict) else {}
+        location, messages = next(iter(filed.items()), ("request", error.messages))
+        if not isinstance(messages, dict):
+            messages = {"_schema": messages}
+        raise RequestInvalid(f"the {location} is invalid", messages)
+
+
+api = DocumentedBlueprint(
+    "api",
+    __name__,
+    url_prefix="/v1",
+    description="Create jobs, follow them, cancel them and download their images.",
+)
+api.ARGUMENTS_PARSER = QueryParser()
+
+JOB_ID = {
+    "in": "path",
+    "name": "job_id",
+    "description": "The job's id, as `POST /v1/jobs` answered it.",
+    "schema": {"type": "string", "format": "uuid"},
+}
+LOCATION = {
+    "Location": {
+        "description": "The job's URL.",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+}
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Whole seconds to wait before trying again, when known.",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
+ERRORS = {
+    400: "The body is not JSON the server reads (malformed, or nested too deep).",
+    401: "No `Authorization: Bearer <API key>` header, or an unknown key.",
+    404: "No such job for this API key.",
+    409: "The job's state does not allow it.",
+    413: "The body is larger than the server accepts.",
+    415: "The body is not `application/json`.",
+    422: "The request fails validation: `errors` names each field.",
+    429: "Over a rate limit or a daily cap: `code` names it, `Retry-After` says when to retry.",
+}
+
+
+def answers_errors(*statuses: int, **descriptions: str) -> Callable[[View], View]:
+    """Document the error statuses a view can answer, all in the one error shape;
+    `descriptions` (by `e404=...`) says more than the generic text for this view."""
+
+    def decorate(view: View) -> View:
+        for status in statuses:
+            view = api.alt_response(
+                status,
+                schema=ErrorSchema,
+                description=descriptions.get(f"e{status}", ERRORS[status]),
+                headers=RETRY_AFTER if status in {429, 503} else None,
+            )(view)
+        return view
+
+    return decorate
+
+
+@api.before_request
+def authenticate() -> None:
+    """Every jobs API request names its tenant by API key, before its parameters are read."""
+    # Flask answers OPTIONS itself with the methods a path allows: nothing a key guards.
+    if request.method != "OPTIONS":
+        g.tenant = _authenticated_tenant()
+
+
+def _authenticated_tenant() -> str:
     header = request.headers.get("Authorization", "")
     scheme, _, presented = header.partition(" ")
     if scheme.lower() != "bearer" or not presented:
@@ -126,54 +251,103 @@ def _tenant() -> str:
     return tenant
 
 
+def _tenant() -> str:
+    tenant: str = g.tenant
+    return tenant
+
+
 @api.post("/jobs")
-def create_job() -> Any:
-    tenant = _tenant()
+@api.doc(
+    summary="Create a job",
+    requestBody={
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobRequest"}}},
+    },
+    parameters=[{"in": "header", "schema": IdempotencyHeaderSchema}],
+)
+@api.response(202, JobViewSchema, description="The job was created.", headers=LOCATION)
+@api.alt_response(
+    200,
+    schema=JobViewSchema,
+    success=True,
+    description="The idempotency key was used before with this body: that job.",
+    headers={
+        **LOCATION,
+        "Idempotent-Replayed": {"required": True, "schema": {"type": "string", "enum": ["true"]}},
+    },
+)
+@answers_errors(
+    400, 401, 409, 413, 415, 422, 429, e409="The idempotency key was used with another body."
+)
+def create_job() -> tuple[dict[str, Any], int, dict[str, str]]:
     body = _json_body()
     service = _service()
-    job, created = service.create_job(body, tenant, _idempotency_header())
-    response = jsonify(service.job_view(job))
-    response.status_code = 202 if created else 200
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    job, created = service.create_job(body, _tenant(), _idempotency_header())
+    headers = {"Location": f"/v1/jobs/{job.id}"}
     if not created:
-        response.headers["Idempotent-Replayed"] = "true"
-    return response
+        headers["Idempotent-Replayed"] = "true"
+    return service.job_view(job), 202 if created else 200, headers
 
 
-@api.get("/jobs/<job_id>")
-def get_job(job_id: str) -> Any:
+@api.get("/jobs/<job_id>", parameters=[JOB_ID])
+@api.doc(summary="Get a job")
+@api.response(200, JobViewSchema, description="The job.")
+@answers_errors(401, 404, 429)
+def get_job(job_id: str) -> dict[str, Any]:
     service = _service()
-    tenant = _tenant()
-    return jsonify(service.job_view(service.get_job(_job_id(job_id), tenant)))
+    return service.job_view(service.get_job(_job_id(job_id), _tenant()))
 
 
 @api.get("/jobs")
-def list_jobs() -> Any:
-    tenant = _tenant()
-    query = load_or_422(ListQuerySchema(), request.args)
+@api.doc(summary="List the tenant's jobs, newest first")
+@api.arguments(ListQuerySchema, location="query")
+@api.response(200, JobPageSchema, description="A page of jobs.")
+@answers_errors(401, 422, 429)
+def list_jobs(query: dict[str, Any]) -> dict[str, Any]:
     service = _service()
     state = JobState(query["state"]) if query.get("state") else None
     jobs, cursor = service.list_jobs(
-        tenant, state=state, cursor=query.get("cursor"), limit=query["limit"]
+        _tenant(), state=state, cursor=query.get("cursor"), limit=query["limit"]
     )
-    return jsonify(
-        {
-            "jobs": [service.job_view(job) for job in jobs],
-            "nextCursor": None if cursor is None else repr(cursor),
-        }
-    )
+    return {
+        "jobs": [service.job_view(job) for job in jobs],
+        "nextCursor": None if cursor is None else repr(cursor),
+    }
 
 
-@api.post("/jobs/<job_id>/cancel")
-def cancel_job(job_id: str) -> Any:
+@api.post("/jobs/<job_id>/cancel", parameters=[JOB_ID])
+@api.doc(summary="Cancel a job")
+@api.response(200, JobViewSchema, description="The cancelled job.")
+@answers_errors(401, 404, 409, 429, e409="The job has already ended.")
+def cancel_job(job_id: str) -> dict[str, Any]:
     service = _service()
-    tenant = _tenant()
-    return jsonify(service.job_view(service.cancel_job(_job_id(job_id), tenant)))
+    return service.job_view(service.cancel_job(_job_id(job_id), _tenant()))
 
 
-@api.get("/openapi.json")
-def openapi() -> Any:
-    return jsonify(openapi_document())
+@api.get("/jobs/<job_id>/images/<int:slot>", parameters=[JOB_ID])
+@api.doc(summary="Download one image of a job")
+@api.response(
+    302,
+    description="A fresh presigned GET URL of the stored image, in `Location`.",
+    headers={
+        "Location": {"required": True, "schema": {"type": "string", "format": "uri"}},
+        "Cache-Control": {"required": True, "schema": {"type": "string", "enum": ["no-store"]}},
+    },
+)
+@answers_errors(
+    401,
+    404,
+    409,
+    429,
+    e404="No such job or image for this API key, or this deployment turns result URLs off.",
+    e409="The image is not stored (yet, or ever): see the slot's state.",
+)
+def job_image(job_id: str, slot: int) -> WerkzeugResponse:
+    found = _service().image_url(_job_id(job_id), slot, _tenant())
+    response = redirect(found.url, code=302)
+    # The URL is minted per request and expires: no cache may hand it out later.
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 # ---------------------------------------------------------------- metrics
