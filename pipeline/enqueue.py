@@ -54,7 +54,7 @@ def create_job(
     ctx: Context, body: Any, tenant: str, idempotency_key: str | None = None
 ) -> tuple[Job, bool]:
     """Validate a request and record a queued job; returns (job, created)."""
-    request = validate(ctx, body, idempotency_key)
+    request = validate(ctx, body, idempotency_key, tenant)
     key = idempotency_key or request.get("idempotencyKey")
     deadline = min(
         request.get("deadlineSeconds") or ctx.settings.default_deadline_seconds,
@@ -106,7 +106,7 @@ def request_hash(request: dict[str, Any]) -> str:
     return canonical_hash({k: v for k, v in request.items() if k != "idempotencyKey"})
 
 
-def validate(ctx: Context, body: Any, idempotency_key: str | None) -> dict[str, Any]:
+def validate(ctx: Context, body: Any, idempotency_key: str | None, tenant: str) -> dict[str, Any]:
     """The request as the catalog and the pipeline's own rules accept it, or RequestInvalid
     naming each field."""
     try:
@@ -121,12 +121,13 @@ def validate(ctx: Context, body: Any, idempotency_key: str | None) -> dict[str, 
             {"idempotencyKey": ["differs from the Idempotency-Key header"]},
         )
     if request.get("callbackURL"):
-        if not ctx.settings.callback_secret:
+        if not ctx.settings.callback_secrets_for(tenant):
             raise RequestInvalid(
                 "the job request is invalid",
                 {
                     "callbackURL": [
-                        "callbacks are off: this deployment has no CALLBACK_SECRET to sign them"
+                        "callbacks are off: no CALLBACK_SECRET, nor a CALLBACK_SECRETS entry for "
+                        "this tenant, to sign them"
                     ]
                 },
             )
@@ -158,7 +159,7 @@ def create_job_from_message(
     except LimitExceeded as exc:
         # A daily cap: the caller has no answer to read a 429 from, only the job. It is held
         # to the hash a redelivery of the message computes, which then finds it as a replay.
-        held_to = request_hash(validate(ctx, body, key))
+        held_to = request_hash(validate(ctx, body, key, tenant))
         reason = f"{exc.code}: {exc.message}"
         return create_refused_job(ctx, body, tenant, {}, key, reason=reason, body_hash=held_to)
     return job
