@@ -79,6 +79,8 @@ class CallbackOutcome(StrEnum):
     REFUSED = "refused"  # the URL failed its check at send time
     UNSIGNED = "refused:unsigned"
     REJECTED = "rejected"  # the receiver answered 4xx
+    RETRYING = "retrying"  # the receiver was down or busy: another attempt is scheduled
+    GAVE_UP = "gave_up"  # down or busy until the retry window was spent
 
 
 @dataclass(frozen=True)

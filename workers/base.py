@@ -77,7 +77,9 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type informat
     def countdown(self, exc: BaseException) -> float:
         retry_after = getattr(exc, "retry_after", None)
         if isinstance(exc, Retryable) and not exc.backoff and retry_after is not None:
-            return float(retry_after)  # a poll at a fixed pace, not a failure
+            # The pipeline chose the wait: a poll at a fixed pace, or a callback's schedule
+            # (kept below the visibility timeout there).
+            return float(retry_after)
         return self.backoff(retry_after)
 
     def backoff(self, retry_after: float | None = None) -> float:

@@ -33,7 +33,8 @@ def finalize_slot(self: PipelineTask, job_id: str, slot: int) -> str:
     return self.service.finalize_slot(job_id, slot)
 
 
-@shared_task(bind=True, base=PipelineTask, name="imagine.notify_job")
+# Retried until the callback's retry window is spent (pipeline.callbacks decides each wait).
+@shared_task(bind=True, base=PipelineTask, name="imagine.notify_job", max_retries=None)
 def notify_job(self: PipelineTask, job_id: str) -> str:
     return self.service.send_callback(job_id)
 

@@ -1,25 +1,31 @@
-"""A job's callback: one signed POST when it ends, verified by the reference `standardwebhooks`
-library."""
+"""A job's callback: a signed POST when it ends, which the reference `standardwebhooks` library
+verifies, retried under the same webhook-id while its receiver is down, each attempt recorded."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from pipeline.callback_log import RedisCallbackLog
+from pipeline.config import Settings
 from tests.e2e.conftest import CALLBACK_SECRET, Pipeline
 
 pytestmark = pytest.mark.e2e
 
 
 class Inbox:
-    def __init__(self) -> None:
+    """What the receiver got; it answers 503 to the first `down` requests, then 204."""
+
+    def __init__(self, down: int = 1) -> None:
         self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.down = down
         self.lock = threading.Lock()
 
 
@@ -32,7 +38,9 @@ def inbox() -> Iterator[tuple[str, Inbox]]:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             with box.lock:
                 box.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
-            self.send_response(204)
+                status = 503 if len(box.requests) <= box.down else 204
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
             self.end_headers()
 
         def log_message(self, *args: Any) -> None:
@@ -47,7 +55,15 @@ def inbox() -> Iterator[tuple[str, Inbox]]:
     thread.join(5)
 
 
-def test_callback_is_signed_and_describes_the_ended_job(
+def _poll(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+    return value
+
+
+def test_callback_is_verified_by_standard_webhooks_after_a_retry_and_each_attempt_recorded(
     stack: Pipeline, inbox: tuple[str, Inbox]
 ) -> None:
     url, box = inbox
@@ -56,15 +72,33 @@ def test_callback_is_signed_and_describes_the_ended_job(
     )
     job = stack.wait(created["id"])
     assert job["state"] == "succeeded"
-    deadline = time.monotonic() + 30
-    while not box.requests:
-        assert time.monotonic() < deadline, "no callback arrived"
-        time.sleep(0.1)
-    headers, body = box.requests[0]
+    # The first attempt meets a 503; the retry comes a few seconds later.
+    _poll(lambda: len(box.requests) >= 2, 60, "the retried callback")
+    (first_headers, first_body), (headers, body) = box.requests[:2]
     event = Webhook(CALLBACK_SECRET).verify(body, headers)
-    with pytest.raises(WebhookVerificationError):
-        Webhook(CALLBACK_SECRET).verify(body.replace(b"succeeded", b"failed"), headers)
     assert event["type"] == "job.ended"
     assert event["data"]["id"] == created["id"]
     assert event["data"]["state"] == "succeeded"
     assert event["data"]["manifestKey"] == job["manifestKey"]
+    assert headers["webhook-id"] == first_headers["webhook-id"]  # the same event
+    assert Webhook(CALLBACK_SECRET).verify(first_body, first_headers) == event
+    with pytest.raises(WebhookVerificationError):
+        Webhook(CALLBACK_SECRET).verify(body.replace(b"succeeded", b"failed"), headers)
+
+    log = RedisCallbackLog.from_settings(Settings.from_env(stack.env))
+    try:
+        attempts = _poll(
+            lambda: (
+                [a for a in log.attempts(created["id"]) if a["outcome"] == "sent"]
+                and log.attempts(created["id"])
+            ),
+            30,
+            "the recorded attempts",
+        )
+    finally:
+        log.redis.close()
+    assert [(a["outcome"], a["status"]) for a in attempts] == [("retrying", 503), ("sent", 204)]
+    assert {a["webhookId"] for a in attempts} == {headers["webhook-id"]}
+    assert attempts[0]["nextAttemptAt"] is not None
+    assert all(a["durationMs"] >= 0 for a in attempts)
+    assert json.loads(body)["data"]["callbackURL"] == url

@@ -9,6 +9,9 @@ from typing import Any
 import pytest
 from standardwebhooks import Webhook
 
+from pipeline.callback_log import callback_attempts
+from pipeline.errors import RequestInvalid
+from pipeline.secrets import Secret
 from pipeline.services import JobService
 from tests.security.conftest import CALLBACK_SECRET, Harness, assert_error, success_body
 
@@ -128,6 +131,14 @@ def test_a_callback_is_never_sent_unsigned(harness: Harness) -> None:
     event = Webhook(CALLBACK_SECRET).verify(request.content, dict(request.headers))
     assert (event["type"], event["data"]["id"]) == ("job.ended", job.id)
     assert (request.url.host, request.headers["host"]) == ("93.184.216.34", "93.184.216.34")
+    attempts = callback_attempts(harness.service.context, job.id)
+    # The refusal sent nothing, so it is no attempt; the signed one is.
+    assert [(a["outcome"], a["status"]) for a in attempts] == [("sent", 200)]
+    assert attempts[0]["webhookId"] == request.headers["webhook-id"]
+    # Kept as long as the job is, and never a secret or a signature.
+    key = f"imagine:job:{job.id}:callbacks"
+    assert 0 < harness.redis.ttl(key) <= harness.settings.job_retention_seconds
+    assert request.headers["webhook-signature"].split(",")[1] not in str(attempts)
 
 
 def test_the_api_refuses_a_callback_it_could_not_sign_with_one_error_shape(
@@ -141,3 +152,29 @@ def test_the_api_refuses_a_callback_it_could_not_sign_with_one_error_shape(
     body = assert_error(answer, 422, "validation_failed")
     assert "CALLBACK_SECRET" in body["errors"]["callbackURL"][0]
     harness.assert_unchanged(before)
+
+
+ACME_CALLBACK_SECRET = "whsec_YWNtZS1vd24tY2FsbGJhY2stc2lnbmluZy1rZXkhIQ=="
+
+
+def test_only_a_tenant_with_a_callback_secret_of_its_own_may_name_a_callback(
+    harness: Harness,
+) -> None:
+    """Without a default secret, acme (named in CALLBACK_SECRETS) gets callbacks signed with its
+    own secret; globex (not named) is refused at enqueue, changing nothing."""
+    settings = replace(
+        harness.settings,
+        callback_secret=type(harness.settings.callback_secret)(),
+        callback_tenant_secrets=(("acme", Secret(ACME_CALLBACK_SECRET)),),
+    )
+    service = JobService(replace(harness.service.context, settings=settings))
+    before = harness.snapshot()
+    with pytest.raises(RequestInvalid) as caught:
+        service.create_job({**JOB, "callbackURL": "https://93.184.216.34/cb"}, "globex")
+    assert "CALLBACK_SECRETS" in caught.value.errors["callbackURL"][0]
+    harness.assert_unchanged(before)
+    job, _ = service.create_job({**JOB, "callbackURL": "https://93.184.216.34/cb"}, "acme")
+    service.cancel_job(job.id, "acme")
+    assert service.send_callback(job.id) == "sent"
+    request = harness.outbound.requests[-1]
+    assert Webhook(ACME_CALLBACK_SECRET).verify(request.content, dict(request.headers))
