@@ -17,7 +17,7 @@ from pipeline import clock
 from pipeline.callback_log import CallbackLog, log_for
 from pipeline.config import Settings
 from pipeline.context import Context
-from pipeline.documents import job_view
+from pipeline.documents import job_view, presigner
 from pipeline.errors import CallbackUnavailable, Conflict, NotFound
 from pipeline.models import CallbackOutcome, Job
 from pipeline.signing import sign_callback
@@ -46,9 +46,14 @@ def event_id(job: Job) -> str:
     return f"job-{job.id}-ended-{round(ended * 1000)}"
 
 
-def event_body(job: Job) -> bytes:
-    """The JSON body of a job's end event: its type, when it happened and the job view."""
-    event = {"type": EVENT_TYPE, "timestamp": clock.iso(job.ended_at), "data": job_view(job)}
+def event_body(ctx: Context, job: Job) -> bytes:
+    """The JSON body of a job's end event: its type, when it happened and the job as the API
+    shows it (result URLs signed afresh for each attempt, so a late retry carries live ones)."""
+    event = {
+        "type": EVENT_TYPE,
+        "timestamp": clock.iso(job.ended_at),
+        "data": job_view(job, presigner(ctx)),
+    }
     return json.dumps(event).encode()
 
 
@@ -106,7 +111,7 @@ def send_callback(
         log.warning("callback refused", extra={"job_id": job_id, "error": str(exc)})
         return CallbackOutcome.REFUSED
     delivery = Delivery(ctx, job, attempts if attempts is not None else log_for(ctx))
-    body = event_body(job)
+    body = event_body(ctx, job)
     headers = {"Content-Type": "application/json", **sign_callback(secrets, delivery.id, body)}
     request = pinned_request(
         ctx.http, "POST", checked, content=body, headers=headers, timeout=CALLBACK_TIMEOUT

@@ -342,7 +342,11 @@ def test_no_countdown_reaches_the_visibility_timeout() -> None:
         assert wait is not None and wait < short.visibility_timeout_seconds
 
 
-def test_the_event_body_is_the_job_view_under_its_type() -> None:
-    body = json.loads(callbacks.event_body(ended_job()))
+def test_the_event_body_is_the_job_view_under_its_type_with_fresh_result_urls(at: Any) -> None:
+    h = Harness(Receiver())
+    body = json.loads(callbacks.event_body(h.ctx, h.job))
     assert set(body) == {"type", "timestamp", "data"}
     assert body["data"]["callbackURL"] == URL
+    assert body["data"]["manifestURL"] is not None
+    off = Harness(Receiver(), {"CALLBACK_SECRET": SECRET, "RESULT_URL_SECONDS": "0"})
+    assert json.loads(callbacks.event_body(off.ctx, off.job))["data"]["manifestURL"] is None
