@@ -181,13 +181,14 @@ def create_app(
         "inline": inline_service or service,
     }
 
-    from webhooks import views
+    from webhooks import ratelimit, views
 
     app.register_blueprint(views.health)
     if "webhooks" in roles:
         app.register_blueprint(views.receiver)
     if "api" in roles:
         app.extensions["imagine"]["api"] = register_api(app, settings)
+        ratelimit.init_rate_limits(app, settings, views.api)
     if "metrics" in roles:
         app.register_blueprint(views.metrics)
 
