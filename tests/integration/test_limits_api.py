@@ -21,9 +21,7 @@ from pipeline.quotas import seconds_to_utc_midnight
 from pipeline.signing import webhook_token
 from pipeline.wiring import build_service
 from tests.conftest import RecordingDispatcher
-from webhooks import views
 from webhooks.app import create_app
-from webhooks.ratelimit import init_rate_limits
 
 pytestmark = pytest.mark.integration
 
@@ -59,11 +57,7 @@ def app(limits_settings: Settings) -> Iterator[Flask]:
     client.flushdb()
     http = httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(500)))
     service = build_service(limits_settings, dispatcher=RecordingDispatcher(), http=http)
-    app = create_app(limits_settings, service=service, inline_service=service)
-    if "limiter" not in app.extensions:
-        # create_app does not install the rate limits yet: this is the call it is to make.
-        init_rate_limits(app, limits_settings, views.api)
-    yield app
+    yield create_app(limits_settings, service=service, inline_service=service)
     http.close()
     client.close()
 
@@ -149,6 +143,13 @@ def test_webhooks_health_and_metrics_are_never_counted(
 
     assert api.get("/v1/jobs", headers={"Authorization": f"Bearer {ACME}"}).status_code == 200
     assert commands, "the jobs API is counted"
+
+
+@pytest.mark.parametrize("limits_settings", [{"API_RATE_LIMIT": "off"}], indirect=True)
+def test_with_the_rate_off_nothing_is_counted(app: Flask, api: FlaskClient) -> None:
+    assert "limiter" not in app.extensions
+    for _ in range(30):
+        assert api.get("/v1/jobs", headers={"Authorization": f"Bearer {ACME}"}).status_code == 200
 
 
 # ------------------------------------------------------------------ daily caps
