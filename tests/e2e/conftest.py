@@ -88,7 +88,9 @@ def pipeline(
         emulator_key=emulator_api_key, workers=("e2e",), concurrency=2, flower=False,
         reconcile_interval_seconds=1, reconcile_grace_seconds=3,
         extra_env={"UPLOAD_WAIT_SECONDS": "2", "FINALIZE_RETRY_SECONDS": "1",
-                   "CIRCUIT_PROBE_SECONDS": "2", "CALLBACK_SECRET": CALLBACK_SECRET},
+                   "CIRCUIT_PROBE_SECONDS": "2", "CALLBACK_SECRET": CALLBACK_SECRET,
+                   # One tenant polls and submits for the whole suite: counted, never refused.
+                   "API_RATE_LIMIT": "100000/second"},
     )  # fmt: skip
     stack = LocalStack(config)
     try:
