@@ -440,6 +440,9 @@ class LocalStack:
             FLOWER_URL=self.urls["FLOWER_URL"],
             FLOWER_BASIC_AUTH=self.flower_auth,
             API_KEY=self.api_key,
+            # What the imagine command and imagine_client.Client.from_env() read.
+            IMAGINE_API_URL=self.urls["RECEIVER_URL"],
+            IMAGINE_API_KEY=self.api_key,
         )
         lines += [f"{key}={shlex.quote(value)}" for key, value in values.items()]
         path = self.workdir / "stack.env"
@@ -631,7 +634,31 @@ def _print_urls(stack: LocalStack, env_file: Path) -> None:
     if urls["EMULATOR_URL"]:
         print(f"  Runware emulator     {urls['EMULATOR_URL']}")
     print(f"  S3                   {urls['S3_ENDPOINT_URL']}  bucket {stack.config.bucket}")
-    print(f"  Redis                {urls['REDIS_URL']}", flush=True)
+    print(f"  Redis                {urls['REDIS_URL']}")
+    for line in _cli_lines(env_file):
+        print(line)
+    sys.stdout.flush()
+
+
+def _cli_lines(env_file: Path) -> list[str]:
+    """How to call the imagine command against this stack, from the directory it started in."""
+    here = Path.cwd()
+    command = Path(sys.executable).parent / "imagine"
+    shown = os.path.relpath(command, here) if command.is_relative_to(here) else str(command)
+    lines = [
+        f"  imagine CLI          {shown} submit infra/fixtures/model-page-examples.json --wait",
+        f"                       {shown} jobs | status <id> | download <id> <dir> | --help",
+    ]
+    home = env_file.parent.parent.resolve()
+    if env_file.parent.name == ".run" and here.resolve().is_relative_to(home):
+        # imagine looks for .run/stack.env in its directory and the ones above it.
+        lines.append(
+            f"                       (it reads IMAGINE_API_URL and IMAGINE_API_KEY from "
+            f"{os.path.relpath(env_file, here)} when run in {home} or below)"
+        )
+    else:
+        lines.append(f"                       (first: set -a; . {env_file}; set +a)")
+    return lines
 
 
 if __name__ == "__main__":

@@ -1,121 +1,538 @@
-"""The `imagine` command: submit and inspect jobs, operate the pipeline, run the local stack."""
+"""The `imagine` command: submit and follow jobs through the jobs API, operate the pipeline
+through Redis, run the local stack."""
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
+import shlex
+import shutil
 import sys
 import time
-from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
 
-from pipeline.config import Settings, SettingsError
+from imagine_client import Client, ConnectionFailed, ImagineError, Job
+from imagine_client.models import JOB_STATES
+from pipeline.config import SettingsError
 from pipeline.errors import PipelineError
-from pipeline.models import JobState, SlotState
+from pipeline.secrets import redact_url
 
 if TYPE_CHECKING:
+    import httpx
+
     from pipeline.services import JobService
 
+STACK_ENV = Path(".run") / "stack.env"
+API_URL, API_KEY = "IMAGINE_API_URL", "IMAGINE_API_KEY"
+CONNECTION_VARIABLES = (API_URL, API_KEY, "REDIS_URL")
+# --wait polls after 0.5 s, doubling the pause to 2 s, back to 0.5 s at each change it shows.
+POLL, POLL_CAP = 0.5, 2.0
+DIRECT_TENANT = "cli"  # the tenant of a job submitted through Redis without --tenant
 
-def _service(settings: Settings) -> JobService:
-    # Imported here: `imagine stack` and `imagine emulator` start without the pipeline's
-    # clients (boto3, Celery) and their import time.
-    from pipeline.wiring import build_service
+NO_SETTINGS = (
+    "no connection settings: set IMAGINE_API_URL and IMAGINE_API_KEY (or --api-url and "
+    "--api-key) to use the jobs API, or REDIS_URL for the operator commands; `make run` "
+    f"starts a local stack and writes both to {STACK_ENV}, which imagine reads from there"
+)
+NO_REDIS = (
+    "{what} reads Redis directly: set REDIS_URL (with the pipeline's other settings), or run "
+    f"imagine where `make run` wrote {STACK_ENV}"
+)
 
-    return build_service(settings)
+
+class UsageError(Exception):
+    """Something the user fixes (a setting, an argument, an unreachable service): one line."""
+
+
+# ------------------------------------------------------------------ settings
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where this invocation's settings came from and what they say."""
+
+    environ: Mapping[str, str]
+    origin: str  # "the environment", or the stack.env file read in its place
+    api_url: str | None
+    api_key: str | None
+
+    @property
+    def redis_url(self) -> str | None:
+        return self.environ.get("REDIS_URL") or None
+
+    def hint(self) -> str:
+        if self.origin == "the environment":
+            return ""
+        return "; is the stack that wrote it still running? (make run starts one)"
+
+
+def find_stack_env(cwd: Path) -> Path | None:
+    """The .run/stack.env of `make run` in cwd or the nearest directory above it."""
+    for directory in (cwd, *cwd.parents):
+        candidate = directory / STACK_ENV
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The KEY=value lines of a shell env file (quoted as the stack writes them)."""
+    try:
+        words = shlex.split(path.read_text(), comments=True)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from None
+    return dict(word.split("=", 1) for word in words if "=" in word)
+
+
+def connect(args: argparse.Namespace, environ: Mapping[str, str], cwd: Path) -> Connection:
+    """The flags, else the environment; when neither names a service, the local stack's
+    .run/stack.env (whole: never a mix of two stacks' settings)."""
+    env = dict(environ)
+    origin = "the environment"
+    named = args.api_url or args.api_key or any(env.get(name) for name in CONNECTION_VARIABLES)
+    found = None if named else find_stack_env(cwd)
+    if found is not None:
+        env.update(read_env_file(found))
+        origin = os.path.relpath(found, cwd) if found.is_relative_to(cwd) else str(found)
+    return Connection(
+        environ=env,
+        origin=origin,
+        api_url=args.api_url or env.get(API_URL) or None,
+        api_key=args.api_key or env.get(API_KEY) or None,
+    )
+
+
+@dataclass
+class Invocation:
+    """One run of the command: its arguments, settings, streams and (for tests) HTTP client."""
+
+    args: argparse.Namespace
+    conn: Connection
+    http: httpx.Client | None = None
+
+    def say(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    def over_api(self) -> bool:
+        """Whether a tenant's command goes through the jobs API (else Redis, for operators)."""
+        if getattr(self.args, "tenant", None) is not None or getattr(self.args, "direct", False):
+            if not self.conn.redis_url:
+                raise UsageError(
+                    "--tenant and --direct read Redis directly and need REDIS_URL; through "
+                    "the jobs API the tenant is always the API key's"
+                )
+            return False
+        if self.conn.api_url:
+            return True
+        if self.conn.redis_url:
+            return False
+        raise UsageError(NO_SETTINGS)
+
+    def client(self) -> Client:
+        url, key = self.conn.api_url, self.conn.api_key
+        if not url:
+            raise UsageError(f"{self.args.command} needs the jobs API: " + NO_SETTINGS)
+        if not key:
+            raise UsageError(f"{API_URL} is {url} but there is no API key: set {API_KEY}")
+        try:
+            return Client(url, key, http=self.http)
+        except ValueError as exc:
+            raise UsageError(f"{API_URL} from {self.conn.origin}: {exc}") from None
+
+    def unreachable(self, exc: ConnectionFailed) -> UsageError:
+        reason = str(exc.__cause__ or "") or exc.message
+        return UsageError(
+            f"cannot reach the jobs API at {self.conn.api_url} ({API_URL} from "
+            f"{self.conn.origin}): {reason}{self.conn.hint()}"
+        )
+
+    def with_service(self, what: str, action: Callable[[JobService], int]) -> int:
+        """Run action on the pipeline's use cases over Redis; an unreachable Redis is one line."""
+        redis_url = self.conn.redis_url
+        if redis_url is None:
+            raise UsageError(NO_REDIS.format(what=what))
+        # Imported here: the commands that use the jobs API start without the pipeline's
+        # clients (redis, boto3, Celery) and their import time.
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        from pipeline.config import Settings
+        from pipeline.wiring import build_service
+
+        service = build_service(Settings.from_env(self.conn.environ))
+        try:
+            return action(service)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise UsageError(
+                f"cannot reach Redis at {redact_url(redis_url)} (REDIS_URL from "
+                f"{self.conn.origin}): {str(exc).rstrip('.')}{self.conn.hint()}"
+            ) from None
+
+
+# ------------------------------------------------------------------ output
 
 
 def _print(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=False))
 
 
-def _exec_module(module: str, args: list[str]) -> int:
-    """Run an infra module in place of this process (the pipeline never imports infra)."""
-    argv = [sys.executable, "-m", module, *args]
-    os.execv(sys.executable, argv)  # noqa: S606 - our own interpreter and module
-    return 0  # pragma: no cover
+def _slot_detail(slot: Any) -> str:
+    if slot.stored and slot.width:
+        return f" ({slot.width}x{slot.height} {slot.format})"
+    if slot.error is not None:
+        return f" ({slot.error.code}: {slot.error.message})"
+    return ""
 
 
-def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
-    service = _service(settings)
+def changes(job: Job, before: Job | None) -> list[str]:
+    """What changed in a job since `before`, one line per job state and per image state."""
+    if before is None:
+        return [f"job {job.id}: {job.state}, {len(job.slots)} image(s)"]
+    lines = []
+    if job.state != before.state:
+        reason = f" ({job.reason})" if job.reason and job.ended else ""
+        lines.append(f"job {job.id}: {before.state} -> {job.state}{reason}")
+    old = {slot.slot: slot.state for slot in before.slots}
+    for slot in job.slots:
+        if slot.state != old.get(slot.slot):
+            lines.append(
+                f"job {job.id} image {slot.slot}: {old.get(slot.slot, 'new')} -> "
+                f"{slot.state}{_slot_detail(slot)}"
+            )
+    return lines
+
+
+def summary(job: Job, elapsed: float) -> str:
+    """A job on one line: its state, how many images are stored, each image's state."""
+    images = " ".join(f"{slot.slot}:{slot.state}" for slot in job.slots)
+    return (
+        f"{job.id}  {job.state:<19} {job.stored}/{len(job.slots)} stored  "
+        f"[{images}]  {elapsed:.0f}s"
+    )
+
+
+class Progress:
+    """What --wait shows on stderr. On a terminal, one line per job, redrawn in place; anywhere
+    else (a pipe, a file, a CI log) one line per change of a job's or an image's state, so the
+    output reads as a history and never as one endless line."""
+
+    def __init__(self, stream: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.clock = clock
+        self.started = clock()
+        self.seen: dict[str, Job] = {}
+        self.drawn = 0
+
+    def show(self, jobs: Sequence[Job]) -> None:
+        if self.tty:
+            self._redraw(jobs)
+            return
+        for job in jobs:
+            for line in changes(job, self.seen.get(job.id)):
+                print(line, file=self.stream, flush=True)
+            self.seen[job.id] = job
+
+    def _redraw(self, jobs: Sequence[Job]) -> None:
+        width = max(20, shutil.get_terminal_size().columns - 1)
+        elapsed = self.clock() - self.started
+        lines = [summary(job, elapsed)[:width] for job in jobs]
+        # Back to the first line drawn last time (ESC [n F), then each line over its old text.
+        up = f"\x1b[{self.drawn}F" if self.drawn else ""
+        self.stream.write(up + "".join(f"{line}\x1b[K\n" for line in lines))
+        self.stream.flush()
+        self.drawn = len(lines)
+
+
+def _signature(jobs: Sequence[Job]) -> list[tuple[str, tuple[str, ...]]]:
+    return [(job.state, tuple(slot.state for slot in job.slots)) for job in jobs]
+
+
+def wait_for(
+    jobs: Sequence[Job],
+    get: Callable[[str], Job],
+    progress: Progress,
+    timeout: float | None,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[Job]:
+    """Poll every job until all have ended or `timeout` passes; show each change."""
+    current = list(jobs)
+    deadline = None if timeout is None else clock() + timeout
+    pause = POLL
+    progress.show(current)
+    while not all(job.ended for job in current):
+        if deadline is not None and clock() >= deadline:
+            break
+        sleep(pause)
+        fresh = [job if job.ended else get(job.id) for job in current]
+        pause = POLL if _signature(fresh) != _signature(current) else min(pause * 2, POLL_CAP)
+        current = fresh
+        progress.show(current)
+    return current
+
+
+# ------------------------------------------------------------------ submit
+
+
+def _unwrap(entry: Any) -> Any:
+    """A model page example (`{"request": ..., "response": ...}`) is its request."""
+    if isinstance(entry, dict) and isinstance(entry.get("request"), dict):
+        if "positivePrompt" not in entry:
+            return entry["request"]
+    return entry
+
+
+def read_requests(source: str, example: int | None) -> list[Any]:
+    """The requests of a file (or - for stdin): one request, or a JSON array of them, each a
+    request or a model page example; `example` picks one of an array (from 0)."""
     try:
-        if args.file == "-":
+        if source == "-":
             body = json.load(sys.stdin)
         else:
-            with open(args.file) as handle:
+            with open(source, encoding="utf-8") as handle:
                 body = json.load(handle)
     except (OSError, ValueError) as exc:
-        print(f"imagine: cannot read the request from {args.file}: {exc}", file=sys.stderr)
-        return 2
-    job, created = service.create_job(body, args.tenant, args.idempotency_key)
-    print(f"job {job.id} {'created' if created else 'already exists'}", file=sys.stderr)
-    if not args.wait:
-        _print(service.job_view(job))
+        raise UsageError(f"cannot read the request from {source}: {exc}") from None
+    if not isinstance(body, list):
+        if example is not None:
+            raise UsageError(f"--example picks from an array, and {source} holds one request")
+        return [_unwrap(body)]
+    if not body:
+        raise UsageError(f"{source} holds an empty array: no request to submit")
+    if example is None:
+        return [_unwrap(entry) for entry in body]
+    if not 0 <= example < len(body):
+        raise UsageError(
+            f"--example {example}: {source} holds {len(body)} requests, 0 to {len(body) - 1}"
+        )
+    return [_unwrap(body[example])]
+
+
+Create = Callable[[Any, str | None], Job]
+
+
+def _key(given: str | None, index: int, count: int) -> str | None:
+    if given is None or count == 1:
+        return given
+    return f"{given}-{index}"
+
+
+def submit_all(run: Invocation, requests: Sequence[Any], create: Create) -> tuple[list[Job], bool]:
+    """Submit each request; a refused one is reported and the others still go. Returns the
+    jobs and whether every request was accepted."""
+    jobs: list[Job] = []
+    accepted = True
+    for index, request in enumerate(requests):
+        try:
+            job = create(request, _key(run.args.idempotency_key, index, len(requests)))
+        except (ImagineError, PipelineError) as exc:
+            if len(requests) == 1:
+                raise
+            accepted = False
+            detail = f" {json.dumps(exc.errors)}" if exc.errors else ""
+            run.say(f"imagine: request {index} refused: {exc.code}: {exc.message}{detail}")
+            continue
+        made = "already exists" if job.replayed else "created"
+        run.say(f"job {job.id} {made}" + (f" for tenant {job.tenant}" if job.tenant else ""))
+        jobs.append(job)
+    return jobs, accepted
+
+
+def finish_submit(
+    run: Invocation, requests: Sequence[Any], create: Create, get: Callable[[str], Job]
+) -> int:
+    jobs, accepted = submit_all(run, requests, create)
+    if run.args.wait and jobs:
+        jobs = wait_for(jobs, get, Progress(sys.stderr), run.args.timeout)
+        waiting = [job.id for job in jobs if not job.ended]
+        if waiting:
+            run.say(
+                f"imagine: stopped waiting after {run.args.timeout:g} s; still running: "
+                f"{' '.join(waiting)} (imagine status <id>)"
+            )
+    shown = [job.raw for job in jobs]
+    _print(shown[0] if len(requests) == 1 and shown else shown)
+    if not accepted:
+        return 1
+    return 0 if not run.args.wait or all(job.succeeded for job in jobs) else 1
+
+
+def _direct_job(service: JobService, job: Any, replayed: bool = False) -> Job:
+    return Job.from_dict(service.job_view(job), replayed=replayed)
+
+
+def cmd_submit(run: Invocation) -> int:
+    args = run.args
+    requests = read_requests(args.file, args.example)
+    if run.over_api():
+        client = run.client()
+
+        def create(request: Any, key: str | None) -> Job:
+            return client.submit(request, idempotency_key=key)
+
+        return finish_submit(run, requests, create, client.get)
+
+    def direct(service: JobService) -> int:
+        def create(request: Any, key: str | None) -> Job:
+            job, created = service.create_job(request, args.tenant or DIRECT_TENANT, key)
+            return _direct_job(service, job, replayed=not created)
+
+        return finish_submit(
+            run, requests, create, lambda job_id: _direct_job(service, service.get_job(job_id))
+        )
+
+    return run.with_service("submit --direct", direct)
+
+
+# ------------------------------------------------------------------ status, jobs, cancel, download
+
+
+def cmd_status(run: Invocation) -> int:
+    if run.over_api():
+        _print(run.client().get(run.args.id).raw)
         return 0
-    while not job.terminal:
-        done = sum(1 for slot in job.slots if slot.terminal)
-        print(f"\r{job.id} {job.state} {done}/{len(job.slots)} images", end="", file=sys.stderr)
-        time.sleep(0.5)
-        job = service.get_job(job.id)
-    print(file=sys.stderr)
-    _print(service.job_view(job))
-    return 0 if job.state == JobState.SUCCEEDED else 1
+    return run.with_service(
+        "status", lambda service: _show(service.job_view(service.find_job(run.args.id)))
+    )
 
 
-def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    service = _service(settings)
-    _print(service.job_view(service.find_job(args.id)))
+def _show(value: Any) -> int:
+    _print(value)
     return 0
 
 
-def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
-    service = _service(settings)
+def _row(job: Job, tenant: bool = False) -> str:
+    owner = f"{job.tenant or '-':<16} " if tenant else ""
+    return f"{owner}{job.id}  {job.state:<20} {job.stored}/{len(job.slots)}  {job.reason or ''}"
+
+
+def cmd_jobs(run: Invocation) -> int:
+    args = run.args
+    if args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    if run.over_api():
+        pages = run.client().list(args.state, page_size=min(args.limit + 1, 200))
+        listed = list(itertools.islice(pages, args.limit + 1))
+        whose = f"tenant {listed[0].tenant}" if listed else "the API key's tenant"
+        run.say(
+            f"jobs of {whose} (the API key's), newest first" if listed else f"no jobs of {whose}"
+        )
+        for job in listed[: args.limit]:
+            print(_row(job))
+        if len(listed) > args.limit:
+            print(f"(more than {args.limit}: raise --limit)")
+        return 0
+    if args.state is not None and args.state not in JOB_STATES:
+        raise UsageError(
+            f"--state {args.state!r} is not a job state: one of {', '.join(JOB_STATES)}"
+        )
+    return run.with_service("jobs --direct", lambda service: _jobs_direct(run, service))
+
+
+def _tenants(service: JobService) -> list[str]:
+    """Every tenant with a job index in Redis."""
+    from pipeline.store import RedisJobStore
+
+    store = service.store
+    if not isinstance(store, RedisJobStore):
+        raise UsageError("listing every tenant needs the Redis job store; name one with --tenant")
+    head, _, tail = store.tenant_key("\0").partition("\0")
+    keys = store.redis.scan_iter(match=store.tenant_key("*"))
+    names = (key.decode() if isinstance(key, bytes) else str(key) for key in keys)
+    return sorted(name[len(head) : len(name) - len(tail)] for name in names)
+
+
+def _jobs_direct(run: Invocation, service: JobService) -> int:
+    from pipeline.models import JobState
+
+    args = run.args
     state = JobState(args.state) if args.state else None
-    jobs, cursor = service.list_jobs(args.tenant, state=state, limit=args.limit)
-    for job in jobs:
-        stored = sum(1 for slot in job.slots if slot.state == SlotState.STORED)
-        print(f"{job.id}  {job.state:<20} {stored}/{job.slot_count}  {job.reason or ''}")
-    if cursor is not None:
-        print(f"(more below cursor {cursor!r})")
+    tenants = [args.tenant] if args.tenant else _tenants(service)
+    every = args.tenant is None
+    run.say(
+        f"jobs of every tenant ({', '.join(tenants) or 'none yet'}), newest first"
+        if every
+        else f"jobs of tenant {args.tenant}, newest first"
+    )
+    found = []
+    for tenant in tenants:
+        jobs, _ = service.list_jobs(tenant, state=state, limit=args.limit + 1)
+        found += [(job.created_at, _direct_job(service, job)) for job in jobs]
+    found.sort(key=lambda pair: pair[0], reverse=True)
+    for _, job in found[: args.limit]:
+        print(_row(job, tenant=every))
+    if len(found) > args.limit:
+        print(f"(more than {args.limit}: raise --limit)")
     return 0
 
 
-def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
-    service = _service(settings)
-    _print(service.job_view(service.cancel_job(args.id)))
-    return 0
+def cmd_cancel(run: Invocation) -> int:
+    if run.over_api():
+        _print(run.client().cancel(run.args.id).raw)
+        return 0
+    return run.with_service(
+        "cancel --direct",
+        lambda service: _show(service.job_view(service.cancel_job(run.args.id))),
+    )
 
 
-def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
-    service = _service(settings)
-    _print(service.job_view(service.retry_job(args.id, args.slot or None)))
-    return 0
+def cmd_download(run: Invocation) -> int:
+    client = run.client()
+    job = client.get(run.args.id)
+    saved = client.download(job, run.args.directory)
+    for path in saved:
+        print(path)
+    missing = len(job.slots) - len(saved)
+    if not job.ended:
+        run.say(f"job {job.id} is still {job.state}: {len(saved)} image(s) so far")
+    elif missing:
+        run.say(f"job {job.id} {job.state}: {missing} of {len(job.slots)} image(s) not stored")
+    return 0 if saved else 1
 
 
-def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
-    service = _service(settings)
-    if args.action == "replay":
-        replayed = service.replay_dead_letters(args.limit)
+# ------------------------------------------------------------------ operator commands (Redis)
+
+
+def cmd_retry(run: Invocation) -> int:
+    return run.with_service(
+        "retry",
+        lambda service: _show(
+            service.job_view(service.retry_job(run.args.id, run.args.slot or None))
+        ),
+    )
+
+
+def _dlq(run: Invocation, service: JobService) -> int:
+    if run.args.action == "replay":
+        replayed = service.replay_dead_letters(run.args.limit)
         print(f"replayed {len(replayed)} job(s)")
         for job_id in replayed:
             print(job_id)
         return 0
-    entries = service.store.dead_letters(args.limit)
+    entries = service.store.dead_letters(run.args.limit)
     for entry in entries:
         print(f"{entry.job_id} slot {entry.slot}  {entry.code}: {entry.message}")
     print(f"{len(entries)} dead-lettered slot(s)")
     return 0
 
 
-def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
-    _print(asdict(_service(settings).reconcile()))
-    return 0
+def cmd_dlq(run: Invocation) -> int:
+    return run.with_service("dlq", lambda service: _dlq(run, service))
 
 
-def cmd_circuit(args: argparse.Namespace, settings: Settings) -> int:
-    service = _service(settings)
-    if args.action == "reset":
+def cmd_reconcile(run: Invocation) -> int:
+    return run.with_service("reconcile", lambda service: _show(asdict(service.reconcile())))
+
+
+def _circuit(run: Invocation, service: JobService) -> int:
+    if run.args.action == "reset":
         service.reset_circuit()
         print("circuit closed")
         return 0
@@ -128,65 +545,132 @@ def cmd_circuit(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imagine", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    submit = sub.add_parser("submit", help="submit a job request (JSON file or - for stdin)")
-    submit.add_argument("file")
-    submit.add_argument("--tenant", default="cli")
-    submit.add_argument("--idempotency-key")
-    submit.add_argument("--wait", action="store_true", help="wait and show progress")
-    submit.set_defaults(func=cmd_submit)
-    status = sub.add_parser("status", help="show a job by job id or taskUUID")
-    status.add_argument("id")
-    status.set_defaults(func=cmd_status)
-    jobs = sub.add_parser("jobs", help="list a tenant's jobs, newest first")
-    jobs.add_argument("--tenant", default="cli")
-    jobs.add_argument("--state", choices=[state.value for state in JobState])
-    jobs.add_argument("--limit", type=int, default=50)
-    jobs.set_defaults(func=cmd_jobs)
-    cancel = sub.add_parser("cancel", help="cancel a queued or running job")
-    cancel.add_argument("id")
-    cancel.set_defaults(func=cmd_cancel)
-    retry = sub.add_parser("retry", help="reopen a job's failed or dead slots as new attempts")
-    retry.add_argument("id")
-    retry.add_argument("--slot", type=int, action="append", help="only this slot (repeatable)")
-    retry.set_defaults(func=cmd_retry)
-    dlq = sub.add_parser("dlq", help="list or replay dead-lettered slots")
-    dlq.add_argument("action", choices=["list", "replay"], nargs="?", default="list")
-    dlq.add_argument("--limit", type=int, default=100)
-    dlq.set_defaults(func=cmd_dlq)
-    reconcile = sub.add_parser("reconcile", help="run one reconciler pass now")
-    reconcile.set_defaults(func=cmd_reconcile)
-    circuit = sub.add_parser("circuit", help="show or reset the account's and the models' circuits")
-    circuit.add_argument("action", choices=["show", "reset"], nargs="?", default="show")
-    circuit.set_defaults(func=cmd_circuit)
-    for name, module, text in (
-        ("stack", "infra.stack", "run the local stack (make run)"),
-        ("emulator", "infra.emulator", "run the Runware emulator"),
-    ):
-        command = sub.add_parser(name, help=text, add_help=False)
-        command.set_defaults(module=module)
+def cmd_circuit(run: Invocation) -> int:
+    return run.with_service("circuit", lambda service: _circuit(run, service))
+
+
+# ------------------------------------------------------------------ the parser
+
+
+def _connection_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument(
+        "--api-url", default=default, help=f"the jobs API's base URL (default: ${API_URL})"
+    )
+    parser.add_argument(
+        "--api-key",
+        default=default,
+        help=f"the API key (default: ${API_KEY}; prefer it: other users see command lines)",
+    )
+
+
+def _add(
+    sub: Any, name: str, func: Callable[[Invocation], int], text: str
+) -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    # Given after the command too; SUPPRESS keeps a value given before it.
+    _connection_options(common, argparse.SUPPRESS)
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=text, parents=[common])
+    parser.set_defaults(func=func)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imagine",
+        description=__doc__,
+        epilog=(
+            "Settings: --api-url/--api-key or IMAGINE_API_URL/IMAGINE_API_KEY for the jobs "
+            "API; REDIS_URL and the pipeline's settings for the operator commands (dlq, "
+            f"circuit, reconcile, retry) and --tenant. With none of them, {STACK_ENV} of "
+            "`make run` is read from this directory or one above it."
+        ),
+    )
+    _connection_options(parser, None)
+    sub = parser.add_subparsers(dest="command", required=True)
+    submit = _add(sub, "submit", cmd_submit, "submit a request, or each of a JSON array of them")
+    submit.add_argument("file", help="a JSON request, an array of them, or - for stdin")
+    submit.add_argument("--example", type=int, help="only the N-th request of an array (from 0)")
+    submit.add_argument("--idempotency-key", help="with an array, suffixed -0, -1, ...")
+    submit.add_argument("--wait", action="store_true", help="wait and show each image's progress")
+    submit.add_argument("--timeout", type=float, help="stop waiting after this many seconds")
+    submit.add_argument("--tenant", help="submit through Redis as this tenant (operators)")
+    status = _add(sub, "status", cmd_status, "show a job (through Redis: by taskUUID too)")
+    status.add_argument("id")
+    jobs = _add(sub, "jobs", cmd_jobs, "list jobs, newest first")
+    jobs.add_argument("--state", help=f"only jobs in this state: {', '.join(JOB_STATES)}")
+    jobs.add_argument("--limit", type=int, default=50)
+    jobs.add_argument("--tenant", help="through Redis: this tenant's jobs (default: every tenant)")
+    cancel = _add(sub, "cancel", cmd_cancel, "cancel a queued or running job")
+    cancel.add_argument("id")
+    download = _add(sub, "download", cmd_download, "save a job's stored images in a directory")
+    download.add_argument("id")
+    download.add_argument("directory", type=Path)
+    retry = _add(sub, "retry", cmd_retry, "reopen a job's failed or dead slots as new attempts")
+    retry.add_argument("id")
+    retry.add_argument("--slot", type=int, action="append", help="only this slot (repeatable)")
+    dlq = _add(sub, "dlq", cmd_dlq, "list or replay dead-lettered slots")
+    dlq.add_argument("action", choices=["list", "replay"], nargs="?", default="list")
+    dlq.add_argument("--limit", type=int, default=100)
+    for command in (submit, status, jobs, cancel):
+        command.add_argument(
+            "--direct", action="store_true", help="through Redis even when the jobs API is set"
+        )
+    _add(sub, "reconcile", cmd_reconcile, "run one reconciler pass now")
+    circuit = _add(sub, "circuit", cmd_circuit, "show or reset the account's and models' circuits")
+    circuit.add_argument("action", choices=["show", "reset"], nargs="?", default="show")
+    for name, text in (
+        ("stack", "run the local stack (make run)"),
+        ("emulator", "run the Runware emulator"),
+    ):
+        sub.add_parser(name, help=text, add_help=False)
+    return parser
+
+
+def _exec_module(module: str, args: list[str]) -> int:
+    """Run an infra module in place of this process (the pipeline never imports infra)."""
+    argv = [sys.executable, "-m", module, *args]
+    os.execv(sys.executable, argv)  # noqa: S606 - our own interpreter and module
+    return 0  # pragma: no cover
+
+
+def _report(exc: ImagineError | PipelineError) -> int:
+    print(f"imagine: {exc.code}: {exc.message}", file=sys.stderr)
+    if exc.errors:
+        _print(exc.errors)
+    return 1
+
+
+def main(
+    argv: list[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    http: httpx.Client | None = None,
+) -> int:
+    """The command line; `environ`, `cwd` and `http` stand in for the process's in tests."""
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in {"stack", "emulator"}:
         return _exec_module(f"infra.{argv[0]}", argv[1:])
     args = build_parser().parse_args(argv)
+    run = Invocation(args, Connection({}, "the environment", None, None), http)
     try:
-        settings = Settings.from_env()
-        result: int = args.func(args, settings)
+        run.conn = connect(args, os.environ if environ is None else environ, cwd or Path.cwd())
+        result: int = args.func(run)
         return result
+    except ConnectionFailed as exc:
+        print(f"imagine: {run.unreachable(exc)}", file=sys.stderr)
+        return 2
+    except UsageError as exc:
+        print(f"imagine: {exc}", file=sys.stderr)
+        return 2
     except SettingsError as exc:
         print(f"imagine: configuration error: {exc}", file=sys.stderr)
         return 2
-    except PipelineError as exc:
-        print(f"imagine: {exc.code}: {exc.message}", file=sys.stderr)
-        if exc.errors:
-            _print(exc.errors)
-        return 1
+    except (ImagineError, PipelineError) as exc:
+        return _report(exc)
+    except KeyboardInterrupt:
+        print("\nimagine: interrupted; jobs already submitted go on", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -94,6 +94,9 @@ class Api:
             return answer
         if route == "POST /v1/jobs":
             return self._create(request)
+        if route == "GET /v1/jobs":
+            newest = list(reversed(self.jobs.values()))
+            return httpx.Response(200, json={"jobs": newest, "nextCursor": None})
         if request.method == "GET" and request.url.path.startswith("/v1/jobs/"):
             job = self.jobs.get(request.url.path.rsplit("/", 1)[-1])
             if job is not None:

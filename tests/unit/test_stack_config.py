@@ -175,9 +175,10 @@ def test_stack_env_file_round_trips_through_the_shell(tmp_path: Path) -> None:
     assert set(values) == {
         "REDIS_URL", "S3_ENDPOINT_URL", "S3_BUCKET", "S3_PREFIX", "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY", "RECEIVER_URL", "EMULATOR_URL", "FLOWER_URL",
-        "FLOWER_BASIC_AUTH", "API_KEY",
+        "FLOWER_BASIC_AUTH", "API_KEY", "IMAGINE_API_URL", "IMAGINE_API_KEY",
     }  # fmt: skip
-    assert values["API_KEY"] == local.api_key
+    assert values["API_KEY"] == values["IMAGINE_API_KEY"] == local.api_key
+    assert values["IMAGINE_API_URL"] == "http://127.0.0.1:7004"
     assert values["FLOWER_BASIC_AUTH"] == local.flower_auth
     assert values["S3_PREFIX"] == ""
     assert path.stat().st_mode & 0o077 == 0
