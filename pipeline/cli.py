@@ -268,9 +268,10 @@ def wait_for(
     pause = POLL
     progress.show(current)
     while not all(job.ended for job in current):
-        if deadline is not None and clock() >= deadline:
+        left = None if deadline is None else deadline - clock()
+        if left is not None and left <= 0:
             break
-        sleep(pause)
+        sleep(pause if left is None else min(pause, left))
         fresh = [job if job.ended else get(job.id) for job in current]
         pause = POLL if _signature(fresh) != _signature(current) else min(pause * 2, POLL_CAP)
         current = fresh

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 import imagine_client
-from imagine_client import AsyncClient, Client, Job
+from imagine_client import AsyncClient, Client, Job, RetryPolicy
 from infra import servers, supervise
 
 pytestmark = pytest.mark.integration
@@ -229,3 +229,28 @@ def test_no_settings_never_reach_the_machines_redis(tmp_path: Path) -> None:
     done = imagine("jobs", env=base_env(), cwd=tmp_path)
     assert done.returncode == 2
     assert "no connection settings: set IMAGINE_API_URL and IMAGINE_API_KEY" in done.stderr
+
+
+def test_a_presigned_url_reaches_a_signature_checking_s3_unaltered(
+    s3rver_bucket: tuple[str, str],
+) -> None:
+    from tests.integration.conftest import jpeg_bytes, s3rver_client
+
+    endpoint, bucket = s3rver_bucket
+    data = jpeg_bytes(64, 48)
+    s3 = s3rver_client(endpoint)
+    key = "jobs/4c1f/00 a+b=c.jpg"  # escapes in the path; the query holds %2F and friends
+    s3.put_object(Bucket=bucket, Key=key, Body=data)
+    url = s3.generate_presigned_url(
+        "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=300
+    )
+    slot = {"slot": 0, "state": "stored", "finalKey": key, "bytes": len(data), "url": url}
+    job = Job.from_dict({"id": "4c1f", "state": "succeeded", "slots": [slot]})
+    # The API is never asked: the slot's URL is valid.
+    with Client("http://127.0.0.1:9", "unused", retry=RetryPolicy(attempts=1)) as client:
+        assert client.download_image(job, 0) == data
+        # A signature S3 refuses (403) sends the client to the image endpoint for a fresh URL.
+        tampered = url.replace("X-Amz-Signature=", "X-Amz-Signature=0")
+        forged = Job.from_dict({**job.raw, "slots": [{**slot, "url": tampered}]})
+        with pytest.raises(imagine_client.ConnectionFailed, match=r"127\.0\.0\.1:9"):
+            client.download_image(forged, 0)

@@ -329,7 +329,7 @@ def test_wait_for_stops_at_its_timeout_with_the_jobs_as_they_are(
         [running], lambda _: running, progress, 3.0, sleep=sleep, clock=lambda: now[0]
     )
     assert [job.state for job in jobs] == ["running"]
-    assert slept == [0.5, 1.0, 2.0]
+    assert slept == [0.5, 1.0, 1.5]
 
 
 # ------------------------------------------------------------------ cancel, download
