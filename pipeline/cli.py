@@ -12,11 +12,11 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from imagine_client import Client, ConnectionFailed, ImagineError, Job
+from imagine_client import Client, ConnectionFailed, ImagineError, Job, RetryPolicy
 from imagine_client.models import JOB_STATES
 from pipeline.config import SettingsError
 from pipeline.errors import PipelineError
@@ -33,6 +33,8 @@ CONNECTION_VARIABLES = (API_URL, API_KEY, "REDIS_URL")
 # --wait polls after 0.5 s, doubling the pause to 2 s, back to 0.5 s at each change it shows.
 POLL, POLL_CAP = 0.5, 2.0
 DIRECT_TENANT = "cli"  # the tenant of a job submitted through Redis without --tenant
+# A person waits at the prompt: one retry fewer than a service's client makes.
+RETRY = RetryPolicy(attempts=3)
 
 NO_SETTINGS = (
     "no connection settings: set IMAGINE_API_URL and IMAGINE_API_KEY (or --api-url and "
@@ -140,7 +142,7 @@ class Invocation:
         if not key:
             raise UsageError(f"{API_URL} is {url} but there is no API key: set {API_KEY}")
         try:
-            return Client(url, key, http=self.http)
+            return Client(url, key, http=self.http, retry=RETRY)
         except ValueError as exc:
             raise UsageError(f"{API_URL} from {self.conn.origin}: {exc}") from None
 
@@ -164,6 +166,10 @@ class Invocation:
         from pipeline.config import Settings
         from pipeline.wiring import build_service
 
+        if self.conn.origin != "the environment":
+            # boto3 takes credentials from the process's environment: the stack's file stands
+            # in for `set -a; . .run/stack.env`, which would have put them there.
+            os.environ.update({k: v for k, v in self.conn.environ.items() if k.startswith("AWS_")})
         service = build_service(Settings.from_env(self.conn.environ))
         try:
             return action(service)
@@ -193,26 +199,29 @@ def changes(job: Job, before: Job | None) -> list[str]:
     """What changed in a job since `before`, one line per job state and per image state."""
     if before is None:
         return [f"job {job.id}: {job.state}, {len(job.slots)} image(s)"]
-    lines = []
-    if job.state != before.state:
-        reason = f" ({job.reason})" if job.reason and job.ended else ""
-        lines.append(f"job {job.id}: {before.state} -> {job.state}{reason}")
     old = {slot.slot: slot.state for slot in before.slots}
-    for slot in job.slots:
-        if slot.state != old.get(slot.slot):
-            lines.append(
-                f"job {job.id} image {slot.slot}: {old.get(slot.slot, 'new')} -> "
-                f"{slot.state}{_slot_detail(slot)}"
-            )
-    return lines
+    images = [
+        f"job {job.id} image {slot.slot}: {old.get(slot.slot, 'new')} -> "
+        f"{slot.state}{_slot_detail(slot)}"
+        for slot in job.slots
+        if slot.state != old.get(slot.slot)
+    ]
+    if job.state == before.state:
+        return images
+    reason = f" ({job.reason})" if job.reason and job.ended else ""
+    line = f"job {job.id}: {before.state} -> {job.state}{reason}"
+    # A job starts before its images move, and ends after the last one has.
+    return [*images, line] if job.ended else [line, *images]
 
 
 def summary(job: Job, elapsed: float) -> str:
-    """A job on one line: its state, how many images are stored, each image's state."""
+    """A job on one terminal line: the start of its id (the whole one is printed as it is
+    submitted), its state, images stored, seconds waited, then each image's state (what a
+    narrow terminal cuts off first)."""
     images = " ".join(f"{slot.slot}:{slot.state}" for slot in job.slots)
     return (
-        f"{job.id}  {job.state:<19} {job.stored}/{len(job.slots)} stored  "
-        f"[{images}]  {elapsed:.0f}s"
+        f"{job.id[:8]}  {job.state:<19} {job.stored}/{len(job.slots)} stored  "
+        f"{elapsed:4.0f}s  {images}"
     )
 
 
@@ -528,8 +537,13 @@ def cmd_dlq(run: Invocation) -> int:
     return run.with_service("dlq", lambda service: _dlq(run, service))
 
 
+def _counts(done: Any) -> dict[str, Any]:
+    """What a reconciler pass did: its fields but the internal ones it keeps out of its repr."""
+    return {item.name: getattr(done, item.name) for item in fields(done) if item.repr}
+
+
 def cmd_reconcile(run: Invocation) -> int:
-    return run.with_service("reconcile", lambda service: _show(asdict(service.reconcile())))
+    return run.with_service("reconcile", lambda service: _show(_counts(service.reconcile())))
 
 
 def _circuit(run: Invocation, service: JobService) -> int:

@@ -207,6 +207,14 @@ def test_through_redis_jobs_lists_every_tenant_and_says_so(api: Api, tmp_path: P
     one = imagine("jobs", "--tenant", "other", "--limit", "200", env=env, cwd=tmp_path)
     assert one.stderr == "jobs of tenant other, newest first\n"
     assert theirs in one.stdout and mine not in one.stdout
+    # The same settings from the stack's file, job views (with presigned URLs) included.
+    (tmp_path / ".run").mkdir()
+    (tmp_path / ".run" / "stack.env").write_text(
+        "".join(f"{k}={v}\n" for k, v in env.items() if k.startswith(("REDIS_", "S3_", "AWS_")))
+    )
+    shown = imagine("status", "--direct", theirs, env=base_env(), cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["tenant"] == "other"
 
 
 def test_a_stale_stack_file_naming_a_stopped_redis_is_one_line(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import shlex
@@ -12,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from imagine_client import Client, Job, RetryPolicy
+from imagine_client import Job, RetryPolicy
 from infra import stack
 from infra.demo import EXAMPLES_PATH
 from pipeline import cli
@@ -27,7 +26,7 @@ API_ENV = {"IMAGINE_API_URL": URL, "IMAGINE_API_KEY": "dev-key"}
 @pytest.fixture(autouse=True)
 def no_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
     """Retries and polls without pauses: the answers below come at once."""
-    monkeypatch.setattr(cli, "Client", functools.partial(Client, retry=RetryPolicy(backoff=0.0)))
+    monkeypatch.setattr(cli, "RETRY", RetryPolicy(attempts=3, backoff=0.0))
     monkeypatch.setattr(cli, "POLL", 0.0)
 
 
@@ -115,6 +114,14 @@ def test_a_stale_stack_file_is_one_line_naming_it_and_what_is_unreachable(
         ".run/stack.env): [Errno 111] Connection refused; is the stack that wrote it still "
         "running? (make run starts one)\n"
     )
+
+
+def test_a_reconciler_pass_prints_its_counts() -> None:
+    from pipeline.recovery import ReconcilePass
+
+    shown = cli._counts(ReconcilePass(looked=3, expired=1, model_probes_due={"a:model@1"}))
+    assert json.loads(json.dumps(shown))["looked"] == 3
+    assert "model_probes_due" not in shown
 
 
 def test_options_are_taken_before_or_after_the_command(
@@ -285,8 +292,8 @@ def test_submit_wait_without_a_terminal_prints_one_line_per_change(
         "job j image 0: pending -> submitted",
         "job j image 1: pending -> submitted",
         "job j image 0: submitted -> stored (1024x1024 JPG)",
-        "job j: running -> succeeded",
         "job j image 1: submitted -> stored (1024x1024 JPG)",
+        "job j: running -> succeeded",
     ]
 
 
@@ -305,10 +312,10 @@ def test_on_a_terminal_progress_redraws_its_lines_in_place() -> None:
     progress.show([stored, other])
     first, second = screen.getvalue().split("\x1b[2F")
     assert first == (
-        "j  queued              0/1 stored  [0:pending]  0s\x1b[K\n"
-        "k  running             0/1 stored  [0:submitted]  0s\x1b[K\n"
+        "j  queued              0/1 stored     0s  0:pending\x1b[K\n"
+        "k  running             0/1 stored     0s  0:submitted\x1b[K\n"
     )
-    assert second.startswith("j  succeeded           1/1 stored  [0:stored]  0s\x1b[K\n")
+    assert second.startswith("j  succeeded           1/1 stored     0s  0:stored\x1b[K\n")
     assert "\r" not in screen.getvalue()
 
 
