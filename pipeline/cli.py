@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from imagine_client import Client, ConnectionFailed, ImagineError, Job, RetryPolicy
+from imagine_client import Client, ConnectionFailed, ImagineError, Job, RetryPolicy, Slot
 from imagine_client.models import JOB_STATES
 from pipeline.config import SettingsError
 from pipeline.errors import PipelineError
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from pipeline.services import JobService
 
 STACK_ENV = Path(".run") / "stack.env"
+ENVIRONMENT = "the environment"  # where settings come from unless a stack.env is read
 API_URL, API_KEY = "IMAGINE_API_URL", "IMAGINE_API_KEY"
 CONNECTION_VARIABLES = (API_URL, API_KEY, "REDIS_URL")
 # --wait polls after 0.5 s, doubling the pause to 2 s, back to 0.5 s at each change it shows.
@@ -59,7 +60,7 @@ class Connection:
     """Where this invocation's settings came from and what they say."""
 
     environ: Mapping[str, str]
-    origin: str  # "the environment", or the stack.env file read in its place
+    origin: str  # ENVIRONMENT, or the stack.env file read in its place
     api_url: str | None
     api_key: str | None
 
@@ -68,7 +69,7 @@ class Connection:
         return self.environ.get("REDIS_URL") or None
 
     def hint(self) -> str:
-        if self.origin == "the environment":
+        if self.origin == ENVIRONMENT:
             return ""
         return "; is the stack that wrote it still running? (make run starts one)"
 
@@ -95,7 +96,7 @@ def connect(args: argparse.Namespace, environ: Mapping[str, str], cwd: Path) -> 
     """The flags, else the environment; when neither names a service, the local stack's
     .run/stack.env (whole: never a mix of two stacks' settings)."""
     env = dict(environ)
-    origin = "the environment"
+    origin = ENVIRONMENT
     named = args.api_url or args.api_key or any(env.get(name) for name in CONNECTION_VARIABLES)
     found = None if named else find_stack_env(cwd)
     if found is not None:
@@ -111,7 +112,7 @@ def connect(args: argparse.Namespace, environ: Mapping[str, str], cwd: Path) -> 
 
 @dataclass
 class Invocation:
-    """One run of the command: its arguments, settings, streams and (for tests) HTTP client."""
+    """One run of the command: its arguments, its settings and (in tests) an HTTP client."""
 
     args: argparse.Namespace
     conn: Connection
@@ -166,7 +167,7 @@ class Invocation:
         from pipeline.config import Settings
         from pipeline.wiring import build_service
 
-        if self.conn.origin != "the environment":
+        if self.conn.origin != ENVIRONMENT:
             # boto3 takes credentials from the process's environment: the stack's file stands
             # in for `set -a; . .run/stack.env`, which would have put them there.
             os.environ.update({k: v for k, v in self.conn.environ.items() if k.startswith("AWS_")})
@@ -187,7 +188,7 @@ def _print(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=False))
 
 
-def _slot_detail(slot: Any) -> str:
+def _slot_detail(slot: Slot) -> str:
     if slot.stored and slot.width:
         return f" ({slot.width}x{slot.height} {slot.format})"
     if slot.error is not None:
@@ -667,7 +668,7 @@ def main(
     if argv and argv[0] in {"stack", "emulator"}:
         return _exec_module(f"infra.{argv[0]}", argv[1:])
     args = build_parser().parse_args(argv)
-    run = Invocation(args, Connection({}, "the environment", None, None), http)
+    run = Invocation(args, Connection({}, ENVIRONMENT, None, None), http)
     try:
         run.conn = connect(args, os.environ if environ is None else environ, cwd or Path.cwd())
         result: int = args.func(run)
