@@ -6,7 +6,6 @@ bounded, so a run in CI is the same run as on a laptop."""
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import socket
@@ -34,25 +33,18 @@ from schemathesis.specs.openapi.checks import (
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from pipeline import urls
-from pipeline.config import Settings
 from tests.security.conftest import ACME_KEY, ERROR_KEYS, Harness
 
 pytestmark = pytest.mark.security
 
 EXAMPLES = 50  # per operation
 SHARED_KEY = "shared-idempotency-key"  # used with many bodies: the first makes a job, others 409
-# Statuses no generated request can reach here: the limits behind 429 are off in this harness
-# (their own tests cover them).
+# Statuses no generated request can reach here: the limits behind 429 are off in the security
+# harness (their own tests cover them).
 NEEDS_SET_UP = {429}
 REAL_GETADDRINFO = socket.getaddrinfo
 POSITIVE = schemathesis.GenerationMode.POSITIVE
 AUTHORIZED = {"Authorization": f"Bearer {ACME_KEY}"}
-
-
-@pytest.fixture
-def security_settings(security_settings: Settings) -> Settings:
-    # Hundreds of requests in seconds from one tenant: a rate limit would answer most of them.
-    return dataclasses.replace(security_settings, api_rate_limit="")
 
 
 @pytest.fixture(autouse=True)
