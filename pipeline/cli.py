@@ -565,6 +565,47 @@ def cmd_circuit(run: Invocation) -> int:
     return run.with_service("circuit", lambda service: _circuit(run, service))
 
 
+def _callbacks(run: Invocation, service: JobService) -> int:
+    if run.args.action == "resend":
+        print(f"resending {run.args.id} as {service.resend_callback(run.args.id)}")
+        return 0
+    return _show(service.callback_attempts(run.args.id))
+
+
+def cmd_callbacks(run: Invocation) -> int:
+    return run.with_service("callbacks", lambda service: _callbacks(run, service))
+
+
+def _pause(run: Invocation, service: JobService) -> int:
+    if run.args.command == "resume":
+        woken = service.resume_submissions()
+        print(f"submission resumed; {woken} held job(s) nudged")
+        return 0
+    if run.args.command == "pause":
+        reason = run.args.reason or "paused by an operator"
+        service.pause_submissions(reason)
+        print(f"submission paused: {reason} (imagine resume lifts it)")
+        return 0
+    paused = service.submissions_paused()
+    _print({"paused": paused is not None, **(asdict(paused) if paused else {})})
+    return 0
+
+
+def cmd_pause(run: Invocation) -> int:
+    return run.with_service(run.args.command, lambda service: _pause(run, service))
+
+
+def _events(run: Invocation, service: JobService) -> int:
+    since = run.args.since or ("$" if run.args.follow else "0")
+    for entry_id, event in service.follow_events(since, 5000 if run.args.follow else None):
+        print(json.dumps({"id": entry_id, **event}, separators=(",", ":")), flush=True)
+    return 0
+
+
+def cmd_events(run: Invocation) -> int:
+    return run.with_service("events", lambda service: _events(run, service))
+
+
 # ------------------------------------------------------------------ the parser
 
 
@@ -597,8 +638,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "Settings: --api-url/--api-key or IMAGINE_API_URL/IMAGINE_API_KEY for the jobs "
             "API; REDIS_URL and the pipeline's settings for the operator commands (dlq, "
-            f"circuit, reconcile, retry) and --tenant. With none of them, {STACK_ENV} of "
-            "`make run` is read from this directory or one above it."
+            "circuit, reconcile, retry, callbacks, pause, resume, paused, events) and "
+            f"--tenant. With none of them, {STACK_ENV} of `make run` is read from this "
+            "directory or one above it."
         ),
     )
     _connection_options(parser, None)
@@ -632,6 +674,16 @@ def build_parser() -> argparse.ArgumentParser:
             "--direct", action="store_true", help="through Redis even when the jobs API is set"
         )
     _add(sub, "reconcile", cmd_reconcile, "run one reconciler pass now")
+    callbacks = _add(sub, "callbacks", cmd_callbacks, "show a job's callback attempts, or resend")
+    callbacks.add_argument("action", choices=["show", "resend"])
+    callbacks.add_argument("id")
+    pause = _add(sub, "pause", cmd_pause, "stop sending anything to Runware (jobs wait)")
+    pause.add_argument("--reason", help="shown on each waiting job")
+    _add(sub, "resume", cmd_pause, "lift the pause; held jobs go on")
+    _add(sub, "paused", cmd_pause, "say whether submission is paused, and why")
+    events = _add(sub, "events", cmd_events, "print lifecycle events as JSON lines")
+    events.add_argument("--follow", action="store_true", help="from now on, waiting for more")
+    events.add_argument("--since", help="after this stream id (0: every event still kept)")
     circuit = _add(sub, "circuit", cmd_circuit, "show or reset the account's and models' circuits")
     circuit.add_argument("action", choices=["show", "reset"], nargs="?", default="show")
     for name, text in (

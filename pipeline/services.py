@@ -6,18 +6,22 @@ receiver, the workers, the CLI and a service embedding the pipeline call one obj
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline import (
     admission,
+    callback_log,
     callbacks,
     completion,
     deadline,
     documents,
     enqueue,
+    events,
     intake,
     promotion,
+    quotas,
     recovery,
     submission,
 )
@@ -111,7 +115,9 @@ class JobService:
     def job_view(self, job: Job) -> dict[str, Any]:
         """The job as the API shows it, with fresh URLs of its stored images and its manifest
         (null while RESULT_URL_SECONDS is 0)."""
-        return documents.job_view(job, documents.presigner(self.context))
+        view = documents.job_view(job, documents.presigner(self.context))
+        view["callbacks"] = self.callback_attempts(job.id) if job.callback_url else []
+        return view
 
     def image_url(self, job_id: str, slot: int, tenant: str | None = None) -> documents.ResultURL:
         """A fresh presigned URL of one stored image; another tenant's job is missing."""
@@ -165,6 +171,29 @@ class JobService:
 
     def reset_circuit(self) -> None:
         admission.reset_circuit(self.context)
+
+    # --- callbacks, the operator's pause, events
+    def callback_attempts(self, job_id: str) -> list[dict[str, Any]]:
+        return callback_log.callback_attempts(self.context, job_id)
+
+    def resend_callback(self, job_id: str) -> str:
+        """Deliver the job's end event again; its webhook-id."""
+        return callbacks.resend_callback(self.context, job_id)
+
+    def pause_submissions(self, reason: str) -> bool:
+        return quotas.pause_submissions(self.context, reason)
+
+    def resume_submissions(self) -> int:
+        """Lift the pause; how many held jobs were nudged."""
+        return quotas.resume_submissions(self.context)
+
+    def submissions_paused(self) -> quotas.SubmissionPause | None:
+        return quotas.submissions_paused(self.context)
+
+    def follow_events(
+        self, since: str = "$", block_ms: int | None = None
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        return events.follow_events(self.context, since=since, block_ms=block_ms)
 
     def status(self) -> PipelineStatus:
         budget = self.context.budget.in_use() if self.settings.runware_api_key else 0

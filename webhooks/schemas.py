@@ -129,6 +129,24 @@ class SlotViewSchema(_Exact):
     urlExpiresAt = _time("When `url` stops working.", required=True, allow_none=True)
 
 
+class CallbackAttemptSchema(_Exact):
+    """One delivery attempt of the job's signed callback."""
+
+    at = _time("When the attempt was made.", required=True)
+    webhookId = fields.String(
+        required=True, metadata={"description": "The event's id: the same on every retry."}
+    )
+    outcome = fields.String(
+        required=True, metadata={"description": "sent, rejected, retrying, gave_up, ..."}
+    )
+    status = _nullable(fields.Integer, "The receiver's HTTP status; null when it did not answer.")
+    error = _nullable(fields.String, "What went wrong, when something did.")
+    durationMs = fields.Float(required=True)
+    nextAttemptAt = _time(
+        "When the next attempt is due, if one is.", required=True, allow_none=True
+    )
+
+
 class JobViewSchema(_Exact):
     """A job as `pipeline.documents.job_view` shows it."""
 
@@ -159,6 +177,11 @@ class JobViewSchema(_Exact):
     )
     cost = _nullable(fields.Float, "What Runware charged for the job's images, in USD.")
     slots = fields.List(fields.Nested(SlotViewSchema), required=True)
+    callbacks = fields.List(
+        fields.Nested(CallbackAttemptSchema),
+        required=True,
+        metadata={"description": "Each delivery attempt of the callback, oldest first."},
+    )
 
 
 class JobPageSchema(_Exact):

@@ -105,3 +105,9 @@ def test_callback_is_verified_by_standard_webhooks_after_a_retry_and_each_attemp
     assert attempts[0]["nextAttemptAt"] is not None
     assert all(a["durationMs"] >= 0 for a in attempts)
     assert json.loads(body)["data"]["callbackURL"] == url
+    # The job view shows the same attempts to the tenant.
+    with stack.client() as client:
+        shown = client.get(f"/v1/jobs/{created['id']}").json()["callbacks"]
+    assert [(a["outcome"], a["status"], a["webhookId"]) for a in shown] == [
+        (a["outcome"], a["status"], a["webhookId"]) for a in attempts
+    ]

@@ -262,3 +262,55 @@ def test_a_presigned_url_reaches_a_signature_checking_s3_unaltered(
         forged = Job.from_dict({**job.raw, "slots": [{**slot, "url": tampered}]})
         with pytest.raises(imagine_client.ConnectionFailed, match=r"127\.0\.0\.1:9"):
             client.download_image(forged, 0)
+
+
+# ------------------------------------------------------------------ operator commands (Redis)
+
+
+def operator_env(api: Api) -> dict[str, str]:
+    """The pipeline's settings as an operator's shell holds them."""
+    return {**base_env(), **{k: v for k, v in api.env.items() if k not in os_names()}}
+
+
+def os_names() -> set[str]:
+    return set(servers.scrubbed_environ())
+
+
+def test_pause_resume_and_paused_say_what_they_did(api: Api, tmp_path: Path) -> None:
+    env = operator_env(api)
+    paused = imagine("pause", "--reason", "provider maintenance", env=env, cwd=tmp_path)
+    assert paused.returncode == 0, paused.stderr
+    assert paused.stdout == "submission paused: provider maintenance (imagine resume lifts it)\n"
+    shown = json.loads(imagine("paused", env=env, cwd=tmp_path).stdout)
+    assert shown["paused"] is True and shown["reason"] == "provider maintenance"
+    resumed = imagine("resume", env=env, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.startswith("submission resumed;")
+    assert json.loads(imagine("paused", env=env, cwd=tmp_path).stdout) == {"paused": False}
+
+
+def test_events_prints_each_lifecycle_event_as_a_json_line(api: Api, tmp_path: Path) -> None:
+    with api.client("acme") as acme:
+        job = acme.submit(REQUEST)
+        acme.cancel(job.id)
+    listed = imagine("events", "--since", "0", env=operator_env(api), cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    events = [json.loads(line) for line in listed.stdout.splitlines()]
+    mine = [event for event in events if event.get("jobId") == job.id]
+    assert [event["type"] for event in mine] == ["job.created", "image.failed", "job.ended"]
+    assert mine[1]["code"] == "cancelled" and mine[2]["state"] == "cancelled"
+    assert all(event["id"] for event in events)
+
+
+def test_callbacks_show_and_resend_answer_for_a_job_without_a_callback(
+    api: Api, tmp_path: Path
+) -> None:
+    with api.client("acme") as acme:
+        job = acme.submit(REQUEST)
+    env = operator_env(api)
+    shown = imagine("callbacks", "show", job.id, env=env, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout) == []
+    resent = imagine("callbacks", "resend", job.id, env=env, cwd=tmp_path)
+    assert resent.returncode == 1
+    assert resent.stderr.startswith("imagine: conflict:")

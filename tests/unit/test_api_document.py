@@ -176,10 +176,20 @@ def test_the_documented_job_view_validates_the_views_the_pipeline_builds(
     document: dict[str, Any],
 ) -> None:
     storage = MemoryObjectStorage()
+    attempt = {
+        "at": "2023-11-14T22:14:20Z",
+        "webhookId": f"job-{JOB_ID}-ended-1700000060000",
+        "outcome": "retrying",
+        "status": 503,
+        "error": None,
+        "durationMs": 12.5,
+        "nextAttemptAt": "2023-11-14T22:14:30Z",
+    }
+    # The API's view: the pipeline's job view and the callback attempts JobService adds.
     views = [
-        job_view(ended_job(), presigner(storage)),
-        job_view(ended_job()),  # result URLs turned off
-        job_view(queued_job(), presigner(storage)),
+        {**job_view(ended_job(), presigner(storage)), "callbacks": [attempt]},
+        {**job_view(ended_job()), "callbacks": []},  # result URLs turned off
+        {**job_view(queued_job(), presigner(storage)), "callbacks": []},
     ]
     job = validator(document, "JobView")
     for view in views:
