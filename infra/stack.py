@@ -444,6 +444,9 @@ class LocalStack:
             IMAGINE_API_URL=self.urls["RECEIVER_URL"],
             IMAGINE_API_KEY=self.api_key,
         )
+        if self.env.get("CALLBACK_SECRET"):
+            # What a local callback receiver verifies this stack's signatures with.
+            values["CALLBACK_SECRET"] = self.env["CALLBACK_SECRET"]
         lines += [f"{key}={shlex.quote(value)}" for key, value in values.items()]
         path = self.workdir / "stack.env"
         path.touch(mode=0o600)

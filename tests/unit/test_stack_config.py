@@ -158,6 +158,7 @@ def test_stack_env_file_round_trips_through_the_shell(tmp_path: Path) -> None:
         "S3_PREFIX": "",
         "AWS_ACCESS_KEY_ID": "imagine-local",
         "AWS_SECRET_ACCESS_KEY": "imagine-local",
+        "CALLBACK_SECRET": "whsec_c2VjcmV0LW9mLXRoZS1sb2NhbC1zdGFjay0xMjM0",
     }
     local.urls = {
         "S3_ENDPOINT_URL": "http://127.0.0.1:7002",
@@ -175,12 +176,13 @@ def test_stack_env_file_round_trips_through_the_shell(tmp_path: Path) -> None:
     assert set(values) == {
         "REDIS_URL", "S3_ENDPOINT_URL", "S3_BUCKET", "S3_PREFIX", "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY", "RECEIVER_URL", "EMULATOR_URL", "FLOWER_URL",
-        "FLOWER_BASIC_AUTH", "API_KEY", "IMAGINE_API_URL", "IMAGINE_API_KEY",
+        "FLOWER_BASIC_AUTH", "API_KEY", "IMAGINE_API_URL", "IMAGINE_API_KEY", "CALLBACK_SECRET",
     }  # fmt: skip
     assert values["API_KEY"] == values["IMAGINE_API_KEY"] == local.api_key
     assert values["IMAGINE_API_URL"] == "http://127.0.0.1:7004"
     assert values["FLOWER_BASIC_AUTH"] == local.flower_auth
     assert values["S3_PREFIX"] == ""
+    assert values["CALLBACK_SECRET"] == local.env["CALLBACK_SECRET"]
     assert path.stat().st_mode & 0o077 == 0
 
 
