@@ -41,6 +41,9 @@ def receive_webhook(ctx: Context, task_uuid: str, body: Any) -> list[SlotResult]
     while INLINE_PROMOTE_BUDGET_SECONDS last (Runware retries a webhook not answered within
     about 5 s); a worker on the finalize queue takes over whatever is left."""
     outcomes = accept_webhook(ctx, task_uuid, body)
+    promotable = [o for o in outcomes if o.outcome in PROMOTABLE and not o.settled]
+    if not promotable:  # a replay of an image that has ended, a failure, a placeholder
+        return outcomes
     deadline = time.monotonic() + ctx.settings.inline_promote_budget_seconds
     inline = replace(
         ctx,
@@ -50,9 +53,7 @@ def receive_webhook(ctx: Context, task_uuid: str, body: Any) -> list[SlotResult]
             ctx.settings.inline_promote_timeout_seconds,
         ),
     )
-    for outcome in outcomes:
-        if outcome.outcome not in PROMOTABLE or outcome.settled:
-            continue
+    for outcome in promotable:
         if promote_inline(inline, outcome, deadline) == PromoteOutcome.MISSING:
             ctx.dispatcher.finalize_slot(
                 outcome.job_id, outcome.slot, countdown=ctx.settings.finalize_retry_seconds

@@ -207,15 +207,16 @@ return rows
 """
 
 _LOCATE_TASK = """
--- KEYS[1]: a taskUUID's index key. ARGV[1]: the prefix of job keys. Where the task belongs
--- ('<job id>:<slot>'), that slot's fields and its job's state, in one round trip: a webhook
--- needs all three before it can tell a first result from a replay.
+-- KEYS[1]: a taskUUID's index key. ARGV[1]: the prefix of job keys; ARGV[2..]: the slot fields
+-- to read. Where the task belongs ('<job id>:<slot>'), those fields of that slot and its job's
+-- state, in one round trip: a webhook needs all three before it can tell a first result from
+-- a replay.
 local location = redis.call('GET', KEYS[1])
 if not location then return false end
 local job_id, slot = string.match(location, '^(.*):(%d+)$')
 if not job_id then return {location, {}, false} end
 local job_key = ARGV[1] .. job_id
-return {location, redis.call('HGETALL', job_key .. ':slot:' .. slot),
+return {location, redis.call('HMGET', job_key .. ':slot:' .. slot, unpack(ARGV, 2)),
         redis.call('HGET', job_key, 'state')}
 """
 
@@ -266,6 +267,11 @@ for _, id in ipairs(ids) do
 end
 return added
 """
+
+
+# What intake reads of a slot to tell a first result from a replay and act on it
+# (pipeline/intake.py record_one and what it calls): a webhook reads these, not the ~30 fields.
+LOCATED_SLOT_FIELDS = ("job_id", "slot", "state", "attempt", "task_uuid", "error_code", "model")
 
 
 def leases_key(api_key: str, namespace: str = "imagine") -> str:
@@ -665,13 +671,22 @@ class RedisJobStore:
 
     def locate_task(self, task_uuid: str) -> tuple[str, int, Slot | None, JobState | None] | None:
         """Where a taskUUID belongs (job, slot), with that slot and its job's state, in one
-        round trip; None for a taskUUID the pipeline never minted."""
-        found = self._locate_task(keys=[self.task_key(task_uuid)], args=[self.job_key("")])
+        round trip; None for a taskUUID the pipeline never minted.
+
+        The slot carries only LOCATED_SLOT_FIELDS, what intake decides a result by; its other
+        fields are None (read the whole slot with `get_slot`)."""
+        found = self._locate_task(
+            keys=[self.task_key(task_uuid)], args=[self.job_key(""), *LOCATED_SLOT_FIELDS]
+        )
         if not found:
             return None
         location, raw, state = found
         job_id, _, slot = str(location).rpartition(":")
-        fields = _pairs(raw) if raw else {}
+        fields = {
+            name: value
+            for name, value in zip(LOCATED_SLOT_FIELDS, raw or [], strict=False)
+            if value
+        }
         return (
             job_id,
             int(slot),

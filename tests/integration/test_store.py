@@ -498,6 +498,31 @@ def test_a_task_is_located_with_its_slot_and_its_jobs_state_in_one_read(
     assert store.locate_task(str(uuid.uuid4())) is None
 
 
+def test_a_located_slot_carries_what_intake_reads_and_nothing_else(store: RedisJobStore) -> None:
+    job = make_job()
+    store.create_job(job, "h")
+    task_uuid = store.mint_task_uuid(job.id, 0, 1, str(uuid.uuid4()))
+    assert task_uuid
+    store.transition_slot(job.id, 0, ["pending"], "submitted", model="xai:grok-imagine@image-pro")
+    store.new_attempt(job.id, 0, ["submitted"], 2, error_code="timeout")
+    task_uuid = store.mint_task_uuid(job.id, 0, 2, str(uuid.uuid4()))
+    assert task_uuid
+    store.transition_slot(job.id, 0, ["pending"], "stored", final_key="jobs/x/00.jpg", seed=7)
+
+    found = store.locate_task(task_uuid)
+
+    assert found is not None
+    slot = found[2]
+    whole = store.get_slot(job.id, 0)
+    assert slot is not None and whole is not None
+    assert (slot.state, slot.attempt, slot.task_uuid, slot.error_code) == (
+        whole.state, whole.attempt, whole.task_uuid, whole.error_code
+    )  # fmt: skip
+    assert (slot.state, slot.attempt, slot.error_code) == ("stored", 2, "timeout")
+    assert whole.final_key == "jobs/x/00.jpg" and whole.seed == 7
+    assert slot.final_key is None and slot.seed is None
+
+
 # ------------------------------------------------------------------ the due index
 GRACE = 60.0  # the store's default RECONCILE_GRACE_SECONDS
 FAR = 10**10  # a due time no write or pass in these tests reaches
