@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -36,6 +35,7 @@ import httpx
 import psutil
 import redis
 
+from infra import debian
 from infra.stack import LocalStack, StackConfig
 from infra.supervise import (
     REPO_ROOT,
@@ -81,37 +81,13 @@ def say(message: str) -> None:
 
 def ensure_wrk() -> str:
     """wrk's path, installing Debian's wrk package first if it is missing."""
-    found = shutil.which("wrk")
-    if found is not None:
-        return found
-    say("wrk is missing: installing Debian's wrk package (apt-get install -y wrk)")
-    if not _apt_install("wrk"):
-        _apt(["update", "-qq"])  # a machine that never fetched the package lists
-        _apt_install("wrk")
-    found = shutil.which("wrk")
+    found = debian.ensure_command("wrk", "wrk", say)
     if found is None:
         raise BenchError(
             "wrk is not installed and `apt-get install -y wrk` did not install it: "
             "install Debian's wrk package (as root) and run again"
         )
     return found
-
-
-def _apt_install(package: str) -> bool:
-    return _apt(["install", "-y", "-q", package])
-
-
-def _apt(args: list[str]) -> bool:
-    try:
-        done = subprocess.run(  # noqa: S603 - fixed argv
-            ["apt-get", *args],  # noqa: S607 - apt-get from PATH, as an operator runs it
-            capture_output=True,
-            timeout=300,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return done.returncode == 0
 
 
 @dataclass(frozen=True)
