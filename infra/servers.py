@@ -1,4 +1,5 @@
-"""The servers of the local stack: Redis, S3, the emulator, the receiver, Celery and Flower."""
+"""The servers of the local stack: Redis, S3, the emulator, the receiver, Celery, Flower and
+Prometheus."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from infra.supervise import (
     ProcessError,
     Service,
     child_env,
+    free_port,
     poll_until,
     start_listening,
     venv_bin,
@@ -35,6 +37,9 @@ from infra.supervise import (
 LOCAL_AWS_KEY = "imagine-local"
 LOCAL_REGION = "us-east-1"
 DEFAULT_QUEUES = "submit,finalize,notify,reconcile"
+METRICS_ADDRESS = "127.0.0.1"
+# Settings that belong to one process group; never inherited from the caller or shared.
+_PER_PROCESS_METRICS = ("PROMETHEUS_MULTIPROC_DIR", "WORKER_METRICS_ADDRESS", "WORKER_METRICS_PORT")
 
 
 def redis_executable() -> str:
@@ -203,11 +208,15 @@ def start_receiver(
     port: int | None = None,
     *,
     log_dir: Path | None = None,
+    metrics_dir: Path | None = None,
     timeout: float = 30.0,
 ) -> Service:
-    """Start the webhook receiver and jobs API under gunicorn; ready when /healthz answers 200."""
+    """Start the webhook receiver and jobs API under gunicorn; ready when /healthz answers 200.
+
+    Its gunicorn workers share metrics_dir (default workdir/metrics/receiver), emptied first."""
     workdir = Path(workdir).resolve()
     logs = Path(log_dir) if log_dir is not None else workdir / "logs"
+    metrics = Path(metrics_dir) if metrics_dir is not None else workdir / "metrics" / "receiver"
     if port is None and env.get("PUBLIC_BASE_URL"):
         # The receiver must listen where the provider is told to call it.
         public = urlsplit(env["PUBLIC_BASE_URL"])
@@ -217,13 +226,15 @@ def start_receiver(
     def build(chosen: int) -> ManagedProcess:
         argv = [venv_bin("gunicorn"), "-c", "python:webhooks.gunicorn_conf",
                 "-b", f"127.0.0.1:{chosen}", "webhooks.wsgi:app"]  # fmt: skip
-        return ManagedProcess("receiver", argv, log_dir=logs, env=child_env(env), cwd=REPO_ROOT)
+        child = child_env(metrics_env(env, metrics))
+        return ManagedProcess("receiver", argv, log_dir=logs, env=child, cwd=REPO_ROOT)
 
     def ready(process: ManagedProcess, chosen: int) -> None:
         wait_for_http(f"http://127.0.0.1:{chosen}/healthz", timeout, process=process)
 
     process, chosen = start_listening(build, ready, port)
-    return Service(process, f"http://127.0.0.1:{chosen}", chosen)
+    url = f"http://127.0.0.1:{chosen}"
+    return Service(process, url, chosen, metrics_url=f"{url}/metrics")
 
 
 def _celery_ping(env: Mapping[str, str], nodename: str) -> bool:
@@ -250,18 +261,27 @@ def start_worker(
     concurrency: int = 2,
     *,
     log_dir: Path | None = None,
+    metrics_dir: Path | None = None,
+    metrics_port: int | None = None,
     timeout: float = 60.0,
     extra_args: Iterable[str] = (),
 ) -> Service:
-    """Start a Celery worker named name@<host>; ready once it logs that it is ready."""
+    """Start a Celery worker named name@<host>; ready once it logs that it is ready.
+
+    Its main process serves the metrics of its pool on 127.0.0.1:metrics_port (default a free
+    port), from metrics_dir (default workdir/metrics/worker-<name>), emptied first."""
     workdir = Path(workdir).resolve()
     logs = Path(log_dir) if log_dir is not None else workdir / "logs"
+    metrics = metrics_dir if metrics_dir is not None else workdir / "metrics" / f"worker-{name}"
+    metrics_port = metrics_port or free_port()
+    child = metrics_env(env, metrics)
+    child.update(WORKER_METRICS_ADDRESS=METRICS_ADDRESS, WORKER_METRICS_PORT=str(metrics_port))
     nodename = f"{name}@{socket.gethostname()}"
     argv = [venv_bin("celery"), "-A", "workers.worker", "worker", "-Q", queues,
             "-c", str(concurrency), "--hostname", nodename, "-l", "INFO",
             *[str(arg) for arg in extra_args]]  # fmt: skip
     process = ManagedProcess(
-        f"worker-{name}", argv, log_dir=logs, env=child_env(env), cwd=REPO_ROOT
+        f"worker-{name}", argv, log_dir=logs, env=child_env(child), cwd=REPO_ROOT
     ).start()
     # Celery logs "<nodename> ready." once it consumes; a broker ping is the slower fallback
     # for a logging setup that hides that line.
@@ -282,7 +302,7 @@ def start_worker(
     except BaseException:
         process.stop(timeout=5)
         raise
-    return Service(process)
+    return Service(process, metrics_url=f"http://{METRICS_ADDRESS}:{metrics_port}/metrics")
 
 
 def start_beat(
@@ -298,7 +318,8 @@ def start_beat(
     logs = Path(log_dir) if log_dir is not None else workdir / "logs"
     argv = [venv_bin("celery"), "-A", "workers.worker", "beat",
             "-s", str(workdir / "celerybeat-schedule"), "-l", "INFO"]  # fmt: skip
-    process = ManagedProcess("beat", argv, log_dir=logs, env=child_env(env), cwd=REPO_ROOT)
+    child = child_env(metrics_env(env, workdir / "metrics"))
+    process = ManagedProcess("beat", argv, log_dir=logs, env=child, cwd=REPO_ROOT)
     started = time.time()
     process.start()
     pattern = re.compile(r"beat: Starting")
@@ -349,6 +370,9 @@ def start_flower(
 
     def build(chosen: int) -> ManagedProcess:
         child = child_env(env)
+        # Flower's own metrics live in its process; a multiprocess directory would hide them.
+        for key in _PER_PROCESS_METRICS:
+            child.pop(key, None)
         child.update(FLOWER_BASIC_AUTH=basic_auth, FLOWER_ADDRESS="127.0.0.1",
                      FLOWER_PORT=str(chosen))  # fmt: skip
         argv = [sys.executable, "-m", "workers.flower"]
@@ -358,12 +382,73 @@ def start_flower(
         wait_for_http(f"http://127.0.0.1:{chosen}/healthcheck", timeout, process=process)
 
     process, chosen = start_listening(build, ready, port)
-    return Service(process, f"http://127.0.0.1:{chosen}", chosen)
+    url = f"http://127.0.0.1:{chosen}"
+    return Service(process, url, chosen, metrics_url=f"{url}/metrics")
+
+
+# --- Prometheus ----------------------------------------------------------------------------------
+
+
+def prometheus_executable() -> str | None:
+    """The prometheus server of Debian's prometheus package (or any on PATH), if installed."""
+    return shutil.which("prometheus")
+
+
+def start_prometheus(
+    workdir: Path,
+    config_file: Path,
+    port: int | None = None,
+    *,
+    executable: str | None = None,
+    log_dir: Path | None = None,
+    timeout: float = 60.0,
+) -> Service:
+    """Start Prometheus on 127.0.0.1 with config_file and its data in workdir/data (emptied
+    first); ready when /-/ready answers 200."""
+    exe = executable or prometheus_executable()
+    if exe is None:
+        raise ProcessError("prometheus is not installed (apt-get install prometheus)")
+    workdir = Path(workdir).resolve()
+    data = workdir / "data"
+    shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True)
+    logs = Path(log_dir) if log_dir is not None else workdir / "logs"
+
+    def build(chosen: int) -> ManagedProcess:
+        argv = [exe, f"--config.file={Path(config_file).resolve()}",
+                f"--storage.tsdb.path={data}", f"--web.listen-address=127.0.0.1:{chosen}",
+                "--storage.tsdb.retention.time=2d"]  # fmt: skip
+        child = child_env(scrubbed_environ())
+        return ManagedProcess("prometheus", argv, log_dir=logs, env=child, cwd=workdir)
+
+    def ready(process: ManagedProcess, chosen: int) -> None:
+        wait_for_http(f"http://127.0.0.1:{chosen}/-/ready", timeout, process=process)
+
+    process, chosen = start_listening(build, ready, port)
+    url = f"http://127.0.0.1:{chosen}"
+    return Service(process, url, chosen, metrics_url=f"{url}/metrics")
 
 
 # --- Environment ---------------------------------------------------------------------------------
 
 _SCRUBBED_PREFIXES = ("RUNWARE_", "AWS_")
+
+
+def fresh_directory(directory: Path) -> Path:
+    """directory, emptied: a metrics directory must start empty, or the counts of the processes
+    of an earlier run would be added to this one's."""
+    directory = Path(directory).resolve()
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    return directory
+
+
+def metrics_env(env: Mapping[str, str], metrics_dir: Path) -> dict[str, str]:
+    """env for one process group: its own empty PROMETHEUS_MULTIPROC_DIR, no other group's
+    metrics settings."""
+    child = {key: value for key, value in env.items() if key not in _PER_PROCESS_METRICS}
+    child["PROMETHEUS_MULTIPROC_DIR"] = str(fresh_directory(metrics_dir))
+    return child
 
 
 def scrubbed_environ(base: Mapping[str, str] | None = None) -> dict[str, str]:

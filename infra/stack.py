@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import ipaddress
 import os
@@ -21,7 +22,7 @@ from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
-from infra import demo, servers, supervise
+from infra import demo, monitoring, servers, supervise
 from infra.supervise import ProcessError, Service
 
 PORT_VARIABLES = {
@@ -30,6 +31,7 @@ PORT_VARIABLES = {
     "emulator": "STACK_EMULATOR_PORT",
     "receiver": "STACK_RECEIVER_PORT",
     "flower": "STACK_FLOWER_PORT",
+    "prometheus": "STACK_PROMETHEUS_PORT",
 }
 # Against a real provider the examples cost money: they are submitted only when this says so.
 SUBMIT_EXAMPLES_VARIABLE = "STACK_SUBMIT_EXAMPLES"
@@ -91,6 +93,7 @@ class StackConfig:
     workers: tuple[str, ...] = ("w1",)
     concurrency: int = 2
     flower: bool = True
+    prometheus: bool = False  # start Prometheus too, if Debian's prometheus package is installed
     reconcile_interval_seconds: float = 5
     reconcile_grace_seconds: float = 60
     ports: Mapping[str, int | None] = field(default_factory=dict)
@@ -227,6 +230,8 @@ class LocalStack:
         self.redis_port: int | None = config.ports.get("redis")
         # Fixed for the stack's life: the webhook URLs the provider holds must survive a restart.
         self.receiver_port = config.ports.get("receiver") or supervise.free_port()
+        # Fixed per worker name for the stack's life: Prometheus scrapes a restarted worker there.
+        self.worker_metrics_ports: dict[str, int] = {}
         self._stopped = False
 
     # --- start ---------------------------------------------------------------------------------
@@ -247,6 +252,7 @@ class LocalStack:
         rest = self._start_pipeline()
         self.urls["RECEIVER_URL"] = _url(rest["receiver"])
         self.urls["FLOWER_URL"] = _url(rest["flower"]) if "flower" in rest else ""
+        self.urls["PROMETHEUS_URL"] = self._start_prometheus()
 
     def _start_servers(self) -> dict[str, Service]:
         config = self.config
@@ -332,10 +338,11 @@ class LocalStack:
 
     def start_worker(self, name: str, log_dir: Path | None = None) -> Service:
         """Start (or start again) the worker name@<host> with the stack's concurrency."""
+        metrics_port = self.worker_metrics_ports.setdefault(name, supervise.free_port())
         return self._keep(
             servers.start_worker(
                 self.workdir, self.env, name, concurrency=self.config.concurrency,
-                log_dir=log_dir or self.log_dir,
+                log_dir=log_dir or self.log_dir, metrics_port=metrics_port,
             )
         )  # fmt: skip
 
@@ -349,6 +356,32 @@ class LocalStack:
                 basic_auth=self.flower_auth, log_dir=self.log_dir,
             )
         )  # fmt: skip
+
+    def scrape_targets(self) -> list[monitoring.ScrapeTarget]:
+        """The metrics endpoints of the stack's processes: receiver, each worker, Flower."""
+        return monitoring.scrape_targets(self.services.values(), self.flower_auth)
+
+    def _start_prometheus(self) -> str:
+        """Start Prometheus over the stack's targets and alert rules; its URL, or "" if skipped."""
+        if not self.config.prometheus:
+            return ""
+        executable = servers.prometheus_executable()
+        if executable is None:
+            self.say("Prometheus not started: no prometheus binary (apt-get install prometheus)")
+            return ""
+        workdir = self.workdir / "prometheus"
+        config = monitoring.write_prometheus_config(
+            workdir / "prometheus.yml", monitoring.prometheus_config(self.scrape_targets())
+        )
+        began = time.monotonic()
+        service = self._keep(
+            servers.start_prometheus(
+                workdir, config, self.config.ports.get("prometheus"), executable=executable,
+                log_dir=self.log_dir,
+            )
+        )  # fmt: skip
+        self.say(f"prometheus ready in {time.monotonic() - began:.1f}s")
+        return _url(service)
 
     def _emulator_url(self, base: Mapping[str, Service]) -> str:
         if not self.config.emulated:
@@ -439,6 +472,7 @@ class LocalStack:
             EMULATOR_URL=self.urls["EMULATOR_URL"],
             FLOWER_URL=self.urls["FLOWER_URL"],
             FLOWER_BASIC_AUTH=self.flower_auth,
+            PROMETHEUS_URL=self.urls.get("PROMETHEUS_URL", ""),
             API_KEY=self.api_key,
             # What the imagine command and imagine_client.Client.from_env() read.
             IMAGINE_API_URL=self.urls["RECEIVER_URL"],
@@ -492,7 +526,7 @@ def claim_workdir(workdir: Path) -> None:
     pidfile.write_text(f"{os.getpid()}\n")
     # Each run starts empty: the local S3 server keeps nothing, so old jobs would point at
     # objects that no longer exist.
-    for stale in ("redis", "logs", "beat"):
+    for stale in ("redis", "logs", "beat", "metrics", "prometheus"):
         shutil.rmtree(workdir / stale, ignore_errors=True)
 
 
@@ -544,6 +578,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         config = StackConfig.from_environ(os.environ, args.workdir)
+        config = dataclasses.replace(config, prometheus=not args.demo)
     except StackError as exc:
         print(f"stack: refusing to start: {exc}", file=sys.stderr)
         return 2
@@ -634,6 +669,11 @@ def _print_urls(stack: LocalStack, env_file: Path) -> None:
         f"  Flower               {urls['FLOWER_URL']}  (log in as {flower_user}; the password "
         f"follows the colon of FLOWER_BASIC_AUTH in {env_file})"
     )
+    if urls["PROMETHEUS_URL"]:
+        print(
+            f"  Prometheus           {urls['PROMETHEUS_URL']}  (scrapes the receiver, the "
+            f"workers and Flower; /targets, /alerts)"
+        )
     if urls["EMULATOR_URL"]:
         print(f"  Runware emulator     {urls['EMULATOR_URL']}")
     print(f"  S3                   {urls['S3_ENDPOINT_URL']}  bucket {stack.config.bucket}")

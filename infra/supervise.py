@@ -284,11 +284,12 @@ class ManagedProcess:
 
 @dataclass
 class Service:
-    """A started process and where it listens."""
+    """A started process, where it listens and where it serves its Prometheus metrics."""
 
     process: ManagedProcess
     url: str | None = None
     port: int | None = None
+    metrics_url: str | None = None
 
     @property
     def name(self) -> str:
