@@ -367,8 +367,7 @@ class LocalStack:
             return ""
         executable = servers.prometheus_executable()
         if executable is None:
-            self.say("Prometheus not started: no prometheus binary (apt-get install prometheus)")
-            return ""
+            return ""  # make run's summary says how to get it
         workdir = self.workdir / "prometheus"
         config = monitoring.write_prometheus_config(
             workdir / "prometheus.yml", monitoring.prometheus_config(self.scrape_targets())
@@ -669,11 +668,13 @@ def _print_urls(stack: LocalStack, env_file: Path) -> None:
         f"  Flower               {urls['FLOWER_URL']}  (log in as {flower_user}; the password "
         f"follows the colon of FLOWER_BASIC_AUTH in {env_file})"
     )
-    if urls["PROMETHEUS_URL"]:
+    if urls.get("PROMETHEUS_URL"):
         print(
             f"  Prometheus           {urls['PROMETHEUS_URL']}  (scrapes the receiver, the "
             f"workers and Flower; /targets, /alerts)"
         )
+    elif stack.config.prometheus:
+        print("  Prometheus           not started: not installed (apt-get install prometheus)")
     if urls["EMULATOR_URL"]:
         print(f"  Runware emulator     {urls['EMULATOR_URL']}")
     print(f"  S3                   {urls['S3_ENDPOINT_URL']}  bucket {stack.config.bucket}")
