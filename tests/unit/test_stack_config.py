@@ -165,6 +165,7 @@ def test_stack_env_file_round_trips_through_the_shell(tmp_path: Path) -> None:
         "RECEIVER_URL": "http://127.0.0.1:7004",
         "EMULATOR_URL": "http://127.0.0.1:7003",
         "FLOWER_URL": "http://127.0.0.1:7005",
+        "PROMETHEUS_URL": "http://127.0.0.1:7006",
     }
     path = local.write_env_file()
     values = {}
@@ -176,8 +177,10 @@ def test_stack_env_file_round_trips_through_the_shell(tmp_path: Path) -> None:
     assert set(values) == {
         "REDIS_URL", "S3_ENDPOINT_URL", "S3_BUCKET", "S3_PREFIX", "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY", "RECEIVER_URL", "EMULATOR_URL", "FLOWER_URL",
-        "FLOWER_BASIC_AUTH", "API_KEY", "IMAGINE_API_URL", "IMAGINE_API_KEY", "CALLBACK_SECRET",
+        "FLOWER_BASIC_AUTH", "PROMETHEUS_URL", "API_KEY", "IMAGINE_API_URL", "IMAGINE_API_KEY",
+        "CALLBACK_SECRET",
     }  # fmt: skip
+    assert values["PROMETHEUS_URL"] == "http://127.0.0.1:7006"
     assert values["API_KEY"] == values["IMAGINE_API_KEY"] == local.api_key
     assert values["IMAGINE_API_URL"] == "http://127.0.0.1:7004"
     assert values["FLOWER_BASIC_AUTH"] == local.flower_auth
