@@ -29,7 +29,17 @@ from imagine_client.errors import (
     WaitTimeout,
     error_class,
 )
-from imagine_client.models import JOB_STATES, JOB_TERMINAL, SLOT_STATES, Job, Page, Slot, SlotError
+from imagine_client.models import (
+    JOB_STATES,
+    JOB_TERMINAL,
+    SLOT_STATES,
+    DayStats,
+    Job,
+    Page,
+    Slot,
+    SlotAttempt,
+    SlotError,
+)
 from imagine_client.retry import RetryPolicy
 
 __all__ = [
@@ -43,6 +53,7 @@ __all__ = [
     "ConnectionFailed",
     "DailyImageCapReached",
     "DailySpendCapReached",
+    "DayStats",
     "DownloadFailed",
     "Forbidden",
     "GlobalSpendCapReached",
@@ -60,6 +71,7 @@ __all__ = [
     "RateLimited",
     "RetryPolicy",
     "Slot",
+    "SlotAttempt",
     "SlotError",
     "StorageError",
     "SubmissionsPaused",

@@ -13,7 +13,7 @@ from urllib.parse import quote
 import httpx
 
 from imagine_client.errors import DownloadFailed, ImagineError, InvalidResponse, error_from_answer
-from imagine_client.models import Job, Page, Slot
+from imagine_client.models import DayStats, Job, Page, Slot
 from imagine_client.retry import Replay, retry_after_seconds
 
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -71,13 +71,24 @@ def get(job_id: str) -> Call:
     return Call("GET", _job_path(job_id))
 
 
-def list_page(state: str | None, cursor: str | None, limit: int) -> Call:
+def list_page(state: str | None, cursor: str | None, limit: int, since: str | None = None) -> Call:
     params: dict[str, str | int] = {"limit": limit}
-    if state is not None:
-        params["state"] = state
-    if cursor is not None:
-        params["cursor"] = cursor
+    for name, value in (("state", state), ("cursor", cursor), ("since", since)):
+        if value is not None:
+            params[name] = value
     return Call("GET", "/v1/jobs", params=params)
+
+
+def stats(days: int) -> Call:
+    return Call("GET", "/v1/stats", params={"days": days})
+
+
+def day_stats(response: httpx.Response) -> list[DayStats]:
+    body = _json(response)
+    days = body.get("days") if isinstance(body, dict) else None
+    if not isinstance(days, list):
+        raise InvalidResponse("GET /v1/stats answered without a list of days")
+    return [DayStats.from_dict(item) for item in days]
 
 
 def cancel(job_id: str) -> Call:

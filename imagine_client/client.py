@@ -17,7 +17,7 @@ import httpx
 from imagine_client import calls
 from imagine_client.calls import Call
 from imagine_client.errors import Conflict, ConnectionFailed, ImagineError, WaitTimeout
-from imagine_client.models import Job, Page
+from imagine_client.models import DayStats, Job, Page
 from imagine_client.retry import RetryPolicy
 
 USER_AGENT = "imagine-client/0.1"
@@ -180,21 +180,33 @@ class Client(_Base):
             pause = min(pause * 2, poll_cap)
 
     def list_page(
-        self, state: str | None = None, *, cursor: str | None = None, limit: int = 50
+        self,
+        state: str | None = None,
+        *,
+        cursor: str | None = None,
+        limit: int = 50,
+        since: str | None = None,
     ) -> Page:
-        """One page of the tenant's jobs, newest first."""
-        return calls.page(self._send(calls.list_page(state, cursor, limit)))
+        """One page of the tenant's jobs, newest first; `since` (`1h`, `30m`, `2d` or an ISO
+        8601 time) keeps the jobs created from then on."""
+        return calls.page(self._send(calls.list_page(state, cursor, limit, since)))
 
-    def list(self, state: str | None = None, *, page_size: int = 50) -> Iterator[Job]:
-        """Every job of the API key's tenant (in `state` if given), newest first, fetched a page
-        of `page_size` at a time as the iteration goes."""
+    def list(
+        self, state: str | None = None, *, page_size: int = 50, since: str | None = None
+    ) -> Iterator[Job]:
+        """Every job of the API key's tenant (in `state` and created from `since`, if given),
+        newest first, fetched a page of `page_size` at a time as the iteration goes."""
         cursor: str | None = None
         while True:
-            page = self.list_page(state, cursor=cursor, limit=page_size)
+            page = self.list_page(state, cursor=cursor, limit=page_size, since=since)
             yield from page.jobs
             if page.next_cursor is None or page.next_cursor == cursor:
                 return
             cursor = page.next_cursor
+
+    def stats(self, days: int = 7) -> builtins.list[DayStats]:
+        """The tenant's counters of the last `days` UTC days (1-35), today first."""
+        return calls.day_stats(self._send(calls.stats(days)))
 
     def download_image(self, job: str | Job, slot: int) -> bytes:
         """The bytes of one stored image: from the slot's presigned URL while it is valid, else
@@ -338,20 +350,31 @@ class AsyncClient(_Base):
             pause = min(pause * 2, poll_cap)
 
     async def list_page(
-        self, state: str | None = None, *, cursor: str | None = None, limit: int = 50
+        self,
+        state: str | None = None,
+        *,
+        cursor: str | None = None,
+        limit: int = 50,
+        since: str | None = None,
     ) -> Page:
-        return calls.page(await self._send(calls.list_page(state, cursor, limit)))
+        return calls.page(await self._send(calls.list_page(state, cursor, limit, since)))
 
-    async def list(self, state: str | None = None, *, page_size: int = 50) -> AsyncIterator[Job]:
+    async def list(
+        self, state: str | None = None, *, page_size: int = 50, since: str | None = None
+    ) -> AsyncIterator[Job]:
         """Every job of the tenant, newest first; see `Client.list`."""
         cursor: str | None = None
         while True:
-            page = await self.list_page(state, cursor=cursor, limit=page_size)
+            page = await self.list_page(state, cursor=cursor, limit=page_size, since=since)
             for job in page.jobs:
                 yield job
             if page.next_cursor is None or page.next_cursor == cursor:
                 return
             cursor = page.next_cursor
+
+    async def stats(self, days: int = 7) -> builtins.list[DayStats]:
+        """The tenant's counters of each UTC day; see `Client.stats`."""
+        return calls.day_stats(await self._send(calls.stats(days)))
 
     async def download_image(self, job: str | Job, slot: int) -> bytes:
         """The bytes of one stored image; see `Client.download_image`."""

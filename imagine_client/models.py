@@ -61,6 +61,35 @@ class SlotError:
 
 
 @dataclass(frozen=True)
+class SlotAttempt:
+    """An earlier attempt of an image: its task, how it ended and why, and when."""
+
+    attempt: int
+    task_uuid: str
+    state: str | None = None
+    model: str | None = None
+    code: str | None = None
+    message: str | None = None
+    submitted_at: datetime | None = None
+    received_at: datetime | None = None
+    ended_at: datetime | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SlotAttempt:
+        return cls(
+            attempt=_int(data, "attempt") or 0,
+            task_uuid=_str(data, "taskUUID") or "",
+            state=_str(data, "state"),
+            model=_str(data, "model"),
+            code=_str(data, "code"),
+            message=_str(data, "message"),
+            submitted_at=_time(data, "submittedAt"),
+            received_at=_time(data, "receivedAt"),
+            ended_at=_time(data, "endedAt"),
+        )
+
+
+@dataclass(frozen=True)
 class Slot:
     """One requested image of a job. `raw` is the slot's JSON, fields this client does not
     know included."""
@@ -80,6 +109,13 @@ class Slot:
     task_uuid: str | None = None
     image_uuid: str | None = None
     error: SlotError | None = None
+    attempt: int | None = None
+    previous_task_uuids: tuple[str, ...] = ()
+    submitted_at: datetime | None = None
+    received_at: datetime | None = None
+    stored_at: datetime | None = None
+    updated_at: datetime | None = None
+    history: tuple[SlotAttempt, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -113,6 +149,8 @@ class Slot:
         if number is None or state is None:
             raise InvalidResponse(f"a job's slot lacks its number or state: {dict(data)!r:.200}")
         error = data.get("error")
+        previous = data.get("previousTaskUUIDs")
+        history = data.get("history")
         return cls(
             slot=number,
             state=state,
@@ -132,6 +170,21 @@ class Slot:
                 SlotError(str(error.get("code")), str(error.get("message")))
                 if isinstance(error, Mapping)
                 else None
+            ),
+            attempt=_int(data, "attempt"),
+            previous_task_uuids=tuple(
+                item
+                for item in (previous if isinstance(previous, list) else [])
+                if isinstance(item, str)
+            ),
+            submitted_at=_time(data, "submittedAt"),
+            received_at=_time(data, "receivedAt"),
+            stored_at=_time(data, "storedAt"),
+            updated_at=_time(data, "updatedAt"),
+            history=tuple(
+                SlotAttempt.from_dict(item)
+                for item in (history if isinstance(history, list) else [])
+                if isinstance(item, Mapping)
             ),
             raw=dict(data),
         )
@@ -220,3 +273,47 @@ class Page:
 
     jobs: tuple[Job, ...]
     next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class DayStats:
+    """One tenant's counters of one UTC day, as `GET /v1/stats` shows them. `ended` counts jobs
+    by the state they ended in that day; `reserved_*` are what the daily caps hold (None when
+    no cap counted the day)."""
+
+    day: str
+    tenant: str
+    created: int = 0
+    images_requested: int = 0
+    ended: dict[str, int] = field(default_factory=dict)
+    images_stored: int = 0
+    images_failed: int = 0
+    spend_usd: float = 0.0
+    reserved_images: int | None = None
+    reserved_spend_usd: float | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> DayStats:
+        if not isinstance(data, Mapping):
+            raise InvalidResponse(f"a day of stats is a JSON object, got {type(data).__name__}")
+        day, tenant = _str(data, "day"), _str(data, "tenant")
+        if day is None or tenant is None:
+            raise InvalidResponse(f"a day of stats lacks its day or tenant: {dict(data)!r:.200}")
+        ended = _mapping(data.get("ended"))
+        reserved = data.get("reserved")
+        return cls(
+            day=day,
+            tenant=tenant,
+            created=_int(data, "created") or 0,
+            images_requested=_int(data, "imagesRequested") or 0,
+            ended={str(state): count for state, count in ended.items() if isinstance(count, int)},
+            images_stored=_int(data, "imagesStored") or 0,
+            images_failed=_int(data, "imagesFailed") or 0,
+            spend_usd=_float(data, "spendUsd") or 0.0,
+            reserved_images=_int(reserved, "images") if isinstance(reserved, Mapping) else None,
+            reserved_spend_usd=(
+                _float(reserved, "spendUsd") if isinstance(reserved, Mapping) else None
+            ),
+            raw=dict(data),
+        )

@@ -13,10 +13,20 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from imagine_client import Client, ConnectionFailed, ImagineError, Job, RetryPolicy, Slot
+from imagine_client import (
+    Client,
+    ConnectionFailed,
+    DayStats,
+    ImagineError,
+    Job,
+    RetryPolicy,
+    Slot,
+    SlotAttempt,
+)
 from imagine_client.models import JOB_STATES
 from pipeline.config import SettingsError
 from pipeline.errors import PipelineError
@@ -186,6 +196,157 @@ class Invocation:
 
 def _print(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=False))
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Rows under their headers, each column as wide as its widest cell (the last one is not
+    padded, so no line ends in spaces); numbers are right-aligned."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [
+            cell.rjust(width) if _numeric(cell) else cell.ljust(width)
+            for cell, width in zip(cells, widths, strict=True)
+        ]
+        return "  ".join(padded).rstrip()
+
+    return [line(headers), *(line(row) for row in rows)]
+
+
+def _numeric(cell: str) -> bool:
+    return cell.lstrip("+-$").replace(".", "", 1).isdigit()
+
+
+def _seconds(seconds: float) -> str:
+    """A duration as an operator reads it: 0.4s, 12.0s, 3m05s, 2h10m."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, rest = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{rest:02d}s"
+    return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def _after(when: datetime | None, origin: datetime | None) -> str:
+    """A time as its distance from `origin` (the job's creation): +1.2s; - when unknown."""
+    if when is None:
+        return "-"
+    if origin is None:
+        return when.isoformat()
+    delta = (when - origin).total_seconds()
+    return ("+" if delta >= 0 else "-") + _seconds(abs(delta))
+
+
+def _iso(when: datetime | None) -> str:
+    return "-" if when is None else when.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _usd(amount: float | None) -> str:
+    return "-" if amount is None else f"${amount:.4f}"
+
+
+ATTEMPT_HEADERS = (
+    "slot", "attempt", "state", "code", "taskUUID", "model", "submitted", "received", "ended",
+)  # fmt: skip
+
+
+def attempt_rows(job: Job) -> list[list[str]]:
+    """Each image's attempts, oldest first: the retired ones from its history, then the
+    current one. Times count from the job's creation."""
+    origin = job.created_at
+    rows = []
+    for slot in job.slots:
+        known = {entry.task_uuid for entry in slot.history}
+        # A taskUUID retired before the history was kept: its details are gone.
+        earlier = [
+            SlotAttempt(attempt=0, task_uuid=task)
+            for task in slot.previous_task_uuids
+            if task not in known
+        ]
+        for entry in [*earlier, *slot.history]:
+            rows.append(
+                [
+                    str(slot.slot),
+                    str(entry.attempt or "?"),
+                    entry.state or "?",
+                    entry.code or "-",
+                    entry.task_uuid,
+                    entry.model or "-",
+                    _after(entry.submitted_at, origin),
+                    _after(entry.received_at, origin),
+                    _after(entry.ended_at, origin),
+                ]
+            )
+        code = slot.error.code if slot.error is not None else "-"
+        ended = slot.stored_at if slot.stored else (slot.updated_at if slot.ended else None)
+        rows.append(
+            [
+                str(slot.slot),
+                str(slot.attempt or "?"),
+                slot.state,
+                code,
+                slot.task_uuid or "-",
+                slot.model or "-",
+                _after(slot.submitted_at, origin),
+                _after(slot.received_at, origin),
+                _after(ended, origin),
+            ]
+        )
+    return rows
+
+
+def describe(job: Job) -> list[str]:
+    """A job for the on-call: what it is, how it ended, then each image's attempts."""
+    took = ""
+    if job.ended_at is not None and job.created_at is not None:
+        took = f" after {_seconds((job.ended_at - job.created_at).total_seconds())}"
+    lines = [
+        f"job {job.id}  {job.state}{took}" + (f" ({job.reason})" if job.reason else ""),
+        f"tenant {job.tenant or '-'}  model {job.model or '-'}  "
+        f"{job.stored}/{len(job.slots)} stored  cost {_usd(job.cost)}",
+        f"created {_iso(job.created_at)}  ended {_iso(job.ended_at)}  "
+        f"deadline {_iso(job.deadline_at)}",
+        "",
+    ]
+    return lines + table(ATTEMPT_HEADERS, attempt_rows(job))
+
+
+STATS_HEADERS = (
+    "day", "tenant", "created", "succeeded", "partial", "failed", "cancelled", "timed_out",
+    "stored", "img_failed", "spend", "reserved",
+)  # fmt: skip
+
+
+def _stats_row(
+    day: str, tenant: str, counts: Sequence[int], spend: float, reserved: str
+) -> list[str]:
+    return [day, tenant, *(str(count) for count in counts), f"${spend:.4f}", reserved]
+
+
+# The end states in the order of STATS_HEADERS.
+ENDED_COLUMNS = ("succeeded", "partially_succeeded", "failed", "cancelled", "timed_out")
+
+
+def _day_counts(day: DayStats) -> list[int]:
+    ended = [day.ended.get(state, 0) for state in ENDED_COLUMNS]
+    return [day.created, *ended, day.images_stored, day.images_failed]
+
+
+def stats_lines(days: Sequence[DayStats]) -> list[str]:
+    """Each tenant's days as a table, with a total row when there are several rows."""
+    rows = []
+    for day in days:
+        reserved = (
+            "-"
+            if day.reserved_images is None
+            else f"{day.reserved_images} img {_usd(day.reserved_spend_usd)}"
+        )
+        rows.append(_stats_row(day.day, day.tenant, _day_counts(day), day.spend_usd, reserved))
+    if len(days) > 1:
+        totals = [sum(column) for column in zip(*(_day_counts(day) for day in days), strict=True)]
+        spend = sum(day.spend_usd for day in days)
+        rows.append(_stats_row("total", "", totals, spend, ""))
+    return table(STATS_HEADERS, rows)
 
 
 def _slot_detail(slot: Slot) -> str:
@@ -407,11 +568,20 @@ def cmd_submit(run: Invocation) -> int:
 
 def cmd_status(run: Invocation) -> int:
     if run.over_api():
-        _print(run.client().get(run.args.id).raw)
-        return 0
+        return _show_job(run, run.client().get(run.args.id))
     return run.with_service(
-        "status", lambda service: _show(service.job_view(service.find_job(run.args.id)))
+        "status",
+        lambda service: _show_job(run, _direct_job(service, service.find_job(run.args.id))),
     )
+
+
+def _show_job(run: Invocation, job: Job) -> int:
+    """The job view as JSON with --json, else the on-call's summary and attempts table."""
+    if run.args.json:
+        _print(job.raw)
+    else:
+        print("\n".join(describe(job)))
+    return 0
 
 
 def _show(value: Any) -> int:
@@ -424,21 +594,40 @@ def _row(job: Job, tenant: bool = False) -> str:
     return f"{owner}{job.id}  {job.state:<20} {job.stored}/{len(job.slots)}  {job.reason or ''}"
 
 
+def _window(run: Invocation) -> str:
+    """What --state and --since add to the line that says whose jobs are listed."""
+    args = run.args
+    return (f" in state {args.state}" if args.state else "") + (
+        f" created since {args.since}" if args.since else ""
+    )
+
+
+def _listed(run: Invocation, jobs: Sequence[Job], tenant: bool = False) -> None:
+    """At most --limit jobs, one line each (a JSON array of views with --json)."""
+    limit = run.args.limit
+    if run.args.json:
+        _print([job.raw for job in jobs[:limit]])
+        return
+    for job in jobs[:limit]:
+        print(_row(job, tenant=tenant))
+    if len(jobs) > limit:
+        print(f"(more than {limit}: raise --limit)")
+
+
 def cmd_jobs(run: Invocation) -> int:
     args = run.args
     if args.limit < 1:
         raise UsageError("--limit must be at least 1")
     if run.over_api():
-        pages = run.client().list(args.state, page_size=min(args.limit + 1, 200))
+        pages = run.client().list(args.state, page_size=min(args.limit + 1, 200), since=args.since)
         listed = list(itertools.islice(pages, args.limit + 1))
         whose = f"tenant {listed[0].tenant}" if listed else "the API key's tenant"
         run.say(
-            f"jobs of {whose} (the API key's), newest first" if listed else f"no jobs of {whose}"
+            f"jobs of {whose} (the API key's){_window(run)}, newest first"
+            if listed
+            else f"no jobs of {whose}{_window(run)}"
         )
-        for job in listed[: args.limit]:
-            print(_row(job))
-        if len(listed) > args.limit:
-            print(f"(more than {args.limit}: raise --limit)")
+        _listed(run, listed)
         return 0
     if args.state is not None and args.state not in JOB_STATES:
         raise UsageError(
@@ -460,27 +649,64 @@ def _tenants(service: JobService) -> list[str]:
     return sorted(name[len(head) : len(name) - len(tail)] for name in names)
 
 
+def _since(text: str | None) -> float | None:
+    """--since as a Unix time, parsed here when Redis is read directly."""
+    if text is None:
+        return None
+    from pipeline.stats import parse_since
+
+    try:
+        return parse_since(text, time.time())
+    except ValueError as exc:
+        raise UsageError(f"--since {exc}") from None
+
+
 def _jobs_direct(run: Invocation, service: JobService) -> int:
     from pipeline.models import JobState
 
     args = run.args
     state = JobState(args.state) if args.state else None
+    since = _since(args.since)
     tenants = [args.tenant] if args.tenant else _tenants(service)
     every = args.tenant is None
     run.say(
-        f"jobs of every tenant ({', '.join(tenants) or 'none yet'}), newest first"
+        f"jobs of every tenant ({', '.join(tenants) or 'none yet'}){_window(run)}, newest first"
         if every
-        else f"jobs of tenant {args.tenant}, newest first"
+        else f"jobs of tenant {args.tenant}{_window(run)}, newest first"
     )
     found = []
     for tenant in tenants:
-        jobs, _ = service.list_jobs(tenant, state=state, limit=args.limit + 1)
+        jobs, _ = service.list_jobs(tenant, state=state, limit=args.limit + 1, since=since)
         found += [(job.created_at, _direct_job(service, job)) for job in jobs]
     found.sort(key=lambda pair: pair[0], reverse=True)
-    for _, job in found[: args.limit]:
-        print(_row(job, tenant=every))
-    if len(found) > args.limit:
-        print(f"(more than {args.limit}: raise --limit)")
+    _listed(run, [job for _, job in found], tenant=every)
+    return 0
+
+
+def cmd_stats(run: Invocation) -> int:
+    from_day = run.args.days
+    if run.over_api():
+        return _show_stats(run, run.client().stats(from_day))
+
+    def direct(service: JobService) -> int:
+        try:
+            days = service.daily_stats(from_day, run.args.tenant)
+        except ValueError as exc:
+            raise UsageError(f"--days: {exc}") from None
+        return _show_stats(run, [DayStats.from_dict(day.view()) for day in days])
+
+    return run.with_service("stats --direct", direct)
+
+
+def _show_stats(run: Invocation, days: Sequence[DayStats]) -> int:
+    if run.args.json:
+        _print([day.raw for day in days])
+        return 0
+    whose = f"tenant {run.args.tenant}" if run.args.tenant else "every tenant counted"
+    if run.over_api():
+        whose = f"tenant {days[0].tenant} (the API key's)" if days else "the API key's tenant"
+    run.say(f"counters of {whose}, per UTC day, today first; spend as Runware reported it")
+    print("\n".join(stats_lines(days)))
     return 0
 
 
@@ -652,12 +878,18 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--wait", action="store_true", help="wait and show each image's progress")
     submit.add_argument("--timeout", type=float, help="stop waiting after this many seconds")
     submit.add_argument("--tenant", help="submit through Redis as this tenant (operators)")
-    status = _add(sub, "status", cmd_status, "show a job (through Redis: by taskUUID too)")
+    status = _add(sub, "status", cmd_status, "show a job and its images' attempts")
     status.add_argument("id")
     jobs = _add(sub, "jobs", cmd_jobs, "list jobs, newest first")
     jobs.add_argument("--state", help=f"only jobs in this state: {', '.join(JOB_STATES)}")
+    jobs.add_argument(
+        "--since", help="only jobs created since: 30m, 1h, 2d, 1h30m or an ISO 8601 time"
+    )
     jobs.add_argument("--limit", type=int, default=50)
     jobs.add_argument("--tenant", help="through Redis: this tenant's jobs (default: every tenant)")
+    stats = _add(sub, "stats", cmd_stats, "jobs, images and spend per tenant and UTC day")
+    stats.add_argument("--days", type=int, default=7, help="this many days, today first (1-35)")
+    stats.add_argument("--tenant", help="through Redis: this tenant (default: every tenant)")
     cancel = _add(sub, "cancel", cmd_cancel, "cancel a queued or running job")
     cancel.add_argument("id")
     download = _add(sub, "download", cmd_download, "save a job's stored images in a directory")
@@ -669,10 +901,12 @@ def build_parser() -> argparse.ArgumentParser:
     dlq = _add(sub, "dlq", cmd_dlq, "list or replay dead-lettered slots")
     dlq.add_argument("action", choices=["list", "replay"], nargs="?", default="list")
     dlq.add_argument("--limit", type=int, default=100)
-    for command in (submit, status, jobs, cancel):
+    for command in (submit, status, jobs, cancel, stats):
         command.add_argument(
             "--direct", action="store_true", help="through Redis even when the jobs API is set"
         )
+    for command in (status, jobs, stats):
+        command.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add(sub, "reconcile", cmd_reconcile, "run one reconciler pass now")
     callbacks = _add(sub, "callbacks", cmd_callbacks, "show a job's callback attempts, or resend")
     callbacks.add_argument("action", choices=["show", "resend"])

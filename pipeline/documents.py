@@ -69,7 +69,34 @@ def slot_view(slot: Slot, presign: Presign | None = None) -> dict[str, Any]:
     """A slot as the API shows it: its record, and a URL of its image once it is stored."""
     stored = slot.state == SlotState.STORED
     url, expires = _link(presign, slot.final_key if stored else None)
-    return {**slot_record(slot), "url": url, "urlExpiresAt": expires}
+    return {**slot_record(slot), **slot_history(slot), "url": url, "urlExpiresAt": expires}
+
+
+def slot_history(slot: Slot) -> dict[str, Any]:
+    """How a slot got where it is: the current attempt's times, and each retired attempt (its
+    taskUUID, how it ended and why) as the step that retired it recorded it."""
+    return {
+        "previousTaskUUIDs": list(slot.previous_task_uuids),
+        "submittedAt": iso(slot.submitted_at),
+        "receivedAt": iso(slot.received_at),
+        "storedAt": iso(slot.stored_at),
+        "updatedAt": iso(slot.updated_at),
+        "history": [
+            {
+                "attempt": entry.get("attempt"),
+                "taskUUID": entry.get("taskUUID"),
+                "state": entry.get("state"),
+                "model": entry.get("model"),
+                "code": entry.get("code"),
+                "message": entry.get("message"),
+                **{name: iso(entry.get(name)) for name in HISTORY_TIMES},
+            }
+            for entry in slot.history
+        ],
+    }
+
+
+HISTORY_TIMES = ("submittedAt", "receivedAt", "endedAt")
 
 
 def slot_record(slot: Slot) -> dict[str, Any]:

@@ -166,6 +166,7 @@ class JobStore(Protocol):
         state: JobState | None = None,
         cursor: float | None = None,
         limit: int = 50,
+        since: float | None = None,
     ) -> tuple[list[Job], float | None]: ...
 
     def dead_letter(self, job_id: str, slot: int, code: str, message: str) -> None: ...

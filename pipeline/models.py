@@ -104,6 +104,9 @@ class Slot:
     task_uuid: str | None = None
     task_attempt: int | None = None
     previous_task_uuids: list[str] = field(default_factory=list)
+    # Each retired attempt, oldest first (attempt, taskUUID, state, model, code, message and
+    # epoch times submittedAt, receivedAt, endedAt), as the step that retired it wrote it.
+    history: list[dict[str, Any]] = field(default_factory=list)
     submitted_at: float | None = None
     received_at: float | None = None
     stored_at: float | None = None

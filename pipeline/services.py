@@ -23,6 +23,7 @@ from pipeline import (
     promotion,
     quotas,
     recovery,
+    stats,
     submission,
 )
 from pipeline.config import Settings
@@ -109,8 +110,14 @@ class JobService:
         state: JobState | None = None,
         cursor: float | None = None,
         limit: int = 50,
+        since: float | None = None,
     ) -> tuple[list[Job], float | None]:
-        return self.store.list_jobs(tenant, state=state, cursor=cursor, limit=limit)
+        """A tenant's jobs, newest first, created at `since` or later when given."""
+        return self.store.list_jobs(tenant, state=state, cursor=cursor, limit=limit, since=since)
+
+    def daily_stats(self, days: int, tenant: str | None = None) -> list[stats.DayStats]:
+        """Each UTC day's counters, today first, of `tenant` or of every tenant counted."""
+        return stats.daily_stats(self.context, days, tenant)
 
     def job_view(self, job: Job) -> dict[str, Any]:
         """The job as the API shows it, with fresh URLs of its stored images and its manifest

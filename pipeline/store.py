@@ -14,7 +14,15 @@ import redis
 
 from pipeline import events
 from pipeline.config import Settings
-from pipeline.models import CircuitState, DeadLetter, Job, JobState, Slot, SlotState
+from pipeline.models import (
+    JOB_TERMINAL,
+    CircuitState,
+    DeadLetter,
+    Job,
+    JobState,
+    Slot,
+    SlotState,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +39,28 @@ local function as_json(value)
 end
 """
 
+_COUNT = """
+-- Adds to one tenant's counters of one UTC day (a hash) and names the tenant in that day's set,
+-- both kept `ttl` seconds: pipeline/stats.py reads them. The counting step is the one that makes
+-- the change it counts, so a replayed step counts nothing.
+local function count(prefix, tenant, ttl, field, amount)
+  if prefix == '' or not tenant then return end
+  local key = prefix .. 'tenant:' .. tenant
+  redis.call('HINCRBY', key, field, amount)
+  redis.call('EXPIRE', key, ttl)
+  redis.call('SADD', prefix .. 'tenants', tenant)
+  redis.call('EXPIRE', prefix .. 'tenants', ttl)
+end
+"""
+
 _CREATE_JOB = (
     _PUBLISH
+    + _COUNT
     + """
 -- KEYS: job, idempotency (or a placeholder when ARGV[3] is ''), tenant index, active set,
 -- due set, event stream, slots... ARGV: fields, slot count, idempotency value, its ttl,
 -- deadline, job key prefix, first due time, the job.created event, stream max length, oldest
--- stream id kept.
+-- stream id kept, the day's stats key prefix, its ttl.
 if ARGV[3] ~= '' then
   local existing = redis.call('GET', KEYS[2])
   if existing then
@@ -56,17 +79,21 @@ redis.call('ZADD', KEYS[3], fields['created_at'], fields['id'])
 redis.call('ZADD', KEYS[4], ARGV[5], fields['id'])
 redis.call('ZADD', KEYS[5], ARGV[7], fields['id'])
 publish(KEYS[6], ARGV[8], ARGV[9], ARGV[10])
+count(ARGV[11], fields['tenant'], ARGV[12], 'created', 1)
+count(ARGV[11], fields['tenant'], ARGV[12], 'images_requested', #KEYS - 6)
 return ''
 """
 )
 
 _TRANSITION = (
     _PUBLISH
+    + _COUNT
     + """
 -- KEYS[1]: a job or slot hash; KEYS[2]: the due set; KEYS[3]: the event stream; KEYS[4]
 -- (slots only): the slot's job; KEYS[5] (slots only, optional): the in-flight leases of the
 -- API key. ARGV: allowed states, new state, expected task uuid, job id, due time, event ('':
--- none), stream max length, oldest stream id kept, pairs...
+-- none), stream max length, oldest stream id kept, the day's stats key prefix ('': nothing to
+-- count), its ttl, the charge this step records in micro-USD, pairs...
 -- A slot that leaves pending/submitted gives its task's lease back in the same step, so no
 -- lease outlives the image it was taken for.
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -81,9 +108,30 @@ for name in string.gmatch(ARGV[1], '[^,]+') do
 end
 if not allowed then return {0, state} end
 redis.call('HSET', KEYS[1], 'state', ARGV[2])
-for i = 9, #ARGV, 2 do
+for i = 12, #ARGV, 2 do
   if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
   else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+-- The day's counters: a job's end (from an open state only), an image stored, an image failed
+-- (not a failed one failing again), and a provider's charge as its result is recorded (a
+-- received image discarded later was counted when it was received).
+if ARGV[9] ~= '' then
+  if not KEYS[4] then
+    if state == 'queued' or state == 'running' then
+      count(ARGV[9], redis.call('HGET', KEYS[1], 'tenant'), ARGV[10], ARGV[2], 1)
+    end
+  else
+    local tenant = redis.call('HGET', KEYS[4], 'tenant')
+    if ARGV[2] == 'stored' and state ~= 'stored' then
+      count(ARGV[9], tenant, ARGV[10], 'images_stored', 1)
+    elseif (ARGV[2] == 'failed' or ARGV[2] == 'dead') and state ~= 'failed' and state ~= 'dead'
+    then
+      count(ARGV[9], tenant, ARGV[10], 'images_failed', 1)
+    end
+    if tonumber(ARGV[11]) > 0 and state ~= 'received' then
+      count(ARGV[9], tenant, ARGV[10], 'spend_micros', tonumber(ARGV[11]))
+    end
+  end
 end
 if KEYS[5] and task and ARGV[2] ~= 'pending' and ARGV[2] ~= 'submitted' then
   redis.call('ZREM', KEYS[5], task)
@@ -146,6 +194,29 @@ if current then
   local previous = redis.call('HGET', KEYS[1], 'previous_task_uuids')
   if previous then previous = previous .. ',' .. current else previous = current end
   redis.call('HSET', KEYS[1], 'previous_task_uuids', previous)
+  -- The retired attempt joins the slot's history (what `imagine status` shows): its code is
+  -- the slot's own when it had ended (an operator's retry clears it), else the one this step
+  -- writes (the failure that retires it).
+  local given = {}
+  for i = 6, #ARGV, 2 do given[ARGV[i]] = ARGV[i + 1] end
+  local fields = redis.call('HMGET', KEYS[1], 'attempt', 'model', 'submitted_at', 'received_at',
+                            'error_code', 'error_message', 'updated_at', 'history')
+  local code, message = given['error_code'], given['error_message']
+  if state == 'failed' or state == 'dead' then code, message = fields[5], fields[6] end
+  local history = {}
+  if fields[8] then history = cjson.decode(fields[8]) end
+  -- A live task is retired for its failure (an error item or webhook, an account's or model's).
+  local ended_as = state
+  if state ~= 'failed' and state ~= 'dead' then ended_as = 'failed' end
+  history[#history + 1] = {
+    attempt = tonumber(fields[1] or '1'), taskUUID = current, state = ended_as,
+    model = fields[2] or cjson.null, submittedAt = tonumber(fields[3] or '') or cjson.null,
+    receivedAt = tonumber(fields[4] or '') or cjson.null,
+    endedAt = tonumber((state == 'failed' or state == 'dead') and fields[7] or given['updated_at']
+                       or '') or cjson.null,
+    code = (code ~= '' and code) or cjson.null,
+    message = (message and message ~= '' and string.sub(message, 1, 200)) or cjson.null}
+  redis.call('HSET', KEYS[1], 'history', cjson.encode(history))
   -- The model belonged to the retired task: a new attempt is sent on whichever model is chosen.
   redis.call('HDEL', KEYS[1], 'task_uuid', 'task_attempt', 'submitted_at', 'model')
   if KEYS[3] then redis.call('ZREM', KEYS[3], current) end
@@ -269,6 +340,17 @@ return added
 """
 
 
+# A day's counters (pipeline/stats.py) are kept this long: a month of days to look back on.
+STATS_TTL_SECONDS = 35 * 86400
+# The slot states whose reaching is counted (an image stored, an image failed).
+_COUNTED_SLOT_STATES = frozenset({SlotState.STORED, SlotState.FAILED, SlotState.DEAD})
+
+
+def stats_day(ts: float) -> str:
+    """The UTC day a counter counts a step in: YYYY-MM-DD."""
+    return time.strftime("%Y-%m-%d", time.gmtime(ts))
+
+
 # What intake reads of a slot to tell a first result from a replay and act on it
 # (pipeline/intake.py record_one and what it calls): a webhook reads these, not the ~30 fields.
 LOCATED_SLOT_FIELDS = ("job_id", "slot", "state", "attempt", "task_uuid", "error_code", "model")
@@ -346,6 +428,7 @@ def slot_from_hash(raw: dict[str, str]) -> Slot:
         requested_height=_int(raw.get("requested_height")),
         requested_format=raw.get("requested_format") or None,
         model=raw.get("model") or None,
+        history=json.loads(raw["history"]) if raw.get("history") else [],
         size_mismatch=_flag(raw.get("size_mismatch")),
         format_mismatch=_flag(raw.get("format_mismatch")),
     )
@@ -485,6 +568,16 @@ class RedisJobStore:
     def events_key(self) -> str:
         return f"{self.ns}:events"
 
+    def stats_prefix(self, day: str) -> str:
+        """The keys of one UTC day's counters: `<prefix>tenant:<tenant>` (a hash per tenant)
+        and `<prefix>tenants` (the set of tenants counted that day)."""
+        return f"{self.ns}:stats:{day}:"
+
+    def _stats_args(self, counted: bool) -> list[str]:
+        if not counted:
+            return ["", "0"]
+        return [self.stats_prefix(stats_day(time.time())), str(STATS_TTL_SECONDS)]
+
     def idempotency_key(self, tenant: str, key: str) -> str:
         digest = hashlib.sha256(key.encode()).hexdigest()
         return f"{self.ns}:idem:{tenant}:{digest}"
@@ -518,6 +611,7 @@ class RedisJobStore:
                 f"{self.ns}:job:",
                 repr(min(job.deadline_at, now + self.reconcile_grace_seconds)),
                 *self._event_args(events.created_event(job), now),
+                *self._stats_args(True),
             ],
         )
         if existing:
@@ -580,7 +674,8 @@ class RedisJobStore:
         """Move a job to `to` from an allowed state; `event` is published only if it moved."""
         values.setdefault("updated_at", repr(time.time()))
         keys = [self.job_key(job_id), self.due_key, self.events_key]
-        return self._apply(keys, job_id, allowed, to, "", values, event)
+        counted = self._stats_args(to in JOB_TERMINAL)
+        return self._apply(keys, job_id, allowed, to, "", values, event, [*counted, "0"])
 
     def transition_slot(
         self,
@@ -605,7 +700,12 @@ class RedisJobStore:
         event = events.slot_event(
             job_id, slot, to, float(values["updated_at"]), values.get("final_key")
         )
-        return self._apply(keys, job_id, allowed, to, task_uuid or "", values, event)
+        # A provider's charge is counted as the step recording its result writes it.
+        charge = round(float(values["cost"]) * 1_000_000) if values.get("cost") else 0
+        counted = self._stats_args(to in _COUNTED_SLOT_STATES or charge > 0)
+        return self._apply(
+            keys, job_id, allowed, to, task_uuid or "", values, event, [*counted, str(charge)]
+        )
 
     def _leases(self) -> list[str]:
         return [self.leases_key] if self.leases_key else []
@@ -619,12 +719,14 @@ class RedisJobStore:
         task_uuid: str,
         values: dict[str, Any],
         event: dict[str, Any] | None,
+        counted: list[str],
     ) -> bool:
         args: list[str] = [",".join(allowed), to, task_uuid, job_id, self._due_after_write()]
         if event is None:
             args += ["", "", ""]
         else:
             args += self._event_args(event, time.time())
+        args += counted  # the day's stats key prefix, its ttl, the charge (pipeline/stats.py)
         for name, value in values.items():
             args += [name, _encode(value)]
         applied, _previous = self._transition(keys=keys, args=args)
@@ -796,15 +898,18 @@ class RedisJobStore:
         state: JobState | None = None,
         cursor: float | None = None,
         limit: int = 50,
+        since: float | None = None,
     ) -> tuple[list[Job], float | None]:
-        """A tenant's jobs, newest first; `cursor` is the createdAt to continue below."""
+        """A tenant's jobs, newest first; `cursor` is the createdAt to continue below, `since`
+        the earliest createdAt listed (the index's score: a window bounds what is read)."""
         high: float | str = "+inf" if cursor is None else f"({cursor!r}"
+        low = "-inf" if since is None else repr(since)
         jobs: list[Job] = []
         next_cursor: float | None = None
         while len(jobs) < limit:
             rows = _scored(
                 self.redis.zrevrangebyscore(
-                    self.tenant_key(tenant), high, "-inf", start=0, num=limit * 2, withscores=True
+                    self.tenant_key(tenant), high, low, start=0, num=limit * 2, withscores=True
                 )
             )
             if not rows:
@@ -821,7 +926,7 @@ class RedisJobStore:
                     break
             high = f"({next_cursor!r}"
         more = next_cursor is not None and bool(
-            self.redis.zcount(self.tenant_key(tenant), "-inf", f"({next_cursor!r}")
+            self.redis.zcount(self.tenant_key(tenant), low, f"({next_cursor!r}")
         )
         return jobs, next_cursor if more else None
 

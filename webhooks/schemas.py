@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import RAISE, Schema, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate
 
+from pipeline import clock
 from pipeline.models import JOB_STATES, SLOT_STATES
 from pipeline.schemas import IDEMPOTENCY_KEY
+from pipeline.stats import MAX_DAYS, parse_since
 
 
 class _Exact(Schema):
@@ -34,6 +36,13 @@ def _nullable(
 
 
 # --------------------------------------------------------------------------- parameters
+def _readable_since(text: str) -> None:
+    try:
+        parse_since(text, clock.now())
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
+
+
 class ListQuerySchema(_Exact):
     state = fields.String(
         validate=validate.OneOf(JOB_STATES),
@@ -43,6 +52,31 @@ class ListQuerySchema(_Exact):
         metadata={"description": "The `nextCursor` of the previous page."},
     )
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
+    since = fields.String(
+        validate=_readable_since,
+        metadata={
+            "description": (
+                "Only jobs created at this time or later: a duration back from now (`30m`, "
+                "`1h`, `2d`, `1h30m`; units s, m, h, d, w) or an ISO 8601 time (UTC unless it "
+                "names its offset). Pages with `cursor` as usual."
+            ),
+        },
+    )
+
+    @post_load
+    def window(self, query: dict[str, Any], **_: Any) -> dict[str, Any]:
+        """`since` as the Unix time the window starts at."""
+        if "since" in query:
+            query["since"] = parse_since(query["since"], clock.now())
+        return query
+
+
+class StatsQuerySchema(_Exact):
+    days = fields.Integer(
+        load_default=7,
+        validate=validate.Range(min=1, max=MAX_DAYS),
+        metadata={"description": "How many UTC days, today first."},
+    )
 
 
 class IdempotencyHeaderSchema(Schema):
@@ -89,6 +123,24 @@ class SlotErrorSchema(_Exact):
     message = _nullable(fields.String, "What the provider or the pipeline said.")
 
 
+class SlotAttemptSchema(_Exact):
+    """A retired attempt of an image, as the step that gave the image a new one recorded it."""
+
+    attempt = fields.Integer(required=True)
+    taskUUID = fields.String(required=True, metadata={"description": "The retired task."})
+    state = fields.String(
+        required=True,
+        validate=validate.OneOf(SLOT_STATES),
+        metadata={"description": "The slot's state when the attempt was retired."},
+    )
+    model = _nullable(fields.String, "The model the task was sent on.")
+    code = _nullable(fields.String, "Why the attempt ended: the provider's or the pipeline's code.")
+    message = _nullable(fields.String, "What was said, cut at 200 characters.")
+    submittedAt = _time("When Runware accepted the task.", required=True, allow_none=True)
+    receivedAt = _time("When its result arrived.", required=True, allow_none=True)
+    endedAt = _time("When the attempt ended.", required=True, allow_none=True)
+
+
 class SlotViewSchema(_Exact):
     """One requested image (slot 0..numberResults-1) as `pipeline.documents.slot_view` shows it."""
 
@@ -119,6 +171,24 @@ class SlotViewSchema(_Exact):
         required=True,
         allow_none=True,
         metadata={"description": "Why the image failed; null unless it did."},
+    )
+    previousTaskUUIDs = fields.List(
+        fields.String(),
+        required=True,
+        metadata={"description": "The taskUUIDs of earlier attempts, oldest first."},
+    )
+    submittedAt = _time("When Runware accepted the current task.", required=True, allow_none=True)
+    receivedAt = _time("When the current task's result arrived.", required=True, allow_none=True)
+    storedAt = _time(
+        "When the image was stored under its final key.", required=True, allow_none=True
+    )
+    updatedAt = _time("The slot's last change.", required=True, allow_none=True)
+    history = fields.List(
+        fields.Nested(SlotAttemptSchema),
+        required=True,
+        metadata={
+            "description": "Each earlier attempt, oldest first; the current one is the slot."
+        },
     )
     url = _nullable(
         fields.String,
@@ -187,3 +257,66 @@ class JobViewSchema(_Exact):
 class JobPageSchema(_Exact):
     jobs = fields.List(fields.Nested(JobViewSchema), required=True)
     nextCursor = _nullable(fields.String, "Pass as `cursor` for the next page; null on the last.")
+
+
+class EndedCountsSchema(_Exact):
+    """Jobs that ended in the day, by the state they ended in."""
+
+    succeeded = fields.Integer(required=True)
+    partially_succeeded = fields.Integer(required=True)
+    failed = fields.Integer(required=True)
+    cancelled = fields.Integer(required=True)
+    timed_out = fields.Integer(required=True)
+
+
+class ReservedSchema(_Exact):
+    images = fields.Integer(required=True)
+    spendUsd = fields.Float(required=True)
+
+
+class DayStatsSchema(_Exact):
+    """One tenant's counters of one UTC day, each counted by the step that made the change."""
+
+    day = fields.String(required=True, metadata={"format": "date"})
+    tenant = fields.String(required=True)
+    created = fields.Integer(required=True, metadata={"description": "Jobs created."})
+    imagesRequested = fields.Integer(
+        required=True, metadata={"description": "Images the jobs created asked for."}
+    )
+    ended = fields.Nested(
+        EndedCountsSchema,
+        required=True,
+        metadata={
+            "description": (
+                "Jobs that ended this day, by end state (a job an operator reopens counts "
+                "again when it ends again)."
+            )
+        },
+    )
+    imagesStored = fields.Integer(required=True)
+    imagesFailed = fields.Integer(
+        required=True,
+        metadata={"description": "Images that ended failed or dead (cancelled and deadline too)."},
+    )
+    spendUsd = fields.Float(
+        required=True, metadata={"description": "What Runware reported charging, in USD."}
+    )
+    reserved = fields.Nested(
+        ReservedSchema,
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": (
+                "What the daily caps hold for the day (estimated at creation); null when no cap "
+                "counted it."
+            )
+        },
+    )
+
+
+class StatsSchema(_Exact):
+    days = fields.List(
+        fields.Nested(DayStatsSchema),
+        required=True,
+        metadata={"description": "The tenant's days, today first."},
+    )

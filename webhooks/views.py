@@ -26,6 +26,8 @@ from webhooks.schemas import (
     JobPageSchema,
     JobViewSchema,
     ListQuerySchema,
+    StatsQuerySchema,
+    StatsSchema,
 )
 
 View = TypeVar("View", bound=Callable[..., Any])
@@ -307,12 +309,26 @@ def list_jobs(query: dict[str, Any]) -> dict[str, Any]:
     service = _service()
     state = JobState(query["state"]) if query.get("state") else None
     jobs, cursor = service.list_jobs(
-        _tenant(), state=state, cursor=query.get("cursor"), limit=query["limit"]
+        _tenant(),
+        state=state,
+        cursor=query.get("cursor"),
+        limit=query["limit"],
+        since=query.get("since"),
     )
     return {
         "jobs": [service.job_view(job) for job in jobs],
         "nextCursor": None if cursor is None else repr(cursor),
     }
+
+
+@api.get("/stats")
+@api.doc(summary="The tenant's counters of each UTC day: jobs, images, spend")
+@api.arguments(StatsQuerySchema, location="query")
+@api.response(200, StatsSchema, description="The days asked for, today first.")
+@answers_errors(401, 422, 429)
+def tenant_stats(query: dict[str, Any]) -> dict[str, Any]:
+    days = _service().daily_stats(query["days"], _tenant())
+    return {"days": [day.view() for day in days]}
 
 
 @api.post("/jobs/<job_id>/cancel", parameters=[JOB_ID])

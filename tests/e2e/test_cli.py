@@ -25,7 +25,8 @@ def test_submit_wait_status_and_jobs(stack: Pipeline, tmp_path: Path) -> None:
     job = json.loads(submitted.stdout)
     assert job["state"] == "succeeded"
     assert job["slots"][0]["width"] == 2048 and job["slots"][0]["height"] == 2048
-    by_task = json.loads(imagine(stack, "status", job["slots"][0]["taskUUID"]).stdout)
+    task = job["slots"][0]["taskUUID"]
+    by_task = json.loads(imagine(stack, "status", task, "--json").stdout)
     assert by_task["id"] == job["id"]
     listed = imagine(stack, "jobs", "--tenant", "ops", "--state", "succeeded")
     assert job["id"] in listed.stdout

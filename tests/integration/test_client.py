@@ -212,7 +212,7 @@ def test_through_redis_jobs_lists_every_tenant_and_says_so(api: Api, tmp_path: P
     (tmp_path / ".run" / "stack.env").write_text(
         "".join(f"{k}={v}\n" for k, v in env.items() if k.startswith(("REDIS_", "S3_", "AWS_")))
     )
-    shown = imagine("status", "--direct", theirs, env=base_env(), cwd=tmp_path)
+    shown = imagine("status", "--direct", "--json", theirs, env=base_env(), cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["tenant"] == "other"
 

@@ -84,7 +84,7 @@ def test_the_local_stacks_file_is_read_from_this_directory_or_above(
     write_stack_env(tmp_path, IMAGINE_API_URL=URL, IMAGINE_API_KEY="from 'the' file")
     below = tmp_path / "a" / "b"
     below.mkdir(parents=True)
-    assert run(api, "status", "j", environ={}, cwd=below) == 0
+    assert run(api, "status", "j", "--json", environ={}, cwd=below) == 0
     assert json.loads(capsys.readouterr().out)["id"] == "j"
     assert api.requests[-1].headers["Authorization"] == "Bearer from 'the' file"
 
