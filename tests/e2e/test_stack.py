@@ -91,8 +91,12 @@ def test_sigterm_stops_every_process_of_the_stack(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, output.read_text()
             time.sleep(0.1)
         children = _children(stack.pid)
-        # redis, s3, emulator, receiver, worker, beat, flower: each leads its own group.
-        assert len(children) == 7
+        # redis, s3, emulator, receiver, worker, beat, flower (and Prometheus where it is
+        # installed): each leads its own group.
+        prometheus = _prometheus_url(tmp_path / "run" / "stack.env")
+        assert len(children) == (8 if prometheus else 7)
+        if prometheus:
+            assert httpx.get(f"{prometheus}/-/ready", timeout=10).status_code == 200
         groups = set(children)
         assert len(_group_members(groups)) > len(children)  # pool processes, gunicorn workers
         _assert_flower_wants_the_login_of_stack_env(tmp_path / "run" / "stack.env", groups)
@@ -108,6 +112,11 @@ def test_sigterm_stops_every_process_of_the_stack(tmp_path: Path) -> None:
             os.kill(stack.pid, signal.SIGKILL)
             stack.wait()
         log.close()
+
+
+def _prometheus_url(env_file: Path) -> str:
+    values = dict(line.split("=", 1) for line in shlex.split(env_file.read_text(), comments=True))
+    return values["PROMETHEUS_URL"]
 
 
 def _assert_flower_wants_the_login_of_stack_env(env_file: Path, pids: set[int]) -> None:
