@@ -185,7 +185,7 @@ def test_a_tenant_with_only_an_api_key_submits_and_lists_without_the_pipelines_c
     listed = imagine("jobs", "--state", "queued", env=env, cwd=tmp_path, block=True)
     assert listed.returncode == 0, listed.stderr
     assert job["id"] in listed.stdout
-    assert listed.stderr == "jobs of tenant acme (the API key's), newest first\n"
+    assert listed.stderr == "jobs of tenant acme (the API key's) in state queued, newest first\n"
     refused = imagine("jobs", "--state", "bogus", env=env, cwd=tmp_path, block=True)
     assert refused.returncode == 1
     assert refused.stderr.startswith("imagine: validation_failed:")
