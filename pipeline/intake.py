@@ -14,6 +14,7 @@ from pipeline import admission, clock
 from pipeline.completion import fail_slot, finish_job, rewrite_manifest
 from pipeline.context import Context
 from pipeline.errors import ImageRejected, NotFound, ProviderError, RequestInvalid, StorageError
+from pipeline.logs import add_log_context
 from pipeline.models import (
     AWAITING_RESULT,
     JOB_ENDED_EARLY,
@@ -85,6 +86,7 @@ def accept_webhook(ctx: Context, task_uuid: str, body: Any) -> list[SlotResult]:
     found = ctx.store.locate_task(task_uuid)
     if found is None:
         raise NotFound(f"no task {task_uuid}")
+    add_log_context(job_id=found[0], slot=found[1])  # the rest of this webhook's lines
     try:
         results, untied = parse_provider_body(body)
     except ValidationError as exc:

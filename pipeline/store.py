@@ -14,6 +14,7 @@ import redis
 
 from pipeline import events
 from pipeline.config import Settings
+from pipeline.logs import learn_tenant
 from pipeline.models import (
     JOB_TERMINAL,
     CircuitState,
@@ -624,7 +625,9 @@ class RedisJobStore:
         if not rows:
             return None
         slots = [slot_from_hash(_pairs(row)) for row in rows[1:] if row]
-        return job_from_hash(_pairs(rows[0]), slots)
+        job = job_from_hash(_pairs(rows[0]), slots)
+        learn_tenant(job.id, job.tenant)  # log lines about the job name its tenant
+        return job
 
     def slot_and_job_state(self, job_id: str, slot: int) -> tuple[Slot | None, JobState | None]:
         """A slot and its job's state, read in one round trip."""

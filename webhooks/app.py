@@ -19,6 +19,7 @@ from pipeline.logs import configure_logging
 from pipeline.schemas import JobRequestSchema
 from pipeline.services import JobService
 from pipeline.wiring import build_service, with_short_s3_timeouts
+from webhooks.request_context import init_request_context
 from webhooks.schemas import ErrorSchema
 
 if TYPE_CHECKING:
@@ -174,6 +175,7 @@ def create_app(
     # A path with doubled slashes is a path that does not exist (404 in the error shape), not
     # a redirect to another one.
     app.url_map.merge_slashes = False
+    init_request_context(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.webhook_max_body_bytes
     app.extensions["imagine"] = {
         "settings": settings,

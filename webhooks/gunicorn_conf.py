@@ -1,4 +1,4 @@
-"""Gunicorn settings: gevent workers, long keep-alive, body deadline, no query string in logs.
+"""Gunicorn settings: gevent workers, long keep-alive, body deadline, JSON logs, no query string.
 
 Why gevent (issue 6): with 20 clients trickling a 100 kB webhook body one byte every 5 s, the
 threaded worker (2 workers x 4 threads) left /healthz unanswered for 30-60 s (a probe timed out
@@ -31,7 +31,9 @@ timeout = 30
 # Idle keep-alive connections count as busy: a stop waits this long for them, then closes them.
 graceful_timeout = 10
 accesslog = "-"
-access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
+# JSON lines like the app's own: start-up, workers and one access record per request (path
+# without its query string, which carries a webhook's token).
+logger_class = "webhooks.gunicorn_logging.JsonLogger"
 # Several receivers may run on one host (tests, the local stack): no shared control socket.
 control_socket_disable = True
 

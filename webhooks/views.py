@@ -15,6 +15,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 from pipeline.config import Settings
 from pipeline.enqueue import is_job_id
 from pipeline.errors import BodyInvalid, NotFound, RequestInvalid, Unauthorized
+from pipeline.logs import add_log_context
 from pipeline.models import JobState
 from pipeline.schemas import IDEMPOTENCY_KEY
 from pipeline.services import JobService
@@ -240,6 +241,7 @@ def authenticate() -> None:
     # Flask answers OPTIONS itself with the methods a path allows: nothing a key guards.
     if request.method != "OPTIONS":
         g.tenant = _authenticated_tenant()
+        add_log_context(tenant=g.tenant)
 
 
 def _authenticated_tenant() -> str:
