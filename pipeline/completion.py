@@ -10,6 +10,7 @@ from pipeline import admission, clock, events
 from pipeline.context import Context
 from pipeline.documents import manifest
 from pipeline.errors import Conflict, NotFound, StorageError
+from pipeline.failures import FAILED_ENDS
 from pipeline.models import (
     JOB_OPEN,
     JOB_TERMINAL,
@@ -103,7 +104,7 @@ def end_job(ctx: Context, job: Job, state: JobState) -> bool:
             event=event if job.terminal else None,
         )
         return False
-    announce_end(ctx, job)
+    announce_end(ctx, job, state)
     log.info(
         "job ended",
         extra={
@@ -148,11 +149,12 @@ def put_manifest(ctx: Context, job: Job, state: JobState, version: int, ended: f
     return key
 
 
-def announce_end(ctx: Context, job: Job) -> None:
+def announce_end(ctx: Context, job: Job, state: JobState | None = None) -> None:
     """An ended job (its `job.ended` event published with its manifest's record): retention
-    TTLs and the callback."""
+    TTLs, and the task that sends its callback and shows a failed end to operators
+    (`failures.JobFailed`)."""
     ctx.store.retire_job(job.id, job)
-    if job.callback_url:
+    if job.callback_url or (state or job.state) in FAILED_ENDS:
         ctx.dispatcher.notify_job(job.id)
 
 

@@ -10,12 +10,71 @@ from kombu.exceptions import ChannelError
 
 from pipeline.broker import transport_for
 from pipeline.config import Settings
+from pipeline.logs import log_context
 
 SUBMIT_QUEUE = "submit"
 FINALIZE_QUEUE = "finalize"
 NOTIFY_QUEUE = "notify"
 RECONCILE_QUEUE = "reconcile"
 QUEUES = (SUBMIT_QUEUE, FINALIZE_QUEUE, NOTIFY_QUEUE, RECONCILE_QUEUE)
+
+# Each task's parameters by name, for what Celery's events (and so Flower) show of a call.
+TASK_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "imagine.create_job": ("request", "tenant", "idempotency_key"),
+    "imagine.submit_job": ("job_id",),
+    "imagine.finalize_slot": ("job_id", "slot"),
+    "imagine.notify_job": ("job_id",),
+    "imagine.reconcile": (),
+}
+# Arguments no event shows: a job request holds the prompt, callback URL and metadata.
+WITHHELD = frozenset({"request"})
+# Message headers carrying the sender's log scope (an API call's request id, the tenant) to
+# the task it enqueues; the worker restores them (workers.base).
+CONTEXT_HEADERS = {"request_id": "imagine_request_id", "tenant": "imagine_tenant"}
+
+
+def describe_call(name: str, args: Any, kwargs: Any) -> tuple[str, str] | None:
+    """What events show of a call of task `name` (argsrepr, kwargsrepr): `job_id='…', slot=0`,
+    with a request, or any argument the task does not name, withheld; None for a task the
+    pipeline does not know."""
+    params = TASK_PARAMETERS.get(name)
+    if params is None:
+        return None
+    positional = list(args) if isinstance(args, (list, tuple)) else []
+    values: dict[str, Any] = dict(zip(params, positional, strict=False))
+    values.update(kwargs if isinstance(kwargs, dict) else {})
+    shown = [
+        f"{key}={value!r}" if key in params and key not in WITHHELD else f"{key}=<withheld>"
+        for key, value in values.items()
+    ]
+    if len(positional) > len(params):
+        shown.append(f"<{len(positional) - len(params)} more withheld>")
+    return ", ".join(shown), "{}"
+
+
+def context_headers() -> dict[str, str]:
+    """The headers that carry the current log scope into a message."""
+    context = log_context()
+    return {
+        header: str(context[key]) for key, header in CONTEXT_HEADERS.items() if context.get(key)
+    }
+
+
+def send_create_job(
+    app: Celery, request: Any, tenant: str, idempotency_key: str | None = None
+) -> Any:
+    """Enqueue a job by name (`imagine.create_job`) as a trusted service, with the request
+    withheld from Celery's events; the worker withholds it too from a message sent otherwise."""
+    args = [request, tenant, idempotency_key]
+    argsrepr, kwargsrepr = describe_call("imagine.create_job", args, {}) or ("", "")
+    return app.send_task(
+        "imagine.create_job",
+        args=args,
+        queue=SUBMIT_QUEUE,
+        argsrepr=argsrepr,
+        kwargsrepr=kwargsrepr,
+        headers=context_headers(),
+    )
 
 
 def create_celery(settings: Settings | None = None) -> Celery:
@@ -35,6 +94,9 @@ def create_celery(settings: Settings | None = None) -> Celery:
         # Each worker also consumes its own queue, so an operator can reach one worker directly.
         worker_direct=True,
         task_acks_late=True,
+        # A task that ends in FAILURE is acknowledged, never redelivered: the pipeline's own
+        # failures (a job that ended without its images) are raised after they are recorded.
+        task_acks_on_failure_or_timeout=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_ignore_result=True,
@@ -72,21 +134,26 @@ class CeleryDispatcher:
     def __init__(self, app: Celery) -> None:
         self._app = app
 
-    def submit_job(self, job_id: str, countdown: float = 0) -> None:
+    def _send(self, name: str, args: list[Any], queue: str, countdown: float = 0) -> None:
+        argsrepr, kwargsrepr = describe_call(name, args, {}) or ("", "")
         self._app.send_task(
-            "imagine.submit_job", args=[job_id], queue=SUBMIT_QUEUE, countdown=countdown or None
+            name,
+            args=args,
+            queue=queue,
+            countdown=countdown or None,
+            argsrepr=argsrepr,
+            kwargsrepr=kwargsrepr,
+            headers=context_headers(),
         )
+
+    def submit_job(self, job_id: str, countdown: float = 0) -> None:
+        self._send("imagine.submit_job", [job_id], SUBMIT_QUEUE, countdown)
 
     def finalize_slot(self, job_id: str, slot: int, countdown: float = 0) -> None:
-        self._app.send_task(
-            "imagine.finalize_slot",
-            args=[job_id, slot],
-            queue=FINALIZE_QUEUE,
-            countdown=countdown or None,
-        )
+        self._send("imagine.finalize_slot", [job_id, slot], FINALIZE_QUEUE, countdown)
 
     def notify_job(self, job_id: str) -> None:
-        self._app.send_task("imagine.notify_job", args=[job_id], queue=NOTIFY_QUEUE)
+        self._send("imagine.notify_job", [job_id], NOTIFY_QUEUE)
 
     def queue_lengths(self) -> dict[str, int]:
         """Messages waiting in each queue, as the broker counts them."""

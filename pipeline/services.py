@@ -19,6 +19,7 @@ from pipeline import (
     documents,
     enqueue,
     events,
+    failures,
     intake,
     promotion,
     quotas,
@@ -158,6 +159,12 @@ class JobService:
 
     def send_callback(self, job_id: str) -> CallbackOutcome:
         return callbacks.send_callback(self.context, job_id)
+
+    def announce_end(self, job_id: str) -> CallbackOutcome:
+        """An ended job's callback, then `failures.JobFailed` if it ended without its images."""
+        outcome = callbacks.send_callback(self.context, job_id)
+        failures.raise_if_failed(self.context, job_id)
+        return outcome
 
     # --- operate
     def reconcile(self) -> recovery.ReconcilePass:

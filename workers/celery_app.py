@@ -10,6 +10,7 @@ from celery import Celery, signals
 from pipeline.config import Settings
 from pipeline.dispatch import create_celery
 from pipeline.logs import configure_logging
+from workers.base import connect_signals
 
 
 def _configure_logging(settings: Settings) -> Callable[..., None]:
@@ -25,4 +26,5 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
     # The worker and beat log through the pipeline's own handler (JSON lines with context),
     # configured once at start; Celery then leaves the root logger alone.
     signals.setup_logging.connect(_configure_logging(settings), weak=False)
+    connect_signals(settings)  # each task's log scope, Flower's view of tasks (workers.base)
     return app

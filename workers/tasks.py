@@ -7,6 +7,7 @@ from typing import Any
 
 from celery import shared_task
 
+from pipeline.failures import JobFailed
 from workers.base import PipelineTask
 
 
@@ -33,12 +34,26 @@ def finalize_slot(self: PipelineTask, job_id: str, slot: int) -> str:
     return self.service.finalize_slot(job_id, slot)
 
 
-# Retried until the callback's retry window is spent (pipeline.callbacks decides each wait).
-@shared_task(bind=True, base=PipelineTask, name="imagine.notify_job", max_retries=None)
+# Retried until the callback's retry window is spent (pipeline.callbacks decides each wait);
+# then a job that ended without its images fails the task: Flower's failures (JobFailed).
+@shared_task(
+    bind=True,
+    base=PipelineTask,
+    name="imagine.notify_job",
+    max_retries=None,
+    throws=(JobFailed,),
+)
 def notify_job(self: PipelineTask, job_id: str) -> str:
-    return self.service.send_callback(job_id)
+    return self.service.announce_end(job_id)
 
 
-@shared_task(bind=True, base=PipelineTask, name="imagine.reconcile")
+# Every few seconds: Flower shows a pass only when it fails (QuietRequest).
+@shared_task(
+    bind=True,
+    base=PipelineTask,
+    name="imagine.reconcile",
+    send_events=False,
+    Request="workers.base:QuietRequest",
+)
 def reconcile(self: PipelineTask) -> dict[str, Any]:
     return asdict(self.service.reconcile())
