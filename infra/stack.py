@@ -671,7 +671,7 @@ def _print_urls(stack: LocalStack, env_file: Path) -> None:
     if urls.get("PROMETHEUS_URL"):
         print(
             f"  Prometheus           {urls['PROMETHEUS_URL']}  (scrapes the receiver, the "
-            f"workers and Flower; /targets, /alerts)"
+            "workers and Flower; see Status > Targets, and Alerts)"
         )
     elif stack.config.prometheus:
         print("  Prometheus           not started: not installed (apt-get install prometheus)")
