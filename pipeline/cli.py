@@ -609,7 +609,7 @@ def _listed(run: Invocation, jobs: Sequence[Job], tenant: bool = False) -> None:
         _print([job.raw for job in jobs[:limit]])
         return
     for job in jobs[:limit]:
-        print(_row(job, tenant=tenant))
+        print(_row(job, tenant=tenant).rstrip())
     if len(jobs) > limit:
         print(f"(more than {limit}: raise --limit)")
 
