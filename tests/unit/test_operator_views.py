@@ -182,3 +182,23 @@ def test_stats_and_jobs_since_pass_their_arguments_to_the_api(
         and err == "no jobs of the API key's tenant in state failed created since 1h\n"
     )
     assert dict(api.requests[-1].url.params) == {"limit": "51", "state": "failed", "since": "1h"}
+
+
+def test_the_async_client_reads_the_same_stats() -> None:
+    import asyncio
+
+    from imagine_client import AsyncClient
+
+    api = Api()
+    stats = {"days": [StoredDay(day="2027-01-15", tenant="acme", images_stored=2).view()]}
+    api.answers["GET /v1/stats"] = [httpx.Response(200, json=stats)]
+
+    async def read() -> list[DayStats]:
+        http = httpx.AsyncClient(transport=httpx.MockTransport(api))
+        async with AsyncClient("https://imagine.test", "k", http=http) as client:
+            return await client.stats(1)
+
+    [found] = asyncio.run(read())
+    assert (found.day, found.tenant, found.images_stored) == ("2027-01-15", "acme", 2)
+    assert found.ended == dict.fromkeys(cli.ENDED_COLUMNS, 0)
+    assert api.requests[0].url.params["days"] == "1"
