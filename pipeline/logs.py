@@ -76,6 +76,18 @@ def learn_tenant(job_id: str, tenant: str | None) -> None:
         _context.set({**current, "tenant": tenant})
 
 
+def learn_task_uuid(job_id: str, slot: int, task_uuid: str | None) -> None:
+    """The current taskUUID of the slot the current scope is about, once a step has read it."""
+    current = _context.get()
+    if (
+        task_uuid
+        and current.get("job_id") == job_id
+        and current.get("slot") == slot
+        and current.get("task_uuid") != task_uuid
+    ):
+        _context.set({**current, "task_uuid": task_uuid})
+
+
 @contextmanager
 def log_scope(**fields: Any) -> Iterator[None]:
     token = bind_log_context(**fields)

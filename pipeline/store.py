@@ -14,7 +14,7 @@ import redis
 
 from pipeline import events
 from pipeline.config import Settings
-from pipeline.logs import learn_tenant
+from pipeline.logs import learn_task_uuid, learn_tenant
 from pipeline.models import (
     JOB_TERMINAL,
     CircuitState,
@@ -640,7 +640,11 @@ class RedisJobStore:
 
     def get_slot(self, job_id: str, slot: int) -> Slot | None:
         raw = _text(self.redis.hgetall(self.slot_key(job_id, slot)))
-        return slot_from_hash(raw) if raw else None
+        if not raw:
+            return None
+        found = slot_from_hash(raw)
+        learn_task_uuid(job_id, slot, found.task_uuid)  # log lines about the slot name it
+        return found
 
     def job_state(self, job_id: str) -> JobState | None:
         value = self.redis.hget(self.job_key(job_id), "state")

@@ -190,8 +190,9 @@ def test_worker_and_receiver_logs_are_json_lines_naming_job_tenant_and_request(
     submitted = [line for line in ours if line.get("task") == "imagine.submit_job"]
     assert submitted and all(line.get("request_id") == request_id for line in submitted)
     assert any("succeeded" in line["message"] for line in submitted)  # Celery's own outcome
-    slots = {line.get("slot") for line in ours if line.get("task") == "imagine.finalize_slot"}
-    assert slots <= {0, 1} and slots
+    finalized = [line for line in ours if line.get("task") == "imagine.finalize_slot"]
+    assert finalized and {line.get("slot") for line in finalized} <= {0, 1}
+    assert all(line.get("task_uuid") for line in finalized), finalized[:3]
 
     receiver = json_lines(service_log(stack, "receiver"))
     access = [line for line in receiver if line.get("logger") == "gunicorn.access"]

@@ -16,6 +16,7 @@ from pipeline.logs import (
     JsonFormatter,
     add_log_context,
     json_handler,
+    learn_task_uuid,
     learn_tenant,
     log_context,
     log_scope,
@@ -84,6 +85,18 @@ def test_reading_the_scopes_job_teaches_it_the_tenant(
         learn_tenant(JOB, "acme")
         logger.info("submitted")
     assert records(stream)[0]["tenant"] == "acme"
+
+
+def test_reading_the_scopes_slot_teaches_it_the_current_task_uuid(
+    lines: tuple[logging.Logger, io.StringIO],
+) -> None:
+    logger, stream = lines
+    with log_scope(job_id=JOB, slot=1):
+        learn_task_uuid(JOB, 0, "another-slots-task")
+        learn_task_uuid(JOB, 1, "first-attempt")
+        learn_task_uuid(JOB, 1, "second-attempt")
+        logger.info("image stored")
+    assert records(stream)[0]["task_uuid"] == "second-attempt"
 
 
 def test_celerys_task_records_lose_their_arguments_and_name_the_task() -> None:
