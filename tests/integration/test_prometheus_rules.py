@@ -34,6 +34,12 @@ def test_alert_rules_pass_promtool(promtool: str) -> None:
     assert f"SUCCESS: {rules} rules found" in result.stdout
 
 
+def test_each_alert_fires_as_its_promtool_unit_tests_say(promtool: str) -> None:
+    tests = monitoring.ALERTS_PATH.with_name("alerts_test.yml")
+    result = _promtool(promtool, "test", "rules", str(tests))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_generated_stack_config_passes_promtool(promtool: str, tmp_path: Path) -> None:
     services = [
         supervise.Service(

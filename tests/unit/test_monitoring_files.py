@@ -125,6 +125,19 @@ def test_each_alert_waits_and_says_what_happened_and_what_to_do() -> None:
         assert len(rule["annotations"]["description"]) > 80, rule["alert"]
 
 
+def test_promtool_unit_tests_see_each_alert_fire() -> None:
+    import yaml
+
+    tests = yaml.safe_load(monitoring.ALERTS_PATH.with_name("alerts_test.yml").read_text())
+    fired = {
+        case["alertname"]
+        for test in tests["tests"]
+        for case in test.get("alert_rule_test", [])
+        if case["exp_alerts"]
+    }
+    assert fired == set(monitoring.rule_expressions())
+
+
 def _service(name: str, metrics_url: str | None) -> supervise.Service:
     process = supervise.ManagedProcess(name, ["true"], log_dir=Path("/nonexistent"))
     return supervise.Service(process, metrics_url=metrics_url)
