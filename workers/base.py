@@ -170,10 +170,19 @@ def withhold_arguments(request: Any, **_: Any) -> None:
     request.request_dict["argsrepr"], request.request_dict["kwargsrepr"] = described
 
 
-def connect_signals(settings: Settings) -> None:
+def connect_signals(app: Any, settings: Settings) -> None:
     """The worker's and beat's hooks into Celery: JSON from the first line, each task's log
     scope, requests withheld from events, and no event for each reconciler message beat sends.
     """
+    if settings.log_format == "json":
+        # Beat prints its banner (text) before any signal: start it quiet, as `celery -q` does.
+        beat = app.Beat
+
+        class QuietBeat(beat):  # type: ignore[misc,valid-type]
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **{**kwargs, "quiet": True})
+
+        app.Beat = QuietBeat
 
     def start_quietly(instance: Any, **_: Any) -> None:
         # Before the privilege check's warning: it becomes a record like every other line,
@@ -198,6 +207,7 @@ def connect_signals(settings: Settings) -> None:
         # Beat only sends the reconciler's message: a task-sent event for each would list
         # every pass in Flower, which shows a pass only when it fails (QuietRequest).
         sender.app.conf.task_send_sent_event = False
+        log.info("beat started", extra={"schedule": sorted(sender.app.conf.beat_schedule)})
 
     # Each once per process, however many apps a process builds (dispatch_uid).
     hooks = (

@@ -26,5 +26,5 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
     # The worker and beat log through the pipeline's own handler (JSON lines with context),
     # configured once at start; Celery then leaves the root logger alone.
     signals.setup_logging.connect(_configure_logging(settings), weak=False)
-    connect_signals(settings)  # each task's log scope, Flower's view of tasks (workers.base)
+    connect_signals(app, settings)  # each task's log scope, Flower's view (workers.base)
     return app

@@ -166,7 +166,7 @@ def test_flower_shows_queues_readable_tasks_and_failed_jobs_without_secrets(
     assert set(QUEUES) <= listed
 
 
-def test_worker_and_receiver_logs_are_json_lines_naming_job_tenant_and_request(
+def test_worker_beat_and_receiver_logs_are_json_lines_naming_job_tenant_and_request(
     stack: Pipeline,
 ) -> None:
     request_id = f"e2e-logs-{uuid.uuid4().hex}"
@@ -194,6 +194,7 @@ def test_worker_and_receiver_logs_are_json_lines_naming_job_tenant_and_request(
     assert finalized and {line.get("slot") for line in finalized} <= {0, 1}
     assert all(line.get("task_uuid") for line in finalized), finalized[:3]
 
+    assert any(line["message"] == "beat started" for line in json_lines(service_log(stack, "beat")))
     receiver = json_lines(service_log(stack, "receiver"))
     access = [line for line in receiver if line.get("logger") == "gunicorn.access"]
     created_line = [line for line in access if line.get("request_id") == request_id]
