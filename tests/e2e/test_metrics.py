@@ -3,8 +3,10 @@ rules and the dashboard read, and a Prometheus with the stack's config scrapes t
 
 from __future__ import annotations
 
+import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -95,7 +97,13 @@ def _served(targets: list[monitoring.ScrapeTarget]) -> set[str]:
 
 
 def _run_jobs(stack: Pipeline, callback_url: str) -> None:
-    """A job that is stored and called back, and one whose image dies after its attempts."""
+    """A webhook with a wrong token, a job that is stored and called back, and one whose image
+    dies after its attempts."""
+    refused = httpx.post(
+        f"{stack.receiver_url}/webhooks/runware/{uuid.uuid4()}",
+        params={"token": "not-the-token"}, json={"data": []}, timeout=10,
+    )  # fmt: skip
+    assert refused.status_code == 401
     stored = stack.submit(
         {"positivePrompt": "metrics: stored", "resolution": "1K", "numberResults": 2,
          "callbackURL": callback_url}
@@ -132,6 +140,9 @@ def test_every_metric_the_rules_and_dashboard_read_is_served(
     except AssertionError:
         users = {name: sorted(w for w, e in expressions.items() if name in e) for name in missing}
         raise AssertionError(f"metrics named but not served: {users}") from None
+    # The outcome the rejected-webhooks alert counts is the one the receiver gives a bad token.
+    receiver = httpx.get(f"{stack.receiver_url}/metrics", timeout=10).text
+    assert re.search(r'^imagine_webhooks_total\{outcome="unauthorized"\} [1-9]', receiver, re.M)
 
 
 @pytest.fixture(scope="module")
