@@ -13,7 +13,7 @@ from datetime import UTC
 
 import httpx
 
-from pipeline import clock
+from pipeline import clock, metrics
 from pipeline.callback_log import CallbackLog, log_for
 from pipeline.config import Settings
 from pipeline.context import Context
@@ -102,6 +102,7 @@ def send_callback(
     if not secrets:
         # Never unsigned: a receiver could not tell our callback from a forged one.
         log.warning("callback not sent: no secret to sign it", extra={"job_id": job_id})
+        metrics.callback(CallbackOutcome.UNSIGNED)
         return CallbackOutcome.UNSIGNED
     try:
         checked = check_outbound_url(
@@ -109,6 +110,7 @@ def send_callback(
         )
     except UnsafeURL as exc:
         log.warning("callback refused", extra={"job_id": job_id, "error": str(exc)})
+        metrics.callback(CallbackOutcome.REFUSED)
         return CallbackOutcome.REFUSED
     delivery = Delivery(ctx, job, attempts if attempts is not None else log_for(ctx))
     body = event_body(ctx, job)
@@ -148,6 +150,7 @@ class Delivery:
         error: str | None = None,
         next_attempt_at: float | None = None,
     ) -> CallbackOutcome:
+        metrics.callback(outcome)
         self.attempts.record(
             self.job.id,
             {

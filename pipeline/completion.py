@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 
-from pipeline import admission, clock, events
+from pipeline import admission, clock, events, metrics
 from pipeline.context import Context
 from pipeline.documents import manifest
 from pipeline.errors import Conflict, NotFound, StorageError
@@ -29,7 +29,7 @@ FINISH_LOCK_SECONDS = 30.0
 def fail_slot(
     ctx: Context, job_id: str, slot: int, task_uuid: str | None, code: str, message: str
 ) -> bool:
-    return ctx.store.transition_slot(
+    failed = ctx.store.transition_slot(
         job_id,
         slot,
         SLOT_OPEN,
@@ -38,6 +38,9 @@ def fail_slot(
         error_code=code,
         error_message=message[:1000],
     )
+    if failed:
+        metrics.image_failed(code, for_good=True)
+    return failed
 
 
 def outcome_of(job: Job) -> JobState:
@@ -104,6 +107,7 @@ def end_job(ctx: Context, job: Job, state: JobState) -> bool:
             event=event if job.terminal else None,
         )
         return False
+    metrics.job_ended(job.tenant, state, job.created_at, ended)
     announce_end(ctx, job, state)
     log.info(
         "job ended",
@@ -162,7 +166,7 @@ def close_open_slots(ctx: Context, job: Job, code: str, message: str) -> None:
     """Fail every slot still open (cancellation, deadline) and give its lease back."""
     for slot in job.slots:
         if slot.state in SLOT_OPEN:
-            ctx.store.transition_slot(
+            closed = ctx.store.transition_slot(
                 job.id,
                 slot.slot,
                 SLOT_OPEN,
@@ -170,6 +174,10 @@ def close_open_slots(ctx: Context, job: Job, code: str, message: str) -> None:
                 error_code=code,
                 error_message=message,
             )
+            if closed:
+                metrics.image_failed(code, for_good=True)
+                if slot.state == SlotState.RECEIVED:  # charged, never stored
+                    metrics.image_charged(job.tenant, slot.cost)
             if slot.task_uuid:
                 admission.release(ctx, [slot.task_uuid])
 
@@ -180,13 +188,15 @@ def cancel_job(ctx: Context, job_id: str, tenant: str | None = None) -> Job:
         raise NotFound(f"no job {job_id}")
     if job.terminal:
         raise Conflict(f"job {job_id} has already ended as {job.state}")
-    ctx.store.transition_job(
+    now = clock.now()
+    if ctx.store.transition_job(
         job_id,
         JOB_OPEN,
         JobState.CANCELLED,
         reason="cancelled by request",
-        ended_at=repr(clock.now()),
-    )
+        ended_at=repr(now),
+    ):
+        metrics.job_ended(job.tenant, JobState.CANCELLED, job.created_at, now)
     close_open_slots(ctx, job, "cancelled", "the job was cancelled")
     write_final_manifest(ctx, job_id)
     cancelled = ctx.store.get_job(job_id)

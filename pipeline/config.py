@@ -77,6 +77,24 @@ def _url(env: Mapping[str, str], name: str, default: str | None) -> str | None:
     return value.rstrip("/")
 
 
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default, 0)
+    if value > 65535:
+        raise SettingsError(f"{name} must be a TCP port (0 to 65535), got {value}")
+    return value
+
+
+def _directory(env: Mapping[str, str], name: str) -> str:
+    """An existing directory, or "" when unset. Set but blank is refused: prometheus_client
+    goes by the variable's presence, and would write its files to the working directory."""
+    if name in env and not env[name].strip():
+        raise SettingsError(f"{name} is set but empty: name a directory, or unset it")
+    value = _str(env, name, "")
+    if value and not os.path.isdir(value):
+        raise SettingsError(f"{name} must be an existing directory, got {value!r}")
+    return value
+
+
 TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -223,6 +241,12 @@ class Settings:
     global_daily_spend_usd: float = 2000.0
     log_level: str = "INFO"
     log_format: str = "json"
+    # Where the Celery worker's main process serves /metrics for its pool (0: nowhere), and
+    # the directory every process of one service writes its metric values to ("": each
+    # process keeps its own; read by prometheus_client itself, checked here).
+    worker_metrics_port: int = 0
+    worker_metrics_address: str = "127.0.0.1"
+    prometheus_multiproc_dir: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -321,6 +345,9 @@ class Settings:
             ),
             log_level=_str(env, "LOG_LEVEL", cls.log_level).upper(),
             log_format=log_format,
+            worker_metrics_port=_port(env, "WORKER_METRICS_PORT", cls.worker_metrics_port),
+            worker_metrics_address=_str(env, "WORKER_METRICS_ADDRESS", cls.worker_metrics_address),
+            prometheus_multiproc_dir=_directory(env, "PROMETHEUS_MULTIPROC_DIR"),
         )
         check_models(settings)
         if settings.retry_backoff_cap_seconds >= settings.visibility_timeout_seconds:

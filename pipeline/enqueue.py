@@ -11,7 +11,7 @@ from typing import Any
 
 from marshmallow import ValidationError
 
-from pipeline import clock, quotas
+from pipeline import clock, metrics, quotas, tracing
 from pipeline.completion import finish_job
 from pipeline.context import Context
 from pipeline.errors import Conflict, LimitExceeded, NotFound, RequestInvalid
@@ -50,6 +50,7 @@ def canonical_hash(value: Any) -> str:
     ).hexdigest()
 
 
+@tracing.job_span("imagine.enqueue", tenant="tenant")
 def create_job(
     ctx: Context, body: Any, tenant: str, idempotency_key: str | None = None
 ) -> tuple[Job, bool]:
@@ -79,6 +80,7 @@ def create_job(
         callback_url=request.get("callbackURL"),
         metadata=request.get("metadata") or {},
     )
+    tracing.annotate(job_id=job.id)
     body_hash = request_hash(request)
     # After validation, so a refused request counts nothing; a replay of a job made before
     # is not counted again.
@@ -96,6 +98,7 @@ def create_job(
                 "this idempotency key was used with another request body", {"idempotencyKey": [key]}
             )
         return get_job(ctx, job_id), False
+    metrics.job_created(tenant)
     ctx.dispatcher.submit_job(job.id)
     log.info("job created", extra={"job_id": job.id, "tenant": tenant, "images": job.slot_count})
     return get_job(ctx, job.id), True
@@ -195,7 +198,9 @@ def create_refused_job(
     )
     if body_hash is None:
         body_hash = canonical_hash(body) if isinstance(body, dict) else canonical_hash(repr(body))
-    job_id, _ = ctx.store.create_job(job, body_hash)
+    job_id, replayed = ctx.store.create_job(job, body_hash)
+    if replayed is None:
+        metrics.job_created(tenant)
     finish_job(ctx, job_id)
     return get_job(ctx, job_id)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from marshmallow import ValidationError
 
-from pipeline import admission, clock
+from pipeline import admission, clock, metrics, tracing
 from pipeline.completion import fail_slot, finish_job, rewrite_manifest
 from pipeline.context import Context
 from pipeline.errors import ImageRejected, NotFound, ProviderError, RequestInvalid, StorageError
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 PROMOTABLE = (ResultOutcome.RECEIVED, ResultOutcome.DUPLICATE)
 
 
+@tracing.job_span("imagine.webhook", task_uuid="task_uuid")
 def receive_webhook(ctx: Context, task_uuid: str, body: Any) -> list[SlotResult]:
     """Record a webhook (its token already checked), then store each received image at once
     while INLINE_PROMOTE_BUDGET_SECONDS last (Runware retries a webhook not answered within
@@ -102,6 +103,7 @@ def accept_webhook(ctx: Context, task_uuid: str, body: Any) -> list[SlotResult]:
     if not results:
         raise RequestInvalid("the webhook body holds no result", {"data": ["empty"]})
     job_id, slot_no, slot, job_state = found
+    tracing.annotate(job_id=job_id, slot=slot_no)
     return record_results(ctx, task_uuid, results, (job_id, slot_no), (slot, job_state))
 
 
@@ -188,18 +190,37 @@ def record_image(
     }
     if job_state in JOB_ENDED_EARLY:
         allowed = [*AWAITING_RESULT, SlotState.RECEIVED]
+        counted = False
         if slot.state == SlotState.FAILED and slot.error_code in {"deadline", "cancelled"}:
             allowed.append(SlotState.FAILED)
+            counted = received_before(ctx, job_id, slot.slot)
         applied = ctx.store.transition_slot(
             job_id, slot.slot, allowed, SlotState.DISCARDED, task_uuid=task_uuid, **fields
         )
         admission.release(ctx, [task_uuid])
+        if applied and not counted:
+            charged_late(ctx, job_id, result.cost)
         return ResultOutcome.DISCARDED if applied else ResultOutcome.DUPLICATE
     applied = ctx.store.transition_slot(
         job_id, slot.slot, AWAITING_RESULT, SlotState.RECEIVED, task_uuid=task_uuid, **fields
     )
     admission.release(ctx, [task_uuid])
     return ResultOutcome.RECEIVED if applied else ResultOutcome.DUPLICATE
+
+
+def received_before(ctx: Context, job_id: str, slot_no: int) -> bool:
+    """Whether a slot that failed as its job ended had been received: its cost was counted as
+    it failed (`close_open_slots`), so a replay of its result must not count it again."""
+    slot = ctx.store.get_slot(job_id, slot_no)
+    return slot is not None and slot.received_at is not None
+
+
+def charged_late(ctx: Context, job_id: str, cost: float | None) -> None:
+    """Count what a result that came after its job ended cost. A rare path: the one step of
+    intake that reads the job (for its tenant)."""
+    if cost:
+        job = ctx.store.get_job(job_id)
+        metrics.image_charged(job.tenant if job else "", cost)
 
 
 def record_failure(ctx: Context, job_id: str, slot: Slot, result: ProviderResult) -> ResultOutcome:
@@ -273,6 +294,7 @@ def pause_and_reopen(
     admission.release(ctx, [result.task_uuid])
     if not applied:
         return ResultOutcome.DUPLICATE
+    metrics.image_failed(result.error_code, for_good=False)
     ctx.dispatcher.submit_job(job_id, countdown=backoff(ctx, 1))
     return ResultOutcome.RETRYING
 
@@ -295,6 +317,7 @@ def retry_or_dead(
         admission.release(ctx, [task_uuid])
         if not applied:
             return ResultOutcome.DUPLICATE
+        metrics.image_failed(code, for_good=False)
         ctx.dispatcher.submit_job(job_id, countdown=backoff(ctx, slot.attempt))
         return ResultOutcome.RETRYING
     applied = ctx.store.transition_slot(
@@ -309,6 +332,7 @@ def retry_or_dead(
     admission.release(ctx, [task_uuid])
     if not applied:
         return ResultOutcome.DUPLICATE
+    metrics.image_failed(code, for_good=True)
     ctx.store.dead_letter(job_id, slot.slot, code, message)
     log.warning(
         "slot dead-lettered: retry budget spent",

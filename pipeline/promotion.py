@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from pipeline import clock
+from pipeline import clock, metrics, tracing
 from pipeline.catalog import FORMAT_CONTENT_TYPES, get_model
 from pipeline.completion import fail_slot, finish_job
 from pipeline.context import Context
@@ -80,6 +80,8 @@ def settle_missing_upload(ctx: Context, job_id: str, slot_no: int) -> PromoteOut
         f"carried an imageURL; the image was charged ({cost})"
     )
     if fail_slot(ctx, job_id, slot_no, slot.task_uuid, "upload_missing", message):
+        owner = ctx.store.get_job(job_id)  # a rare path: read for the tenant the charge is of
+        metrics.image_charged(owner.tenant if owner else "", slot.cost)
         log.warning(
             "slot failed: upload missing, no imageURL",
             extra={"job_id": job_id, "slot": slot_no, "task_uuid": slot.task_uuid},
@@ -106,6 +108,7 @@ def polled_image_url(ctx: Context, job_id: str, slot: Slot) -> str | None:
     return next((result.image_url for result in results if result.ok and result.image_url), None)
 
 
+@tracing.job_span("imagine.store", job_id="job_id", slot="slot_no")
 def promote_slot(
     ctx: Context, job_id: str, slot_no: int, *, allow_fetch: bool = False
 ) -> PromoteOutcome:
@@ -116,9 +119,11 @@ def promote_slot(
     if job is None or slot is None or slot.state != SlotState.RECEIVED or not slot.task_uuid:
         return PromoteOutcome.NOOP
     if job.state in JOB_ENDED_EARLY:
-        ctx.store.transition_slot(job_id, slot_no, [SlotState.RECEIVED], SlotState.DISCARDED)
+        if ctx.store.transition_slot(job_id, slot_no, [SlotState.RECEIVED], SlotState.DISCARDED):
+            metrics.image_charged(job.tenant, slot.cost)
         finish_job(ctx, job_id)
         return PromoteOutcome.DISCARDED
+    tracing.annotate(tenant=job.tenant, task_uuid=slot.task_uuid)
     staging = ctx.layout.staging(job_id, slot.task_uuid)
     # One ranged GET is the head and the header bytes; a small image is read whole by it.
     start = ctx.storage.read_start(staging, HEADER_BYTES)
@@ -179,6 +184,8 @@ def record_stored(
     )
     if not applied:
         return PromoteOutcome.NOOP
+    metrics.image_stored(job.tenant, slot.cost, slot.received_at, clock.now())
+    metrics.image_mismatched(checked.size_mismatch, checked.format_mismatch)
     stored_image(ctx, job, slot.slot, final_key, checked)
     return PromoteOutcome.STORED
 
@@ -203,7 +210,8 @@ def stored_image(ctx: Context, job: Job, slot_no: int, key: str, checked: Examin
 
 
 def reject(ctx: Context, job: Job, slot: Slot, exc: ImageRejected) -> PromoteOutcome:
-    fail_slot(ctx, job.id, slot.slot, slot.task_uuid, "image_rejected", exc.message)
+    if fail_slot(ctx, job.id, slot.slot, slot.task_uuid, "image_rejected", exc.message):
+        metrics.image_charged(job.tenant, slot.cost)  # received, so paid for
     finish_job(ctx, job.id)
     return PromoteOutcome.REJECTED
 

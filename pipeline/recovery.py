@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from pipeline import clock
+from pipeline import clock, metrics
 from pipeline.completion import finish_job
 from pipeline.context import Context
 from pipeline.deadline import expire_job
@@ -24,6 +24,16 @@ log = logging.getLogger(__name__)
 # however many come due at once (after an outage, or over jobs written before the due index);
 # the next passes take the rest.
 DUE_PER_PASS = 1000
+# What a polled result did when it was the slot's result (not a replay, not "still working").
+POLL_RECORDED = frozenset(
+    {
+        ResultOutcome.RECEIVED,
+        ResultOutcome.DISCARDED,
+        ResultOutcome.FAILED,
+        ResultOutcome.RETRYING,
+        ResultOutcome.DEAD,
+    }
+)
 
 
 @dataclass
@@ -231,6 +241,8 @@ def poll(ctx: Context, task_uuid: str) -> None:
     if not finished:
         return
     for outcome in record_results(ctx, task_uuid, finished[:1]):
+        if outcome.outcome in POLL_RECORDED:
+            metrics.result_polled()
         if outcome.outcome == ResultOutcome.RECEIVED:
             ctx.dispatcher.finalize_slot(outcome.job_id, outcome.slot)
 

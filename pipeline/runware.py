@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -13,6 +14,7 @@ from typing import Any
 import httpx
 from marshmallow import ValidationError
 
+from pipeline import metrics
 from pipeline.config import Settings
 from pipeline.errors import ProviderError
 from pipeline.schemas import ProviderResult, parse_provider_body, untied_error_result
@@ -260,14 +262,17 @@ class RunwareClient:
                 },
             )
         except httpx.TimeoutException as exc:
+            metrics.provider_request(None, "timeout")
             raise ProviderError(
                 f"Runware did not answer in time ({type(exc).__name__})",
                 kind=ProviderError.TRANSIENT,
             ) from None
         except httpx.TransportError as exc:
+            metrics.provider_request(None, "transport_error")
             raise ProviderError(
                 f"cannot reach Runware ({type(exc).__name__})", kind=ProviderError.TRANSIENT
             ) from None
+        metrics.provider_request(response.status_code)
         retry_after = _retry_after(response)
         try:
             body = response.json()
@@ -294,7 +299,10 @@ class RunwareClient:
         Raises `ProviderError` when the request as a whole failed (network, auth, overload):
         then the outcome of every task is unknown and a retry must reuse the same taskUUIDs.
         """
+        sent = time.monotonic()
         status, body, retry_after = self._post(tasks)
+        if status < 400:
+            metrics.submit_acknowledged(time.monotonic() - sent)
         wanted = [task["taskUUID"] for task in tasks]
         data = body.get("data") or []
         acknowledged = {item.get("taskUUID") for item in data if isinstance(item, dict)}

@@ -11,6 +11,7 @@ calls yield instead of blocking the worker.
 """
 
 import os
+from typing import Any
 
 from pipeline.config import Settings
 
@@ -49,3 +50,22 @@ def post_request(worker: object, req: object, environ: object, resp: object) -> 
     from webhooks.serving import finish_request_body
 
     finish_request_body(req)
+
+
+def child_exit(server: object, worker: Any) -> None:
+    # In the arbiter: a dead worker's live gauges leave the merged /metrics (its counters stay,
+    # so totals never go back). Only in multiprocess mode (PROMETHEUS_MULTIPROC_DIR), which
+    # prometheus_client decides on import; values is imported alone so the arbiter writes no file.
+    from prometheus_client import multiprocess, values
+
+    if getattr(values.ValueClass, "_multiprocess", False):
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]  # unannotated
+
+
+def post_worker_init(worker: object) -> None:
+    # Tracing starts here, in each worker once gevent has patched it and the app is loaded, so
+    # the SDK's export thread is a greenlet of this worker (create_app leaves it to this hook
+    # under gunicorn). Off unless the OTEL_* settings ask (docs/tracing.md).
+    from pipeline import tracing
+
+    tracing.setup(tracing.RECEIVER)

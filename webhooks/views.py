@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from flask import Blueprint, Response, current_app, g, jsonify, redirect, request
 from marshmallow import Schema, ValidationError
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from webargs.flaskparser import FlaskParser
 from werkzeug import Request
 from werkzeug.wrappers import Response as WerkzeugResponse
 
+from pipeline import metrics as pipeline_metrics
 from pipeline.config import Settings
 from pipeline.enqueue import is_job_id
 from pipeline.errors import BodyInvalid, NotFound, RequestInvalid, Unauthorized
@@ -139,7 +142,24 @@ def readyz() -> Any:
 
 
 # ---------------------------------------------------------------- Runware webhooks
+def counts_refusals(view: View) -> View:
+    """Count a webhook the view refuses (it raises: 401, 404, 400, 413, 415, 500) by why; the
+    view counts each result of a webhook it accepts. Free on the accepted path."""
+
+    @functools.wraps(view)
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return view(*args, **kwargs)
+        except Exception as exc:
+            status = getattr(exc, "status", None) or getattr(exc, "code", None)
+            pipeline_metrics.webhook_refused(status if isinstance(status, int) else None)
+            raise
+
+    return counted  # type: ignore[return-value]
+
+
 @receiver.post("/webhooks/runware/<task_uuid>")
+@counts_refusals
 def runware_webhook(task_uuid: str) -> Any:
     settings = _settings()
     token = request.args.get("token")
@@ -150,6 +170,8 @@ def runware_webhook(task_uuid: str) -> Any:
     body = _json_body(lenient=True)
     # Short S3 timeouts: the answer never waits on a retry loop; a worker takes over.
     outcomes = _service(inline=True).receive_webhook(task_uuid, body)
+    for outcome in outcomes:
+        pipeline_metrics.webhook(outcome.outcome)
     return jsonify({"taskUUID": task_uuid, "results": [outcome.outcome for outcome in outcomes]})
 
 
@@ -369,39 +391,17 @@ def job_image(job_id: str, slot: int) -> WerkzeugResponse:
 
 
 # ---------------------------------------------------------------- metrics
+def _metrics_registry() -> CollectorRegistry:
+    """Built on the first scrape, then kept: every process's counters and histograms, merged
+    (PROMETHEUS_MULTIPROC_DIR), and the gauges read from Redis at each scrape."""
+    extensions = current_app.extensions["imagine"]
+    found: CollectorRegistry | None = extensions.get("metrics")
+    if found is None:
+        gauges = pipeline_metrics.PipelineGauges(_service())
+        found = extensions["metrics"] = pipeline_metrics.exposition_registry(gauges)
+    return found
+
+
 @metrics.get("/metrics")
 def prometheus() -> Response:
-    status = _service().status()
-    lines = [
-        "# HELP imagine_jobs_active Jobs not yet ended.",
-        "# TYPE imagine_jobs_active gauge",
-        f"imagine_jobs_active {status.jobs_active}",
-        "# HELP imagine_runware_in_flight Images in flight at Runware under this key's budget.",
-        "# TYPE imagine_runware_in_flight gauge",
-        f"imagine_runware_in_flight {status.images_in_flight}",
-        "# HELP imagine_circuit_open 1 while submission is paused by an account-level error.",
-        "# TYPE imagine_circuit_open gauge",
-        f"imagine_circuit_open {int(status.circuit.open)}",
-        "# HELP imagine_queue_length Messages waiting in each Celery queue.",
-        "# TYPE imagine_queue_length gauge",
-    ]
-    lines += [
-        f'imagine_queue_length{{queue="{queue}"}} {length}'
-        for queue, length in status.queue_lengths.items()
-    ]
-    lines += [
-        "# HELP imagine_model_circuit_open 1 for each model paused on its own by a model error.",
-        "# TYPE imagine_model_circuit_open gauge",
-    ] + [
-        f'imagine_model_circuit_open{{model="{paused.model}"}} 1'
-        for paused in status.model_circuits
-    ]
-    lines += [
-        "# HELP imagine_size_mismatches_total Stored images of another size than requested.",
-        "# TYPE imagine_size_mismatches_total counter",
-        f"imagine_size_mismatches_total {status.mismatches.get('size', 0)}",
-        "# HELP imagine_format_mismatches_total Stored images of another format than requested.",
-        "# TYPE imagine_format_mismatches_total counter",
-        f"imagine_format_mismatches_total {status.mismatches.get('format', 0)}",
-    ]
-    return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")
+    return Response(generate_latest(_metrics_registry()), content_type=CONTENT_TYPE_LATEST)
