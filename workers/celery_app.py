@@ -7,9 +7,11 @@ from typing import Any
 
 from celery import Celery, signals
 
+from pipeline import tracing
 from pipeline.config import Settings
 from pipeline.dispatch import create_celery
 from pipeline.logs import configure_logging
+from workers import metrics as worker_metrics
 from workers.base import connect_signals
 
 
@@ -27,4 +29,6 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
     # configured once at start; Celery then leaves the root logger alone.
     signals.setup_logging.connect(_configure_logging(settings), weak=False)
     connect_signals(app, settings)  # each task's log scope, Flower's view (workers.base)
+    worker_metrics.install(settings)  # the worker's /metrics on WORKER_METRICS_PORT, if set
+    tracing.trace_celery_processes()  # off unless the OTEL_* settings ask
     return app

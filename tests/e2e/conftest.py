@@ -185,9 +185,19 @@ def imagine(stack: Pipeline, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def metric(stack: Pipeline, name: str) -> float:
-    """One unlabelled metric as the receiver's /metrics shows it now."""
-    text = httpx.get(f"{stack.receiver_url}/metrics", timeout=10).text
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"no metric {name}")
+    """One series (`name` with its labels, if any) as Prometheus adds it up now: a counter
+    summed over every process group that counts (the receiver and each worker), anything else
+    as the receiver's /metrics shows it (the gauges read from Redis are the receiver's)."""
+    if name.split("{", 1)[0].endswith("_total"):
+        urls = [service.metrics_url for service in stack.services if service.metrics_url]
+    else:
+        urls = [f"{stack.receiver_url}/metrics"]
+    values = [
+        float(line.split()[-1])
+        for url in urls
+        for line in httpx.get(url, timeout=10).text.splitlines()
+        if line.startswith(name + " ")
+    ]
+    if not values:
+        raise AssertionError(f"no metric {name}")
+    return sum(values)
