@@ -35,7 +35,7 @@ OUT = REPO_ROOT / "out"
 # "function (file)"); the view of each target is added to them.
 PARTS = {
     "gunicorn request": "AsyncWorker.handle_request",
-    "access log": "Logger.access",
+    "access log": "JsonLogger.access",
     "response write": "Response.write",
     "http parse": "Parser.__next__",
     "flask": "Flask.wsgi_app",
