@@ -13,6 +13,7 @@ webhook URLs carry their token there and presigned URLs their signature (docs/tr
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import os
 import threading
@@ -29,7 +30,7 @@ from pipeline.config import SettingsError
 if TYPE_CHECKING:
     from flask import Flask
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import Span, SpanProcessor, TracerProvider
+    from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
 
 P = ParamSpec("P")
@@ -82,27 +83,19 @@ def _exporter_names(env: Mapping[str, str]) -> list[str] | None:
     return [name for name in (part.strip() for part in raw.split(",")) if name and name != "none"]
 
 
-def exporters_from_env(environ: Mapping[str, str] | None = None) -> list[SpanExporter]:
-    """The exporters OTEL_TRACES_EXPORTER names (default `otlp`: OTLP over HTTP/protobuf, whose
-    endpoint, headers, timeout and compression the exporter reads from OTEL_EXPORTER_OTLP_*)."""
-    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+OTLP_NAMES = frozenset({"otlp", "otlp_proto_http"})
 
+
+def check_settings(environ: Mapping[str, str] | None = None) -> None:
+    """Refuse, naming the variable, an exporter or a protocol this deployment cannot run: a
+    process checks at its start, before it forks the children that start tracing."""
     env = os.environ if environ is None else environ
-    exporters: list[SpanExporter] = []
     for name in _exporter_names(env) or ["otlp"]:
-        if name in {"otlp", "otlp_proto_http"}:
-            exporters.append(_otlp_exporter(env))
-        elif name == "console":
-            exporters.append(ConsoleSpanExporter())
-        else:
+        if name not in OTLP_NAMES | {"console"}:
             raise SettingsError(
                 f"OTEL_TRACES_EXPORTER names {name!r}: this deployment exports traces with "
                 "otlp (OTLP over HTTP/protobuf) or console"
             )
-    return exporters
-
-
-def _otlp_exporter(env: Mapping[str, str]) -> SpanExporter:
     for variable in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
         protocol = env.get(variable, "").strip()
         if protocol:
@@ -111,10 +104,24 @@ def _otlp_exporter(env: Mapping[str, str]) -> SpanExporter:
                     f"{variable} is {protocol!r}: only the OTLP HTTP/protobuf exporter is "
                     "installed; use http/protobuf (the collector's port 4318)"
                 )
-            break
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            return
 
-    return OTLPSpanExporter()
+
+def exporters_from_env(environ: Mapping[str, str] | None = None) -> list[SpanExporter]:
+    """The exporters OTEL_TRACES_EXPORTER names (default `otlp`: OTLP over HTTP/protobuf, whose
+    endpoint, headers, timeout and compression the exporter reads from OTEL_EXPORTER_OTLP_*;
+    `console`: one JSON line per span on standard output)."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+    env = os.environ if environ is None else environ
+    check_settings(env)
+    return [
+        OTLPSpanExporter()
+        if name in OTLP_NAMES
+        else ConsoleSpanExporter(formatter=lambda span: span.to_json(indent=None) + os.linesep)
+        for name in _exporter_names(env) or ["otlp"]
+    ]
 
 
 def resource(service_name: str) -> Resource:
@@ -149,10 +156,10 @@ def setup(service_name: str, *, exporter: SpanExporter | None = None) -> bool:
             else [BatchSpanProcessor(each) for each in exporters_from_env()]
         )
         provider = TracerProvider(resource=resource(service_name))
-        # First, so the exporting processors see the job attributes and the scrubbed URLs.
+        # First, so the exporting processors see the job attributes.
         provider.add_span_processor(job_span_processor())
         for processor in processors:
-            provider.add_span_processor(processor)
+            provider.add_span_processor(scrubbing(processor))
         # The global provider serves what was instrumented before this ran (the receiver's
         # Flask app under gunicorn); set once per process, so a second setup (tests) keeps
         # the first there and hands its own provider to everything it instruments.
@@ -185,16 +192,19 @@ def flush(**_: Any) -> None:
         _provider.force_flush()
 
 
+def instrumentation(name: str) -> Any:
+    """opentelemetry.instrumentation.<name>: the Flask, Celery and botocore ones annotate little
+    of their classes, and are read as Any, like Celery itself."""
+    return importlib.import_module(f"opentelemetry.instrumentation.{name}")
+
+
 def _instrument(provider: TracerProvider) -> None:
-    from opentelemetry.instrumentation.botocore import (  # type: ignore[import-untyped]
-        BotocoreInstrumentor,
-    )
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
     from opentelemetry.instrumentation.redis import RedisInstrumentor
 
     for instrumentor in (
         HTTPXClientInstrumentor(),
-        BotocoreInstrumentor(),
+        instrumentation("botocore").BotocoreInstrumentor(),
         RedisInstrumentor(),
         celery_instrumentor(),
     ):
@@ -212,12 +222,9 @@ def trace_receiver(app: Flask) -> None:
     development server, tests) it starts here."""
     if not enabled() and _provider is None:
         return
+    check_settings()
     if not os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/"):
         setup(RECEIVER)
-    from opentelemetry.instrumentation.flask import (  # type: ignore[import-untyped]
-        FlaskInstrumentor,
-    )
-
     excluded = None  # the instrumentation reads OTEL_PYTHON_(FLASK_)EXCLUDED_URLS itself
     if not (
         os.environ.get("OTEL_PYTHON_FLASK_EXCLUDED_URLS")
@@ -225,7 +232,9 @@ def trace_receiver(app: Flask) -> None:
     ):
         excluded = DEFAULT_EXCLUDED_URLS
     # Without a provider yet (gunicorn), the global one serves once post_worker_init sets it.
-    FlaskInstrumentor.instrument_app(app, excluded_urls=excluded, tracer_provider=_provider)
+    instrumentation("flask").FlaskInstrumentor.instrument_app(
+        app, excluded_urls=excluded, tracer_provider=_provider
+    )
 
 
 def trace_celery_processes() -> None:
@@ -233,6 +242,7 @@ def trace_celery_processes() -> None:
     export thread made in the child), a worker of another pool, and beat."""
     if not enabled():
         return  # off: not even a signal handler
+    check_settings()
     from celery import signals
 
     signals.worker_process_init.connect(_start_worker_child, weak=False)
@@ -264,12 +274,7 @@ def celery_instrumentor() -> Any:
     `before_task_publish` to `after_task_publish`; the receiver, the CLI and beat send tasks by
     name without defining them, and then the span is left open and current for the rest of the
     request. A stand-in per task name holds it instead."""
-    from opentelemetry.instrumentation.celery import (  # type: ignore[import-untyped]
-        CeleryInstrumentor,
-    )
-    from opentelemetry.instrumentation.celery import (  # type: ignore[import-untyped]
-        utils as celery_utils,
-    )
+    celery_utils = instrumentation("celery.utils")
 
     stand_ins: dict[str, _SentByName] = {}
 
@@ -279,7 +284,7 @@ def celery_instrumentor() -> Any:
             return {**kwargs, "sender": stand_ins.setdefault(sender, _SentByName(sender))}
         return kwargs
 
-    class Instrumentor(CeleryInstrumentor):  # type: ignore[misc]
+    class Instrumentor(instrumentation("celery").CeleryInstrumentor):  # type: ignore[misc]
         def _trace_before_publish(self, *args: Any, **kwargs: Any) -> None:
             super()._trace_before_publish(*args, **with_stand_in(kwargs))
 
@@ -339,7 +344,8 @@ def annotate(
 def job_scope(name: str, **values: Any) -> Iterator[None]:
     """A span `name` of ours; the job attributes (`job_id`, `task_uuid`, `slot`, `tenant`) it
     and `annotate` give are set on every span started inside it."""
-    if _tracer is None:
+    tracer = _tracer
+    if tracer is None:
         yield
         return
     inherited = otel_context.get_value(_JOB)
@@ -347,7 +353,7 @@ def job_scope(name: str, **values: Any) -> Iterator[None]:
     token = otel_context.attach(otel_context.set_value(_JOB, attributes))
     try:
         # Exceptions are recorded by type only: a message may quote what a span must not hold.
-        with _tracer.start_as_current_span(
+        with tracer.start_as_current_span(
             name, record_exception=False, set_status_on_exception=False
         ) as span:
             try:
@@ -374,7 +380,8 @@ def job_span(name: str, **arguments: str) -> Callable[[Callable[P, R]], Callable
             bound = signature.bind_partial(*args, **kwargs).arguments
             values = {field: bound.get(parameter) for field, parameter in arguments.items()}
             with job_scope(name, **values):
-                return function(*args, **kwargs)
+                result = function(*args, **kwargs)
+            return result
 
         return traced
 
@@ -383,8 +390,7 @@ def job_span(name: str, **arguments: str) -> Callable[[Callable[P, R]], Callable
 
 def job_span_processor() -> SpanProcessor:
     """The processor that gives each span, at its start, the job attributes of the `job_scope`
-    it starts in, and cuts the query string off every URL the instrumentations recorded
-    (webhook tokens, presigned signatures)."""
+    it starts in."""
     from opentelemetry.sdk.trace import SpanProcessor
 
     class JobSpanProcessor(SpanProcessor):
@@ -392,17 +398,63 @@ def job_span_processor() -> SpanProcessor:
             inherited = otel_context.get_value(_JOB, parent_context)
             if isinstance(inherited, dict) and inherited:
                 span.set_attributes(inherited)
-            scrub(span)
 
     return JobSpanProcessor()
 
 
-def scrub(span: Span) -> None:
-    """Cut the query string off every URL attribute of a span that has started."""
-    for key, value in dict(span.attributes or {}).items():
-        if not isinstance(value, str):
-            continue
-        if key in QUERY_ATTRIBUTES:
-            span.set_attribute(key, REDACTED)
-        elif "?" in value and (key in URL_ATTRIBUTES or value.startswith(("http://", "https://"))):
-            span.set_attribute(key, value.split("?", 1)[0])
+def scrubbing(processor: SpanProcessor) -> SpanProcessor:
+    """`processor` handed each ended span without a URL query string in its attributes.
+
+    At the end, not the start: the instrumentations set some attributes again after a span
+    started (Flask sets its request's target twice)."""
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    class Scrubbing(SpanProcessor):
+        def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
+            processor.on_start(span, parent_context=parent_context)
+
+        def on_end(self, span: ReadableSpan) -> None:
+            processor.on_end(scrubbed(span))
+
+        def shutdown(self) -> None:
+            processor.shutdown()
+
+        def force_flush(self, timeout_millis: int = 30000) -> bool:
+            return processor.force_flush(timeout_millis)
+
+    return Scrubbing()
+
+
+def scrubbed_value(key: str, value: object) -> object:
+    """An attribute's value with no URL query string: cut at `?`, or REDACTED for a query."""
+    if not isinstance(value, str):
+        return value
+    if key in QUERY_ATTRIBUTES:
+        return REDACTED
+    if "?" in value and (key in URL_ATTRIBUTES or value.startswith(("http://", "https://"))):
+        return value.split("?", 1)[0]
+    return value
+
+
+def scrubbed(span: ReadableSpan) -> ReadableSpan:
+    """The span itself when no attribute holds a query string, else a copy without them."""
+    from opentelemetry.sdk.trace import ReadableSpan
+
+    attributes = dict(span.attributes or {})
+    clean = {key: scrubbed_value(key, value) for key, value in attributes.items()}
+    if clean == attributes:
+        return span
+    return ReadableSpan(
+        name=span.name,
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes=clean,  # type: ignore[arg-type]  # the same values, or shorter strings
+        events=span.events,
+        links=span.links,
+        kind=span.kind,
+        status=span.status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
