@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 from urllib.parse import quote
 
-from pipeline import admission, clock, quotas
+from pipeline import admission, clock, quotas, tracing
 from pipeline.completion import fail_slot, finish_job
 from pipeline.context import Context
 from pipeline.deadline import expire_job
@@ -25,6 +25,7 @@ MAX_TASKS_PER_REQUEST = 20
 MAX_PRESIGN_SECONDS = 7 * 86400  # SigV4 presigned URLs live at most 7 days
 
 
+@tracing.job_span("imagine.submit", job_id="job_id")
 def submit_job(ctx: Context, job_id: str, *, probe: bool = False) -> SubmitOutcome:
     """Send every pending image slot of a job to Runware; safe to run any number of times.
     A transient failure raises a retryable `ProviderError`: the retry reuses the taskUUIDs."""
@@ -114,6 +115,9 @@ def send(
         task_payload(ctx, job, slot, task_uuid, models[task_uuid])
         for task_uuid, slot in slots.items()
     ]
+    tracing.annotate(
+        tenant=job.tenant, task_uuid=list(slots), slot=[slot.slot for slot in slots.values()]
+    )
     try:
         outcomes = ctx.runware().submit(tasks)
     except ProviderError as exc:

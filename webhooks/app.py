@@ -11,6 +11,7 @@ from flask import Blueprint, Flask, jsonify
 from marshmallow import Schema
 from werkzeug.exceptions import HTTPException
 
+from pipeline import tracing
 from pipeline.catalog import get_model
 from pipeline.config import Settings
 from pipeline.errors import PipelineError
@@ -213,4 +214,5 @@ def create_app(
         log.exception("unhandled error")
         return error_response("internal", 500, "internal error")
 
+    tracing.trace_receiver(app)  # off unless the OTEL_* settings ask
     return app
