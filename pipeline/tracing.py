@@ -16,6 +16,7 @@ import functools
 import importlib
 import inspect
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -48,6 +49,8 @@ DEFAULT_EXCLUDED_URLS = "/healthz,/readyz,/metrics"
 URL_ATTRIBUTES = frozenset({"http.url", "url.full", "http.target"})
 QUERY_ATTRIBUTES = frozenset({"url.query"})
 REDACTED = "REDACTED"
+# An http(s) URL with a query, inside a longer text.
+_URL_QUERY = re.compile(r"(https?://[^\s?#'\"<>]+)\?[^\s#'\"<>]*")
 
 _JOB = otel_context.create_key("imagine-job")
 _lock = threading.Lock()
@@ -426,31 +429,42 @@ def scrubbing(processor: SpanProcessor) -> SpanProcessor:
 
 
 def scrubbed_value(key: str, value: object) -> object:
-    """An attribute's value with no URL query string: cut at `?`, or REDACTED for a query."""
+    """An attribute's value with no URL query string: a URL attribute cut at `?`, a query
+    REDACTED, and in any other text (an exception's message) each http(s) URL's query cut."""
     if not isinstance(value, str):
         return value
     if key in QUERY_ATTRIBUTES:
         return REDACTED
-    if "?" in value and (key in URL_ATTRIBUTES or value.startswith(("http://", "https://"))):
+    if key in URL_ATTRIBUTES:
         return value.split("?", 1)[0]
-    return value
+    return _URL_QUERY.sub(r"\1", value) if "?" in value else value
+
+
+def _scrubbed_attributes(attributes: Mapping[str, object] | None) -> dict[str, object]:
+    return {key: scrubbed_value(key, value) for key, value in (attributes or {}).items()}
 
 
 def scrubbed(span: ReadableSpan) -> ReadableSpan:
-    """The span itself when no attribute holds a query string, else a copy without them."""
-    from opentelemetry.sdk.trace import ReadableSpan
+    """The span itself when nothing in it holds a URL's query, else a copy without them."""
+    from opentelemetry.sdk.trace import Event, ReadableSpan
 
-    attributes = dict(span.attributes or {})
-    clean = {key: scrubbed_value(key, value) for key, value in attributes.items()}
-    if clean == attributes:
+    attributes = _scrubbed_attributes(span.attributes)
+    events = [
+        Event(event.name, _scrubbed_attributes(event.attributes), event.timestamp)  # type: ignore[arg-type]
+        for event in span.events
+    ]
+    if attributes == dict(span.attributes or {}) and all(
+        dict(clean.attributes or {}) == dict(event.attributes or {})
+        for clean, event in zip(events, span.events, strict=True)
+    ):
         return span
     return ReadableSpan(
         name=span.name,
         context=span.context,
         parent=span.parent,
         resource=span.resource,
-        attributes=clean,  # type: ignore[arg-type]  # the same values, or shorter strings
-        events=span.events,
+        attributes=attributes,  # type: ignore[arg-type]  # the same values, or shorter strings
+        events=events,
         links=span.links,
         kind=span.kind,
         status=span.status,

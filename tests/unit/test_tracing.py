@@ -243,3 +243,21 @@ def test_urls_the_http_client_records_lose_their_query() -> None:
     assert f"https://hooks.test/webhooks/runware/{TASK}" in recorded
     for secret in ("X-Amz-Signature", "abc123", "token", "secret-token", "?"):
         assert secret not in recorded
+
+
+def test_a_url_quoted_in_an_exception_s_message_loses_its_query() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(tracing.scrubbing(SimpleSpanProcessor(exporter)))
+    with provider.get_tracer(__name__).start_as_current_span("fetch") as span:
+        span.set_attribute("note", f"redirected to {PRESIGNED} then stopped")
+        span.record_exception(ValueError(f"Client error '403' for url '{WEBHOOK_URL}'"))
+    [ended] = exporter.get_finished_spans()
+    [event] = ended.events
+    assert event.attributes is not None and ended.attributes is not None
+    message = str(event.attributes["exception.message"])
+    assert message == f"Client error '403' for url 'https://hooks.test/webhooks/runware/{TASK}'"
+    assert (
+        ended.attributes["note"] == "redirected to http://s3.test/imagine/staging/j/t then stopped"
+    )
+    assert ended.context == span.get_span_context()
