@@ -261,3 +261,51 @@ def test_a_url_quoted_in_an_exception_s_message_loses_its_query() -> None:
         ended.attributes["note"] == "redirected to http://s3.test/imagine/staging/j/t then stopped"
     )
     assert ended.context == span.get_span_context()
+
+
+def test_under_gunicorn_the_receiver_leaves_the_start_to_the_worker_hook(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The app is instrumented when built; the SDK and its export thread start in
+    post_worker_init, after gevent patched the worker."""
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+    monkeypatch.setenv("SERVER_SOFTWARE", "gunicorn/23.0.0")
+    app: Any = make_client(FakeService()).application
+    assert app._is_instrumented_by_opentelemetry
+    assert not tracing.active()
+    try:
+        assert tracing.setup(tracing.RECEIVER)  # what post_worker_init does
+        assert tracing.active()
+    finally:
+        tracing.shutdown()
+
+
+def test_celery_processes_start_tracing_only_when_asked_and_refuse_a_bad_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from celery import signals
+
+    def connected() -> bool:
+        return any(
+            receiver is tracing._start_worker_child
+            for _key, receiver in signals.worker_process_init.receivers
+        )
+
+    tracing.trace_celery_processes()
+    assert not connected()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin")
+    with pytest.raises(SettingsError, match="OTEL_TRACES_EXPORTER"):
+        tracing.trace_celery_processes()
+    monkeypatch.delenv("OTEL_TRACES_EXPORTER")
+    tracing.trace_celery_processes()
+    try:
+        assert connected()
+    finally:
+        for signal, handler in (
+            (signals.worker_process_init, tracing._start_worker_child),
+            (signals.worker_process_shutdown, tracing.flush),
+            (signals.worker_init, tracing._start_worker_without_children),
+            (signals.beat_init, tracing._start_beat),
+        ):
+            signal.disconnect(handler)
