@@ -20,6 +20,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from opentelemetry import context as otel_context
@@ -325,6 +326,15 @@ def _attributes(**values: Any) -> dict[str, Any]:
     return attributes
 
 
+@dataclass
+class _Scope:
+    """A `job_scope`'s attributes, and the span it started in (the HTTP request, the Celery
+    task), which gets them too, so each trace's first span names the job."""
+
+    attributes: dict[str, Any]
+    outer: trace.Span
+
+
 def annotate(
     *,
     job_id: str | None = None,
@@ -332,28 +342,33 @@ def annotate(
     slot: int | Sequence[int] | None = None,
     tenant: str | None = None,
 ) -> None:
-    """Put what the use case learnt on the current span and on every span started after it
-    inside the current `job_span`. Nothing when tracing is off."""
+    """Put what the use case learnt on the current span, on the span the current `job_scope`
+    started in, and on every span started after it inside that scope. Nothing when tracing is
+    off."""
     if _tracer is None:
         return
     attributes = _attributes(job_id=job_id, task_uuid=task_uuid, slot=slot, tenant=tenant)
     trace.get_current_span().set_attributes(attributes)
-    inherited = otel_context.get_value(_JOB)
-    if isinstance(inherited, dict):
-        inherited.update(attributes)
+    scope = otel_context.get_value(_JOB)
+    if isinstance(scope, _Scope):
+        scope.attributes.update(attributes)
+        scope.outer.set_attributes(attributes)
 
 
 @contextmanager
 def job_scope(name: str, **values: Any) -> Iterator[None]:
     """A span `name` of ours; the job attributes (`job_id`, `task_uuid`, `slot`, `tenant`) it
-    and `annotate` give are set on every span started inside it."""
+    and `annotate` give are set on every span started inside it and on the span it started in."""
     tracer = _tracer
     if tracer is None:
         yield
         return
     inherited = otel_context.get_value(_JOB)
-    attributes = {**(inherited if isinstance(inherited, dict) else {}), **_attributes(**values)}
-    token = otel_context.attach(otel_context.set_value(_JOB, attributes))
+    given = _attributes(**values)
+    attributes = {**(inherited.attributes if isinstance(inherited, _Scope) else {}), **given}
+    outer = trace.get_current_span()
+    outer.set_attributes(given)
+    token = otel_context.attach(otel_context.set_value(_JOB, _Scope(attributes, outer)))
     try:
         # Exceptions are recorded by type only: a message may quote what a span must not hold.
         with tracer.start_as_current_span(
@@ -398,9 +413,9 @@ def job_span_processor() -> SpanProcessor:
 
     class JobSpanProcessor(SpanProcessor):
         def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
-            inherited = otel_context.get_value(_JOB, parent_context)
-            if isinstance(inherited, dict) and inherited:
-                span.set_attributes(inherited)
+            scope = otel_context.get_value(_JOB, parent_context)
+            if isinstance(scope, _Scope) and scope.attributes:
+                span.set_attributes(scope.attributes)
 
     return JobSpanProcessor()
 

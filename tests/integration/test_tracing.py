@@ -247,10 +247,13 @@ def test_one_job_s_spans_share_its_job_id_and_task_uuid_and_hold_no_secret(
     assert child_of(webhook, webhook_request) and child_of(store, webhook)
     assert child_of(copy, store)
 
-    # Linked by their attributes: every step names the job, each after the submit its image.
-    for span in (enqueue, publish, submit, runware, webhook, store, copy):
+    # Linked by their attributes: every step names the job, each after the submit its image,
+    # and so does the first span of each process's part (the request, the task run).
+    for span in (request, enqueue, publish, run, submit, runware, webhook_request, webhook):
         assert imagine(span)["imagine.job_id"] == job_id, span.name
-    for span in (submit, runware, webhook, store, copy):
+    for span in (store, copy):
+        assert imagine(span)["imagine.job_id"] == job_id, span.name
+    for span in (run, submit, runware, webhook_request, webhook, store, copy):
         assert imagine(span)["imagine.task_uuid"] == task_uuid, span.name
     for span in (enqueue, publish, submit, runware, store, copy):
         assert imagine(span)["imagine.tenant"] == "acme", span.name
