@@ -28,10 +28,11 @@ REQUEST_ID_HEADER = "X-Request-Id"
 # message headers); anything else is replaced by one of ours.
 REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{7,127}")
 
+# Outside every scope: nothing is added to it, so what one step learns never leaks into the
+# next step of a process that runs use cases without a scope (a script, the CLI's direct mode).
+_NO_SCOPE: Mapping[str, Any] = MappingProxyType({})
 # Never mutated: each change sets a new mapping, so a scope's reset restores the one before.
-_context: ContextVar[Mapping[str, Any]] = ContextVar(
-    "imagine_log_context", default=MappingProxyType({})
-)
+_context: ContextVar[Mapping[str, Any]] = ContextVar("imagine_log_context", default=_NO_SCOPE)
 
 
 def log_context() -> dict[str, Any]:
@@ -53,8 +54,9 @@ def add_log_context(**fields: Any) -> None:
     """Add what the current scope has just learnt (a tenant, a slot); the scope's reset drops
     them with the rest."""
     found = {k: v for k, v in fields.items() if v is not None}
-    if found:
-        _context.set({**_context.get(), **found})
+    current = _context.get()
+    if found and current is not _NO_SCOPE:
+        _context.set({**current, **found})
 
 
 # The tenant of each job this process read lately: a record naming a job gets its tenant

@@ -91,7 +91,7 @@ def test_a_tenant_with_only_an_api_key_uses_the_command_from_submit_to_download(
 
     listed = imagine("jobs", "--state", "succeeded")
     assert listed.returncode == 0 and job["id"] in listed.stdout
-    assert listed.stderr == "jobs of tenant dev (the API key's), newest first\n"
+    assert listed.stderr == "jobs of tenant dev (the API key's) in state succeeded, newest first\n"
 
     if "url" not in job["slots"][0]:
         pytest.skip("the job view carries no image URL on this server yet")

@@ -183,3 +183,14 @@ def test_gunicorn_writes_json_lines_without_query_strings(
     assert access["path"] == "/webhooks/runware/abc" and access["status"] == 202
     assert access["request_id"] == "req-77777777" and access["duration_ms"] == 5
     assert "secret-token" not in out.out + out.err
+
+
+def test_what_a_step_learns_outside_every_scope_is_not_kept_for_the_next() -> None:
+    # A script or the CLI's direct mode runs use cases with no scope: a webhook's job and slot
+    # must not name every later line of the process.
+    add_log_context(job_id=JOB, slot=1, tenant="acme")
+    assert log_context() == {}
+    with log_scope(job_id=JOB):
+        add_log_context(slot=1)
+        assert log_context() == {"job_id": JOB, "slot": 1}
+    assert log_context() == {}
