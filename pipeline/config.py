@@ -190,6 +190,9 @@ class Settings:
     s3_bucket: str = "imagine-pipeline"
     s3_prefix: str = ""
     s3_endpoint_url: str | None = None
+    # The endpoint presigned URLs name, when Runware reaches S3 by another address than we do
+    # (http://minio:9000 inside compose, https://s3.example.com outside); None: s3_endpoint_url.
+    s3_public_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
     runware_api_url: str = "https://api.runware.ai/v1"
     runware_api_key: Secret = field(default_factory=Secret)
@@ -269,6 +272,7 @@ class Settings:
             s3_bucket=_str(env, "S3_BUCKET", cls.s3_bucket),
             s3_prefix=prefix,
             s3_endpoint_url=_url(env, "S3_ENDPOINT_URL", None),
+            s3_public_endpoint_url=_url(env, "S3_PUBLIC_ENDPOINT_URL", None),
             s3_region=_str(env, "S3_REGION", cls.s3_region),
             runware_api_url=runware_api_url,
             runware_api_key=Secret(_str(env, "RUNWARE_API_KEY", "")),

@@ -80,8 +80,10 @@ def _storage_error(action: str, key: str, exc: Exception) -> StorageError:
 class S3ObjectStorage:
     """Object storage on S3 or any S3-compatible server."""
 
-    def __init__(self, client: S3Client, bucket: str) -> None:
+    def __init__(self, client: S3Client, bucket: str, *, presigner: S3Client | None = None) -> None:
         self._s3 = client
+        # Signs URLs for Runware and API clients; only its endpoint differs from the client's.
+        self._presigner = presigner or client
         self.bucket = bucket
 
     @classmethod
@@ -101,17 +103,26 @@ class S3ObjectStorage:
             region_name=settings.s3_region,
             config=config,
         )
-        return cls(client, settings.s3_bucket)
+        presigner = None
+        if settings.s3_public_endpoint_url:
+            # Signing is local: this client never connects, its endpoint only names the host.
+            presigner = boto3.client(
+                "s3",
+                endpoint_url=settings.s3_public_endpoint_url,
+                region_name=settings.s3_region,
+                config=config.merge(Config(s3={"addressing_style": "path"})),
+            )
+        return cls(client, settings.s3_bucket, presigner=presigner)
 
     def presign_put(self, key: str, expires_in: int) -> str:
         # No ContentType in the signature: the header Runware's PUT carries is not documented.
-        url: str = self._s3.generate_presigned_url(
+        url: str = self._presigner.generate_presigned_url(
             "put_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_in
         )
         return url
 
     def presign_get(self, key: str, expires_in: int) -> str:
-        url: str = self._s3.generate_presigned_url(
+        url: str = self._presigner.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_in
         )
         return url

@@ -232,3 +232,27 @@ def test_the_upload_url_lives_until_the_deadline_plus_the_margin(
     assert int(params["X-Amz-Expires"]) == expected
     assert int(params["X-Amz-Expires"]) <= WEEK
     assert params["X-Amz-SignedHeaders"] == "host"
+
+
+def test_a_public_endpoint_names_the_host_runware_reaches_in_both_presigned_urls() -> None:
+    public = "https://s3.public.example.test"
+    store = S3ObjectStorage.from_settings(
+        settings(S3_ENDPOINT_URL="http://minio:9000", S3_PUBLIC_ENDPOINT_URL=public)
+    )
+    key = f"staging/{JOB}/{TASK}.png"
+    for method, url in (
+        ("PUT", store.presign_put(key, 600)),
+        ("GET", store.presign_get(key, 600)),
+    ):
+        parts = urlsplit(url)
+        assert f"{parts.scheme}://{parts.netloc}" == public, url
+        assert parts.path == f"/{BUCKET}/{key}", url
+        # Signed for the public host: S3 behind that name accepts it.
+        assert sigv4_signature(method, url, SECRET_KEY) == query(url)["X-Amz-Signature"]
+    # Reads and writes of the pipeline itself still go to the internal endpoint.
+    assert store._s3.meta.endpoint_url == "http://minio:9000"
+
+
+def test_without_a_public_endpoint_presigned_urls_name_the_s3_endpoint() -> None:
+    url = storage("http://minio:9000").presign_put(f"staging/{JOB}/{TASK}.png", 600)
+    assert urlsplit(url).netloc == "minio:9000"
