@@ -17,14 +17,27 @@ class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
 
+def _raw(env: Mapping[str, str], name: str, default: object) -> str | None:
+    """The variable's value, None when unset; set but blank is refused when the default is not
+    blank: a blank that silently became the default would hide the user's mistake."""
+    raw = env.get(name)
+    if raw is None or raw.strip() != "":
+        return raw
+    if default is None or str(default) == "":
+        return None
+    raise SettingsError(
+        f"{name} is set but empty: give it a value, or unset it for the default ({default})"
+    )
+
+
 def _str(env: Mapping[str, str], name: str, default: str) -> str:
-    value = env.get(name)
-    return default if value is None or value.strip() == "" else value.strip()
+    value = _raw(env, name, default)
+    return default if value is None else value.strip()
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
+    raw = _raw(env, name, default)
+    if raw is None:
         return default
     try:
         value = int(raw)
@@ -36,8 +49,8 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
 
 
 def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
+    raw = _raw(env, name, default)
+    if raw is None:
         return default
     try:
         value = float(raw)
@@ -49,8 +62,8 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
+    raw = _raw(env, name, default)
+    if raw is None:
         return default
     lowered = raw.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -68,7 +81,7 @@ def _list(env: Mapping[str, str], name: str, default: tuple[str, ...] = ()) -> t
 
 
 def _url(env: Mapping[str, str], name: str, default: str | None) -> str | None:
-    value = env.get(name, "").strip() or default
+    value = (_raw(env, name, default) or "").strip() or default
     if value is None:
         return None
     parts = urlsplit(value)
@@ -168,8 +181,8 @@ RATE_LIMIT_ITEM = re.compile(
 
 def _rate_limit(env: Mapping[str, str]) -> str:
     """API_RATE_LIMIT: Flask-Limiter's notation ("20/second;600/minute"), or "off"."""
-    raw = env.get("API_RATE_LIMIT")
-    if raw is None or raw.strip() == "":
+    raw = _raw(env, "API_RATE_LIMIT", Settings.api_rate_limit)
+    if raw is None:
         return Settings.api_rate_limit
     if raw.strip().lower() in {"off", "none", "0"}:
         return ""

@@ -90,13 +90,23 @@ def test_a_bad_value_names_the_variable(name: str, value: str) -> None:
         Settings.from_env({name: value})
 
 
-def test_blank_values_fall_back_to_defaults() -> None:
+@pytest.mark.parametrize(
+    "name",
+    ["RUNWARE_MAX_IN_FLIGHT", "S3_BUCKET", "ALLOW_PRIVATE_URLS", "REDIS_URL", "API_RATE_LIMIT",
+     "RUNWARE_TIMEOUT_SECONDS"],
+)  # fmt: skip
+def test_a_blank_value_that_would_become_a_default_names_the_variable(name: str) -> None:
+    with pytest.raises(SettingsError, match=f"{name} is set but empty"):
+        Settings.from_env({name: " "})
+
+
+def test_blank_is_a_value_where_the_default_is_blank_and_unset_is_the_default() -> None:
     settings = Settings.from_env(
-        {"RUNWARE_MAX_IN_FLIGHT": " ", "S3_BUCKET": "", "ALLOW_PRIVATE_URLS": ""}
+        {"S3_PREFIX": "", "RUNWARE_API_KEY": "", "S3_ENDPOINT_URL": "", "API_KEYS": ""}
     )
-    assert settings.runware_max_in_flight == 4
-    assert settings.s3_bucket == "imagine-pipeline"
-    assert settings.allow_private_urls is False
+    assert settings.s3_prefix == ""
+    assert settings.s3_endpoint_url is None
+    assert Settings.from_env({}).s3_bucket == "imagine-pipeline"
 
 
 def test_an_s3_prefix_must_end_with_a_slash() -> None:
