@@ -8,7 +8,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from pipeline.secrets import ApiKeys, Secret, redact_url
 
@@ -85,7 +85,7 @@ def _url(env: Mapping[str, str], name: str, default: str | None) -> str | None:
     if value is None:
         return None
     parts = urlsplit(value)
-    if parts.scheme not in {"http", "https", "redis", "rediss"} or not parts.netloc:
+    if parts.scheme not in {"http", "https", "redis", "rediss", "sentinel"} or not parts.netloc:
         raise SettingsError(f"{name} must be an absolute URL, got {value!r}")
     return value.rstrip("/")
 
@@ -113,6 +113,52 @@ TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 def _required_url(env: Mapping[str, str], name: str, default: str) -> str:
     return _url(env, name, default) or default
+
+
+def _sentinels(env: Mapping[str, str]) -> tuple[str, ...]:
+    """REDIS_SENTINELS as host:port items; with them, REDIS_URL must be unset."""
+    sentinels = _list(env, "REDIS_SENTINELS")
+    for item in sentinels:
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise SettingsError(
+                f"REDIS_SENTINELS must be comma-separated host:port items, got {item!r}"
+            )
+    if sentinels and env.get("REDIS_URL", "").strip():
+        raise SettingsError(
+            "REDIS_URL and REDIS_SENTINELS are both set: unset REDIS_URL when Redis is reached "
+            "through Sentinel (REDIS_SENTINEL_MASTER, REDIS_PASSWORD and REDIS_DB name the rest)"
+        )
+    if not sentinels:
+        for name in ("REDIS_SENTINEL_MASTER", "REDIS_PASSWORD", "REDIS_SENTINEL_PASSWORD"):
+            if env.get(name, "").strip():
+                raise SettingsError(
+                    f"{name} is set but REDIS_SENTINELS is not: without Sentinel, REDIS_URL "
+                    "carries the password"
+                )
+    master = env.get("REDIS_SENTINEL_MASTER", "imagine").strip() or "imagine"
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", master):
+        raise SettingsError(
+            f"REDIS_SENTINEL_MASTER must be letters, digits, '.', '_' or '-', got {master!r}"
+        )
+    return sentinels
+
+
+def _sentinel_url(env: Mapping[str, str], sentinels: tuple[str, ...]) -> str:
+    """A display form of the Sentinel deployment (no password), in the `limits` notation."""
+    master = _str(env, "REDIS_SENTINEL_MASTER", "imagine")
+    db = _int(env, "REDIS_DB", 0, 0)
+    return f"redis+sentinel://{','.join(sentinels)}/{master}/{db}"
+
+
+def _broker_default(env: Mapping[str, str], redis_url: str) -> str:
+    """The broker follows the job store's Redis: kombu's `sentinel://` form behind Sentinel."""
+    if not redis_url.startswith("redis+sentinel://"):
+        return redis_url
+    password = _str(env, "REDIS_PASSWORD", "")
+    auth = f":{quote(password, safe='')}@" if password else ""
+    db = _int(env, "REDIS_DB", 0, 0)
+    return ";".join(f"sentinel://{auth}{item}/{db}" for item in _list(env, "REDIS_SENTINELS"))
 
 
 def _api_keys(env: Mapping[str, str]) -> ApiKeys:
@@ -200,6 +246,15 @@ class Settings:
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_url: str = "redis://127.0.0.1:6379/0"
+    # Redis behind Sentinel (docs/redis.md): the sentinels' host:port list; empty: REDIS_URL.
+    redis_sentinels: tuple[str, ...] = ()
+    redis_sentinel_master: str = "imagine"
+    redis_password: Secret = field(default_factory=Secret)
+    redis_sentinel_password: Secret = field(default_factory=Secret)
+    redis_db: int = 0
+    # Replicas that must confirm a new job and a slot's taskUUID before they are relied on.
+    redis_replica_acks: int = 0
+    redis_replica_wait_ms: int = 1000
     s3_bucket: str = "imagine-pipeline"
     s3_prefix: str = ""
     s3_endpoint_url: str | None = None
@@ -268,6 +323,9 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         redis_url = _required_url(env, "REDIS_URL", cls.redis_url)
+        sentinels = _sentinels(env)
+        if sentinels:
+            redis_url = _sentinel_url(env, sentinels)
         prefix = _str(env, "S3_PREFIX", "")
         if prefix and not prefix.endswith("/"):
             raise SettingsError(f"S3_PREFIX must be empty or end with '/', got {prefix!r}")
@@ -281,7 +339,14 @@ class Settings:
             raise SettingsError(f"LOG_FORMAT must be json or text, got {log_format!r}")
         settings = cls(
             redis_url=redis_url,
-            broker_url=_url(env, "CELERY_BROKER_URL", redis_url) or redis_url,
+            broker_url=_url(env, "CELERY_BROKER_URL", None) or _broker_default(env, redis_url),
+            redis_sentinels=sentinels,
+            redis_sentinel_master=_str(env, "REDIS_SENTINEL_MASTER", cls.redis_sentinel_master),
+            redis_password=Secret(_str(env, "REDIS_PASSWORD", "")),
+            redis_sentinel_password=Secret(_str(env, "REDIS_SENTINEL_PASSWORD", "")),
+            redis_db=_int(env, "REDIS_DB", cls.redis_db, 0),
+            redis_replica_acks=_int(env, "REDIS_REPLICA_ACKS", cls.redis_replica_acks, 0),
+            redis_replica_wait_ms=_int(env, "REDIS_REPLICA_WAIT_MS", cls.redis_replica_wait_ms, 1),
             s3_bucket=_str(env, "S3_BUCKET", cls.s3_bucket),
             s3_prefix=prefix,
             s3_endpoint_url=_url(env, "S3_ENDPOINT_URL", None),
@@ -380,7 +445,8 @@ class Settings:
         for name in self.__dataclass_fields__:
             value = getattr(self, name)
             if name in {"redis_url", "broker_url"}:
-                value = redact_url(value)
+                # A Sentinel broker URL is one URL per sentinel, joined by ';'.
+                value = ";".join(redact_url(part) for part in value.split(";"))
             shown.append(f"{name}={value!r}")
         return f"Settings({', '.join(shown)})"
 

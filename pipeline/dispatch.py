@@ -11,6 +11,7 @@ from kombu.exceptions import ChannelError
 from pipeline.broker import transport_for
 from pipeline.config import Settings
 from pipeline.logs import log_context
+from pipeline.sentinel import broker_transport_options
 
 SUBMIT_QUEUE = "submit"
 FINALIZE_QUEUE = "finalize"
@@ -106,6 +107,8 @@ def create_celery(settings: Settings | None = None) -> Celery:
             "visibility_timeout": settings.visibility_timeout_seconds,
             "socket_timeout": 10,
             "socket_connect_timeout": 5,
+            # Behind Sentinel: the master's name and how to reach the sentinels.
+            **broker_transport_options(settings),
         },
         broker_connection_retry_on_startup=True,
         worker_send_task_events=True,

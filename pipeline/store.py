@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import redis
@@ -24,6 +25,7 @@ from pipeline.models import (
     Slot,
     SlotState,
 )
+from pipeline.sentinel import master_client
 
 log = logging.getLogger(__name__)
 
@@ -489,8 +491,13 @@ def job_from_hash(raw: dict[str, str], slots: list[Slot]) -> Job:
 
 def redis_client(settings: Settings) -> redis.Redis:
     """One client per process for the pipeline's records (decoded strings, bounded waits)."""
-    return redis.Redis.from_url(
-        settings.redis_url,
+    # Behind Sentinel: the same options, for whichever server is the master (docs/redis.md).
+    connect = (
+        partial(master_client, settings)
+        if settings.redis_sentinels
+        else partial(redis.Redis.from_url, settings.redis_url)
+    )
+    return connect(
         decode_responses=True,
         socket_timeout=10,
         socket_connect_timeout=5,
@@ -509,8 +516,14 @@ class RedisJobStore:
         namespace: str = "imagine",
         api_key: str | None = None,
         reconcile_grace_seconds: float = 60,
+        replica_acks: int = 0,
+        replica_wait_ms: int = 1000,
     ) -> None:
         self.redis = client
+        # Replicas that must hold a job's creation and a slot's taskUUID before either is
+        # relied on (0: none asked; see `_replicated`).
+        self.replica_acks = replica_acks
+        self.replica_wait_ms = replica_wait_ms
         self.retention_seconds = retention_seconds
         self.ns = namespace
         # How long a write may wait for the reconciler: each write makes its job due by then.
@@ -533,7 +546,28 @@ class RedisJobStore:
             retention_seconds=settings.job_retention_seconds,
             api_key=settings.runware_api_key.reveal() or None,
             reconcile_grace_seconds=settings.reconcile_grace_seconds,
+            replica_acks=settings.redis_replica_acks,
+            replica_wait_ms=settings.redis_replica_wait_ms,
         )
+
+    def _replicated(self) -> None:
+        """Wait until `replica_acks` replicas hold every write made so far, or raise a
+        retryable error. Replication is asynchronous: a write the master acknowledged can vanish
+        when a replica is promoted before receiving it. A vanished job would be lost after its
+        202, and a vanished taskUUID would be minted afresh and paid for twice. The marker write
+        goes on the same connection as WAIT, and the replication stream is ordered, so its
+        acknowledgement covers this process's earlier writes on any connection."""
+        if not self.replica_acks:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.incr(f"{self.ns}:replication:mark")
+        pipe.wait(self.replica_acks, self.replica_wait_ms)
+        _, acked = pipe.execute()
+        if int(acked) < self.replica_acks:
+            raise redis.TimeoutError(
+                f"{acked} of {self.replica_acks} Redis replicas confirmed a write "
+                f"within {self.replica_wait_ms} ms (REDIS_REPLICA_ACKS)"
+            )
 
     # --- keys ---
     def job_key(self, job_id: str) -> str:
@@ -615,6 +649,7 @@ class RedisJobStore:
                 *self._stats_args(True),
             ],
         )
+        self._replicated()
         if existing:
             job_id, _, stored_hash = str(existing).partition("|")
             return job_id, stored_hash
@@ -752,6 +787,8 @@ class RedisJobStore:
                 self._due_after_write(),
             ],
         )
+        # The taskUUID must outlive a failover before Runware sees it (`_replicated`).
+        self._replicated()
         return str(result) if result else None
 
     def new_attempt(

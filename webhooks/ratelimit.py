@@ -13,6 +13,7 @@ from flask_limiter import Limiter, RateLimitExceeded
 
 from pipeline.config import Settings
 from pipeline.errors import LimitExceeded
+from pipeline.sentinel import limiter_storage
 
 # Every route of the API shares one count per tenant: polling and submitting draw on the same rate.
 SCOPE = "jobs-api"
@@ -36,10 +37,12 @@ def init_rate_limits(app: Flask, settings: Settings, api: Blueprint) -> Limiter 
     retries must never be refused), health and metrics are neither counted nor checked."""
     if not settings.api_rate_limit:
         return None
+    storage_uri, sentinel_options = limiter_storage(settings)
     limiter = Limiter(
         partial(rate_key, settings),
-        storage_uri=settings.redis_url,
+        storage_uri=storage_uri,
         storage_options={
+            **sentinel_options,
             "key_prefix": KEY_PREFIX,
             "socket_timeout": 2,
             "socket_connect_timeout": 2,

@@ -31,10 +31,10 @@ _scopes: dict[str, Any] = {}
 
 def is_retryable(exc: BaseException) -> bool:
     """A failure the same call may get past later: the pipeline's own transient errors, and
-    Redis being unreachable for a moment."""
+    Redis being unreachable for a moment (or, during a failover, still read-only)."""
     if isinstance(exc, PipelineError):
         return exc.retryable
-    return isinstance(exc, (redis.ConnectionError, redis.TimeoutError))
+    return isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError))
 
 
 class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type information
