@@ -5,15 +5,18 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run demo test test-fast lint bench chaos flower clean
+.PHONY: help setup check-config run demo test test-fast lint bench chaos flower clean
 
 help: ## List the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV) && $(BIN)/pip install -q --upgrade pip && $(BIN)/pip install -q -c constraints.txt -e '.[local,dev]' && touch $(STAMP)
 
 setup: $(STAMP) ## Create .venv and install the project with its local and dev extras
+
+check-config: $(STAMP) ## Print what make run would use, each setting it ignores, or the one it refuses
+	$(BIN)/imagine stack --check
 
 run: $(STAMP) ## Start the whole local stack, run the example jobs, stay up until Ctrl-C
 	$(BIN)/imagine stack

@@ -37,6 +37,24 @@ PORT_VARIABLES = {
 SUBMIT_EXAMPLES_VARIABLE = "STACK_SUBMIT_EXAMPLES"
 # With a public URL in front of it, the receiver listens where a tunnel usually points.
 DEFAULT_PUBLIC_RECEIVER_PORT = 8000
+# Written into stack.env: a shell that sourced it is recognised, and its values are not taken
+# for the user's own choices by the next stack.
+STACK_ENV_MARKER = "STACK_ENV_FILE"
+# The settings stack.env holds that a stack would otherwise read as the user's own.
+STACK_ENV_SETTINGS = (
+    "REDIS_URL", "S3_ENDPOINT_URL", "S3_BUCKET", "S3_PREFIX", "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY", "CALLBACK_SECRET",
+)  # fmt: skip
+# Settings every pipeline process of the stack gets from the stack, whatever the caller says.
+SET_BY_STACK = (
+    "CELERY_BROKER_URL", "API_KEYS", "CALLBACK_SECRET", "ALLOW_PRIVATE_URLS",
+    "RECONCILE_INTERVAL_SECONDS", "RECONCILE_GRACE_SECONDS", "LOG_FORMAT", "LOG_LEVEL",
+    "PROMETHEUS_MULTIPROC_DIR", "WORKER_METRICS_PORT", "WORKER_METRICS_ADDRESS",
+    "FLOWER_BASIC_AUTH", "FLOWER_ADDRESS", "FLOWER_PORT",
+)  # fmt: skip
+MODES = ("local", "external")
+# In the workdir: the process groups of the running stack (name, pid, start time), one a line.
+RECORDS_FILE = "processes"
 
 
 class StackError(RuntimeError):
@@ -100,10 +118,13 @@ class StackConfig:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     aws_credentials: Mapping[str, str] | None = None
     submit_examples: bool = False  # submit the examples to a real provider too (they cost money)
+    aws_s3: bool = False  # with no s3_endpoint: AWS's own endpoint of the region, not a local one
+    # What the environment said that the stack does not follow, one line each (make run prints).
+    notes: tuple[str, ...] = ()
 
     @property
     def local_s3(self) -> bool:
-        return self.s3_endpoint is None
+        return self.s3_endpoint is None and not self.aws_s3
 
     @property
     def emulated(self) -> bool:
@@ -115,23 +136,33 @@ class StackConfig:
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str], workdir: Path) -> StackConfig:
-        """Read the stack's choices; refuse combinations the real provider cannot work with."""
-        s3_endpoint = environ.get("S3_ENDPOINT_URL") or None
-        runware_url = environ.get("RUNWARE_API_URL") or None
-        public = environ.get("PUBLIC_BASE_URL") or None
-        _check_provider(environ, runware_url, public, s3_endpoint)
+        """Read the stack's choices; refuse a blank setting and combinations the real provider
+        cannot work with; name in notes every setting present that the stack does not follow."""
+        notes: list[str] = []
+        environ = _without_previous_stack(environ, notes)
+        runware_url = _setting(environ, "RUNWARE_API_URL")
+        public = _setting(environ, "PUBLIC_BASE_URL")
+        redis_url = _redis(environ, notes)
+        s3_endpoint, aws_s3 = _s3(environ, runware_url, notes)
+        _check_provider(environ, runware_url, public, s3_endpoint, aws_s3=aws_s3)
         ports = _ports(environ)
         if public is not None and ports["receiver"] is None:
             ports["receiver"] = DEFAULT_PUBLIC_RECEIVER_PORT
         aws = None
-        if s3_endpoint is not None:
+        if s3_endpoint is not None or aws_s3:
             aws = {key: value for key, value in environ.items() if key.startswith("AWS_")}
-        return cls(
+        if runware_url is None:
+            _note_ignored(environ, notes, "using the Runware emulator", _runware_settings(environ),
+                          "set RUNWARE_API_URL and RUNWARE_API_KEY for the real API")  # fmt: skip
+        _note_ignored(environ, notes, "setting its own values", SET_BY_STACK, "")
+        config = cls(
             workdir=workdir,
-            bucket=environ.get("S3_BUCKET") or "imagine-pipeline",
-            prefix=environ.get("S3_PREFIX", ""),
-            region=environ.get("S3_REGION") or servers.LOCAL_REGION,
+            bucket=_setting(environ, "S3_BUCKET") or "imagine-pipeline",
+            prefix=environ.get("S3_PREFIX", "").strip(),
+            region=_setting(environ, "S3_REGION") or servers.LOCAL_REGION,
+            redis_url=redis_url,
             s3_endpoint=s3_endpoint,
+            aws_s3=aws_s3,
             runware_api_url=runware_url,
             runware_api_key=environ.get("RUNWARE_API_KEY") or None,
             public_base_url=public,
@@ -139,16 +170,125 @@ class StackConfig:
             extra_env=_passthrough(environ, real_provider=runware_url is not None),
             aws_credentials=aws,
             submit_examples=_flag(environ, SUBMIT_EXAMPLES_VARIABLE),
+            notes=tuple(notes),
+        )
+        _check_pipeline_settings(config, environ)
+        return config
+
+
+def _setting(environ: Mapping[str, str], variable: str) -> str | None:
+    """A setting's value, None when unset; set but blank is refused with its name."""
+    raw = environ.get(variable)
+    if raw is None:
+        return None
+    if not raw.strip():
+        raise StackError(f"{variable} is set but empty: give it a value, or unset it")
+    return raw.strip()
+
+
+def _mode(environ: Mapping[str, str], variable: str, default: str) -> str:
+    mode = (_setting(environ, variable) or default).lower()
+    if mode not in MODES:
+        raise StackError(f"{variable} must be local or external, got {environ[variable]!r}")
+    return mode
+
+
+def _note_ignored(
+    environ: Mapping[str, str], notes: list[str], doing: str, variables: Sequence[str], hint: str
+) -> None:
+    present = [variable for variable in variables if variable in environ]
+    if present:
+        verb = "is" if len(present) == 1 else "are"
+        notes.append(
+            f"{doing}; {', '.join(present)} {verb} ignored" + (f" — {hint}" if hint else "")
         )
 
 
+def _without_previous_stack(environ: Mapping[str, str], notes: list[str]) -> Mapping[str, str]:
+    """environ without the settings a sourced stack.env put there: they point at that stack."""
+    source = environ.get(STACK_ENV_MARKER)
+    if source is None:
+        return environ
+    present = [variable for variable in STACK_ENV_SETTINGS if variable in environ]
+    notes.append(
+        f"this shell sourced {source} ({STACK_ENV_MARKER} is set): "
+        + (f"{', '.join(present)} from it are ignored, " if present else "")
+        + "they name a previous stack — start from a shell without them to set your own"
+    )
+    dropped = {STACK_ENV_MARKER, *STACK_ENV_SETTINGS}
+    return {key: value for key, value in environ.items() if key not in dropped}
+
+
+def _redis(environ: Mapping[str, str], notes: list[str]) -> str | None:
+    """The Redis to use: None for the stack's own (STACK_REDIS=local, the default)."""
+    if _mode(environ, "STACK_REDIS", "local") == "external":
+        url = _setting(environ, "REDIS_URL")
+        if url is None:
+            raise StackError("STACK_REDIS=external needs REDIS_URL (redis://host:port/db)")
+        return url
+    _note_ignored(environ, notes, "using its own Redis", ("REDIS_URL",),
+                  "set STACK_REDIS=external to use yours")  # fmt: skip
+    return None
+
+
+def _s3(
+    environ: Mapping[str, str], runware_url: str | None, notes: list[str]
+) -> tuple[str | None, bool]:
+    """The S3 endpoint to use and whether it is AWS's own (no endpoint); (None, False): local.
+
+    A provider outside this machine cannot upload to a local S3 server: external is its default.
+    """
+    remote = runware_url is not None and not is_local_url(runware_url)
+    if _mode(environ, "STACK_S3", "external" if remote else "local") == "external":
+        endpoint = _setting(environ, "S3_ENDPOINT_URL")
+        return endpoint, endpoint is None
+    aws = sorted(key for key in environ if key.startswith("AWS_"))
+    _note_ignored(environ, notes, "using its own S3 server", ("S3_ENDPOINT_URL", *aws),
+                  "set STACK_S3=external to use yours")  # fmt: skip
+    return None, False
+
+
+def _runware_settings(environ: Mapping[str, str]) -> list[str]:
+    return sorted(key for key in environ if key.startswith("RUNWARE_"))
+
+
+def _check_pipeline_settings(config: StackConfig, environ: Mapping[str, str]) -> None:
+    """Read the pipeline processes' settings as they will: a bad one stops make run now, named."""
+    from pipeline.config import Settings, SettingsError  # the pipeline's own reading
+
+    env = servers.pipeline_env(
+        config.redis_url or "redis://127.0.0.1:1/0",
+        config.s3_endpoint or (None if config.aws_s3 else "http://127.0.0.1:1"),
+        config.bucket,
+        "http://127.0.0.1:1" if config.emulated else None,
+        config.runware_api_key or "placeholder",
+        config.ports.get("receiver") or 1,
+        s3_prefix=config.prefix,
+        s3_region=config.region,
+        runware_api_url=config.runware_api_url,
+        public_base_url=config.public_base_url,
+        aws_credentials=config.aws_credentials,
+        extra=config.extra_env,
+        base=environ,
+    )
+    try:
+        Settings.from_env(env)
+    except SettingsError as exc:
+        raise StackError(str(exc)) from None
+
+
 def _check_provider(
-    environ: Mapping[str, str], runware_url: str | None, public: str | None, s3_endpoint: str | None
+    environ: Mapping[str, str],
+    runware_url: str | None,
+    public: str | None,
+    s3_endpoint: str | None,
+    *,
+    aws_s3: bool = False,
 ) -> None:
     """Refuse a real provider that could not reach the receiver or S3."""
     if runware_url is None:
         return
-    if not environ.get("RUNWARE_API_KEY"):
+    if not environ.get("RUNWARE_API_KEY", "").strip():
         raise StackError(f"RUNWARE_API_URL is {runware_url} but RUNWARE_API_KEY is unset")
     if is_local_url(runware_url):
         return
@@ -160,12 +300,14 @@ def _check_provider(
             "receiver (STACK_RECEIVER_PORT, default "
             f"{DEFAULT_PUBLIC_RECEIVER_PORT})."
         )
+    if aws_s3:
+        return
     if s3_endpoint is None or is_local_url(s3_endpoint):
         raise StackError(
             f"RUNWARE_API_URL is {runware_url}, a provider outside this machine, "
             f"but S3 is {s3_endpoint or 'the local S3 server'}: Runware could not "
-            "upload to it. Set S3_ENDPOINT_URL to a reachable S3 endpoint (for AWS, "
-            "https://s3.<region>.amazonaws.com) with credentials in AWS_*."
+            "upload to it. Set STACK_S3=external (unset S3_ENDPOINT_URL for AWS, or set it to "
+            "a reachable S3 endpoint) with credentials in AWS_*."
         )
 
 
@@ -243,9 +385,13 @@ class LocalStack:
         base = self._start_servers()
         self.urls = {
             "REDIS_URL": self.config.redis_url or _url(base["redis"]),
-            "S3_ENDPOINT_URL": self.config.s3_endpoint or _url(base["s3"]),
+            # "" for AWS's own endpoint, which boto3 finds from the region.
+            "S3_ENDPOINT_URL": self.config.s3_endpoint
+            or (_url(base["s3"]) if "s3" in base else ""),
             "EMULATOR_URL": self._emulator_url(base),
         }
+        if self.config.redis_url is not None:
+            self._check_redis(self.config.redis_url)
         self._prepare_bucket()
         self.api_key = secrets.token_urlsafe(24)
         self.env = self._pipeline_env()
@@ -305,6 +451,10 @@ class LocalStack:
 
     def _keep(self, service: Service) -> Service:
         self.services[service.name] = service
+        # What the next start stops if this supervisor dies without stopping its processes.
+        supervise.write_records(
+            self.workdir / RECORDS_FILE, [kept.process for kept in self.services.values()]
+        )
         return service
 
     def start_redis(self) -> Service:
@@ -394,6 +544,19 @@ class LocalStack:
         else:
             self._check_bucket(self.urls["S3_ENDPOINT_URL"])
 
+    def _check_redis(self, url: str) -> None:
+        import redis  # only an external Redis needs a check here
+
+        from pipeline.secrets import redact_url
+
+        try:
+            redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3).ping()
+        except redis.RedisError as exc:
+            raise StackError(
+                f"Redis at {redact_url(url)} (REDIS_URL, STACK_REDIS=external) is not "
+                f"reachable: {exc}"
+            ) from exc
+
     def _check_bucket(self, endpoint: str) -> None:
         from botocore.exceptions import BotoCoreError, ClientError  # slow to import; rarely needed
 
@@ -402,7 +565,7 @@ class LocalStack:
             client.head_bucket(Bucket=self.config.bucket)
         except (BotoCoreError, ClientError) as exc:
             raise StackError(
-                f"bucket {self.config.bucket} at {endpoint} is not reachable: {exc}"
+                f"bucket {self.config.bucket} at {endpoint or 'AWS S3'} is not reachable: {exc}"
             ) from exc
 
     def s3_client(self) -> Any:
@@ -412,13 +575,13 @@ class LocalStack:
             return servers.local_s3_client(endpoint, self.config.region)
         import boto3  # boto3 is slow to import; only real S3 needs it here
 
-        return boto3.client("s3", endpoint_url=endpoint, region_name=self.config.region)
+        return boto3.client("s3", endpoint_url=endpoint or None, region_name=self.config.region)
 
     def _pipeline_env(self) -> dict[str, str]:
         config = self.config
         return servers.pipeline_env(
             self.urls["REDIS_URL"],
-            self.urls["S3_ENDPOINT_URL"],
+            self.urls["S3_ENDPOINT_URL"] or None,
             config.bucket,
             self.urls["EMULATOR_URL"] or None,
             self.emulator_key if config.emulated else config.runware_api_key or "",
@@ -454,12 +617,17 @@ class LocalStack:
 
     def write_env_file(self) -> Path:
         """Write stack.env: shell KEY=value lines that connect people and tools to this stack."""
+        path = self.workdir / "stack.env"
         values = {
+            # The next stack recognises a shell that sourced this file, and ignores these values.
+            STACK_ENV_MARKER: str(path),
             "REDIS_URL": self.env["REDIS_URL"],
             "S3_ENDPOINT_URL": self.urls["S3_ENDPOINT_URL"],
             "S3_BUCKET": self.env["S3_BUCKET"],
             "S3_PREFIX": self.env["S3_PREFIX"],
         }
+        if not values["S3_ENDPOINT_URL"]:
+            del values["S3_ENDPOINT_URL"]  # AWS's own endpoint: boto3 finds it from the region
         lines = ["# Written by python -m infra.stack; valid while that stack runs."]
         if self.config.local_s3:
             values["AWS_ACCESS_KEY_ID"] = self.env["AWS_ACCESS_KEY_ID"]
@@ -481,7 +649,6 @@ class LocalStack:
             # What a local callback receiver verifies this stack's signatures with.
             values["CALLBACK_SECRET"] = self.env["CALLBACK_SECRET"]
         lines += [f"{key}={shlex.quote(value)}" for key, value in values.items()]
-        path = self.workdir / "stack.env"
         path.touch(mode=0o600)
         path.write_text("\n".join(lines) + "\n")
         return path
@@ -498,6 +665,8 @@ class LocalStack:
                 service.stop(timeout)
             except Exception as exc:
                 print(f"stack: stopping {service.name} failed: {exc}", file=sys.stderr)
+        with contextlib.suppress(FileNotFoundError):
+            (self.workdir / RECORDS_FILE).unlink()
 
 
 def _url(service: Service) -> str:
@@ -513,16 +682,18 @@ def _say(message: str) -> None:
 # --- the working directory of make run ---------------------------------------------------------
 
 
-def claim_workdir(workdir: Path) -> None:
-    """Make workdir this process's: refuse a live stack there, then start from empty data."""
+def claim_workdir(workdir: Path, say: Callable[[str], None] = _say) -> None:
+    """Make workdir this process's: refuse a live stack there, stop what a dead one left running,
+    then start from empty data."""
     workdir.mkdir(parents=True, exist_ok=True)
     pidfile = workdir / "stack.pid"
-    if pidfile.exists():
-        with contextlib.suppress(ValueError, OSError):
-            other = int(pidfile.read_text().strip())
-            if other != os.getpid() and _pid_alive(other):
-                raise StackError(f"another stack (pid {other}) runs in {workdir}; stop it first")
-    pidfile.write_text(f"{os.getpid()}\n")
+    other = (
+        supervise.GroupRecord.parse(f"stack {pidfile.read_text()}") if pidfile.exists() else None
+    )
+    if other is not None and other.pgid != os.getpid() and _supervisor_alive(other):
+        raise StackError(f"another stack (pid {other.pgid}) runs in {workdir}; stop it first")
+    _stop_leftovers(workdir, other, say)
+    pidfile.write_text(f"{os.getpid()} {supervise.process_start_time(os.getpid())}\n")
     # Each run starts empty: the local S3 server keeps nothing, so old jobs would point at
     # objects that no longer exist.
     for stale in ("redis", "logs", "beat", "metrics", "prometheus"):
@@ -537,14 +708,34 @@ def release_workdir(workdir: Path) -> None:
             pidfile.unlink()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _supervisor_alive(record: supervise.GroupRecord) -> bool:
+    """Whether the recorded supervisor still runs (not another process that took its pid)."""
+    started = supervise.process_start_time(record.pgid)
+    return started is not None and record.started in (None, started)
+
+
+def _stop_leftovers(
+    workdir: Path, supervisor: supervise.GroupRecord | None, say: Callable[[str], None]
+) -> None:
+    """Stop the process groups a stack that died without stopping them left in workdir."""
+    leftovers = [group for group in supervise.read_records(workdir / RECORDS_FILE) if group.alive()]
+    if leftovers:
+        named = ", ".join(f"{group.name} (pid {group.pgid})" for group in leftovers)
+        whose = f"pid {supervisor.pgid}" if supervisor is not None else "its supervisor gone"
+        say(f"a previous stack in {workdir} ({whose}) ended without stopping its processes; "
+            f"stopping {named}")  # fmt: skip
+        try:
+            supervise.stop_groups(leftovers)
+        except PermissionError:
+            raise StackError(
+                f"processes of a previous stack in {workdir} still run and are not yours to "
+                f"stop: {named}; stop them first"
+            ) from None
+        still = [group for group in leftovers if group.alive()]
+        if still:
+            raise StackError(f"could not stop {', '.join(g.name for g in still)}; stop them first")
+    with contextlib.suppress(FileNotFoundError):
+        (workdir / RECORDS_FILE).unlink()
 
 
 # --- command line ------------------------------------------------------------------------------
@@ -570,17 +761,57 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-examples", action="store_true", help="start the stack without submitting examples"
     )
+    parser.add_argument(
+        "--check", action="store_true",
+        help="check the environment's settings as make run reads them, print each line, exit",
+    )  # fmt: skip
     return parser.parse_args(argv)
+
+
+def check_environment(environ: Mapping[str, str], workdir: Path) -> StackConfig | None:
+    """make run's first step: each setting it ignores named in a line, or the one it refuses."""
+    try:
+        config = StackConfig.from_environ(environ, workdir)
+    except StackError as exc:
+        print(f"stack: refusing to start: {exc}", file=sys.stderr, flush=True)
+        return None
+    for note in config.notes:
+        _say(note)
+    return config
+
+
+def _describe(config: StackConfig) -> str:
+    redis = f"Redis {_redacted(config.redis_url)}" if config.redis_url else "its own Redis"
+    if config.local_s3:
+        s3 = "its own S3 server"
+    else:
+        s3 = f"S3 {config.s3_endpoint or 'of AWS (' + config.region + ')'}"
+    provider = config.runware_api_url or "the Runware emulator"
+    return f"{redis}, {s3} (bucket {config.bucket}), {provider}"
+
+
+def _redacted(url: str) -> str:
+    from pipeline.secrets import redact_url
+
+    return redact_url(url)
+
+
+def _checked_config(args: argparse.Namespace) -> StackConfig | int:
+    """The stack's configuration, or the exit code of --check or of a refusal."""
+    checked = check_environment(os.environ, args.workdir)
+    if checked is None:
+        return 2
+    if args.check:
+        _say(f"configuration ok: would use {_describe(checked)}")
+        return 0
+    return dataclasses.replace(checked, prometheus=not args.demo)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        config = StackConfig.from_environ(os.environ, args.workdir)
-        config = dataclasses.replace(config, prometheus=not args.demo)
-    except StackError as exc:
-        print(f"stack: refusing to start: {exc}", file=sys.stderr)
-        return 2
+    config = _checked_config(args)
+    if isinstance(config, int):
+        return config
     stack = LocalStack(config)
     previous = {
         sig: signal.signal(sig, _raise_terminated) for sig in (signal.SIGTERM, signal.SIGHUP)
@@ -677,7 +908,8 @@ def _print_urls(stack: LocalStack, env_file: Path) -> None:
         print("  Prometheus           not started: not installed (apt-get install prometheus)")
     if urls["EMULATOR_URL"]:
         print(f"  Runware emulator     {urls['EMULATOR_URL']}")
-    print(f"  S3                   {urls['S3_ENDPOINT_URL']}  bucket {stack.config.bucket}")
+    s3 = urls["S3_ENDPOINT_URL"] or f"AWS S3 ({stack.config.region})"
+    print(f"  S3                   {s3}  bucket {stack.config.bucket}")
     print(f"  Redis                {urls['REDIS_URL']}")
     for line in _cli_lines(env_file):
         print(line)

@@ -355,3 +355,80 @@ def stop_all(services: Iterable[Service | ManagedProcess], timeout: float = 10.0
     for service in services:
         with contextlib.suppress(Exception):
             service.stop(timeout)
+
+
+def process_start_time(pid: int) -> int | None:
+    """When pid started (clock ticks after boot), None if no such process: with the pid it names
+    one process, never a later one that reuses the number."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Fields after the parenthesised command start at the state (field 3); starttime is field 22.
+    return int(stat.rsplit(")", 1)[-1].split()[19])
+
+
+@dataclass(frozen=True)
+class GroupRecord:
+    """A process group a supervisor started, as written to its workdir: name, leader, start."""
+
+    name: str
+    pgid: int
+    started: int | None
+
+    def line(self) -> str:
+        return f"{self.name} {self.pgid} {self.started if self.started is not None else '-'}"
+
+    @classmethod
+    def parse(cls, line: str) -> GroupRecord | None:
+        parts = line.split()
+        if len(parts) != 3 or not parts[1].isdigit():
+            return None
+        return cls(parts[0], int(parts[1]), int(parts[2]) if parts[2].isdigit() else None)
+
+    @classmethod
+    def of(cls, process: ManagedProcess) -> GroupRecord | None:
+        if process.pid is None:
+            return None
+        return cls(process.name, process.pid, process_start_time(process.pid))
+
+    def alive(self) -> bool:
+        """Whether the group still runs and is the one recorded: its leader is the recorded
+        process, or gone while members remain (the kernel reuses no pid of a live group)."""
+        if not _group_has_live_member(self.pgid):
+            return False
+        started = process_start_time(self.pgid)
+        return started is None or self.started is None or started == self.started
+
+
+def write_records(path: Path, processes: Iterable[ManagedProcess]) -> None:
+    """Record the running process groups, replacing the file whole (a reader never sees half)."""
+    records = [record for record in map(GroupRecord.of, processes) if record is not None]
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text("".join(record.line() + "\n" for record in records))
+    partial.replace(path)
+
+
+def read_records(path: Path) -> list[GroupRecord]:
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    return [record for record in map(GroupRecord.parse, lines) if record is not None]
+
+
+def stop_groups(groups: Sequence[GroupRecord], timeout: float = 10.0) -> None:
+    """SIGTERM every group, wait up to timeout for all of them, SIGKILL what is left.
+
+    PermissionError: a group belongs to another user; nothing was signalled.
+    """
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group.pgid, 0)  # PermissionError here, before any signal is sent
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group.pgid, sig)
+        deadline = time.monotonic() + (timeout if sig == signal.SIGTERM else 3.0)
+        while any(_group_has_live_member(g.pgid) for g in groups) and time.monotonic() < deadline:
+            time.sleep(0.05)

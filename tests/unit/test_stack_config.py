@@ -56,9 +56,17 @@ def test_real_runware_without_a_public_url_is_refused(tmp_path: Path) -> None:
 def test_real_runware_with_local_s3_is_refused(tmp_path: Path) -> None:
     environ = {**REAL_RUNWARE, "PUBLIC_BASE_URL": "https://hooks.example.com"}
     with pytest.raises(StackError, match="S3"):
-        _config(environ, tmp_path)
+        _config({**environ, "STACK_S3": "local"}, tmp_path)
     with pytest.raises(StackError, match="S3"):
         _config({**environ, "S3_ENDPOINT_URL": "http://127.0.0.1:9000"}, tmp_path)
+
+
+def test_real_runware_without_an_s3_endpoint_uses_aws(tmp_path: Path) -> None:
+    environ = {**REAL_RUNWARE, "PUBLIC_BASE_URL": "https://hooks.example.com"}
+    config = _config({**environ, "AWS_PROFILE": "own", "S3_REGION": "eu-west-1"}, tmp_path)
+    assert config.aws_s3 and not config.local_s3 and config.s3_endpoint is None
+    assert config.aws_credentials == {"AWS_PROFILE": "own"}
+    assert config.region == "eu-west-1"
 
 
 def test_real_runware_without_a_key_is_refused(tmp_path: Path) -> None:
@@ -178,8 +186,9 @@ def test_stack_env_file_round_trips_through_the_shell(tmp_path: Path) -> None:
         "REDIS_URL", "S3_ENDPOINT_URL", "S3_BUCKET", "S3_PREFIX", "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY", "RECEIVER_URL", "EMULATOR_URL", "FLOWER_URL",
         "FLOWER_BASIC_AUTH", "PROMETHEUS_URL", "API_KEY", "IMAGINE_API_URL", "IMAGINE_API_KEY",
-        "CALLBACK_SECRET",
+        "CALLBACK_SECRET", "STACK_ENV_FILE",
     }  # fmt: skip
+    assert values["STACK_ENV_FILE"] == str(path)
     assert values["PROMETHEUS_URL"] == "http://127.0.0.1:7006"
     assert values["API_KEY"] == values["IMAGINE_API_KEY"] == local.api_key
     assert values["IMAGINE_API_URL"] == "http://127.0.0.1:7004"
