@@ -177,3 +177,30 @@ class ImageRejected(PipelineError):
 
     code = "image_rejected"
     status = 422
+
+
+class DependencyUnavailable(Retryable):
+    """Redis or S3 cannot be reached: 503 with Retry-After, naming the dependency and where it
+    was tried (never a password or a URL's credentials)."""
+
+    code = "dependency_unavailable"
+
+    def __init__(self, dependency: str, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.dependency = dependency
+        self.errors = {"dependency": dependency}
+
+
+class StorageUnavailable(StorageError):
+    """S3 cannot be reached (no connection, or no answer in time): a transient storage error
+    that a caller sees as 503 `dependency_unavailable` with Retry-After."""
+
+    code = "dependency_unavailable"
+
+    def __init__(self, message: str, *, cause: str, reason: str, address: str) -> None:
+        super().__init__(message, transient=True)
+        self.retry_after = 1.0
+        self.errors = {"dependency": "s3"}
+        self.cause = cause
+        self.reason = reason
+        self.address = address

@@ -16,6 +16,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline.catalog import FORMAT_EXTENSIONS
 from pipeline.config import Settings
+from pipeline.dependencies import S3_ERRORS, s3_unavailable
 from pipeline.errors import StorageError
 from pipeline.interfaces import ObjectHead, ObjectStorage
 
@@ -74,6 +75,8 @@ def _total_size(content_range: str | None, received: int) -> int:
 def _storage_error(action: str, key: str, exc: Exception) -> StorageError:
     if isinstance(exc, ClientError):
         return _coded_error(action, key, _error_code(exc))
+    if isinstance(exc, S3_ERRORS):
+        return s3_unavailable(action, key, exc)
     return StorageError(f"S3 {action} of {key} failed: {type(exc).__name__}", transient=True)
 
 
@@ -88,11 +91,16 @@ class S3ObjectStorage:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, timeout: float = 30.0, attempts: int = 3
+        cls,
+        settings: Settings,
+        *,
+        timeout: float = 30.0,
+        attempts: int = 3,
+        connect_timeout: float = 5.0,
     ) -> S3ObjectStorage:
         config = Config(
             signature_version="s3v4",
-            connect_timeout=min(timeout, 5.0),
+            connect_timeout=min(timeout, connect_timeout),
             read_timeout=timeout,
             retries={"max_attempts": attempts, "mode": "standard"},
             s3={"addressing_style": "path" if settings.s3_endpoint_url else "auto"},
@@ -420,6 +428,8 @@ class MemoryObjectStorage:
 
 # The granularity of inline S3 timeouts: one client per step, built on first use.
 INLINE_TIMEOUT_STEP = 0.25
+# While an HTTP caller waits, an S3 that does not accept a connection is down: answer 503.
+REQUEST_PATH_CONNECT_TIMEOUT = 0.5
 
 
 class BudgetedObjectStorage:
@@ -516,7 +526,10 @@ def s3_storage_by_timeout(settings: Settings) -> Callable[[float], ObjectStorage
             if steps not in clients:
                 # botocore's max_attempts counts retries after the first try: 0 = one try.
                 clients[steps] = S3ObjectStorage.from_settings(
-                    settings, timeout=steps * INLINE_TIMEOUT_STEP, attempts=0
+                    settings,
+                    timeout=steps * INLINE_TIMEOUT_STEP,
+                    attempts=0,
+                    connect_timeout=REQUEST_PATH_CONNECT_TIMEOUT,
                 )
             return clients[steps]
 

@@ -12,6 +12,8 @@ from functools import partial
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from pipeline import events
 from pipeline.config import Settings
@@ -489,7 +491,18 @@ def job_from_hash(raw: dict[str, str], slots: list[Slot]) -> Job:
     )
 
 
-def redis_client(settings: Settings) -> redis.Redis:
+def redis_waits(*, request_path: bool = False) -> dict[str, Any]:
+    """How long a client waits for Redis. redis-py's default retries a failed command 10 times
+    with backoff (seconds in all): a worker's task may wait that out, but on the request path
+    (an HTTP caller waiting) one reconnect is tried at once, so a Redis that is down answers
+    503 in well under a second."""
+    if request_path:
+        # One retry, at once: it reconnects a pooled connection Redis closed (a restart).
+        return {"socket_timeout": 2, "socket_connect_timeout": 0.3, "retry": Retry(NoBackoff(), 1)}
+    return {"socket_timeout": 10, "socket_connect_timeout": 5}
+
+
+def redis_client(settings: Settings, *, request_path: bool = False) -> redis.Redis:
     """One client per process for the pipeline's records (decoded strings, bounded waits)."""
     # Behind Sentinel: the same options, for whichever server is the master (docs/redis.md).
     connect = (
@@ -499,9 +512,8 @@ def redis_client(settings: Settings) -> redis.Redis:
     )
     return connect(
         decode_responses=True,
-        socket_timeout=10,
-        socket_connect_timeout=5,
         health_check_interval=30,
+        **redis_waits(request_path=request_path),
     )
 
 

@@ -12,7 +12,11 @@ from pipeline.dispatch import CeleryDispatcher, create_celery
 from pipeline.interfaces import Dispatcher
 from pipeline.runware import RunwareClient
 from pipeline.services import JobService
-from pipeline.storage import S3ObjectStorage, s3_storage_by_timeout
+from pipeline.storage import (
+    REQUEST_PATH_CONNECT_TIMEOUT,
+    S3ObjectStorage,
+    s3_storage_by_timeout,
+)
 from pipeline.store import RedisCircuit, RedisInFlightBudget, RedisJobStore, redis_client
 
 OUTBOUND_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
@@ -24,10 +28,19 @@ def build_service(
     dispatcher: Dispatcher | None = None,
     http: httpx.Client | None = None,
     runware: RunwareClient | None = None,
+    request_path: bool = False,
 ) -> JobService:
-    """The pipeline over Redis, S3, Runware and Celery as the settings name them."""
-    client = redis_client(settings)
-    storage = S3ObjectStorage.from_settings(settings)
+    """The pipeline over Redis, S3, Runware and Celery as the settings name them; on
+    `request_path` (the receiver and jobs API: an HTTP caller waits) Redis and S3 get one quick
+    try each, so a dependency that is down is a prompt 503, not a wait."""
+    client = redis_client(settings, request_path=request_path)
+    storage = (
+        S3ObjectStorage.from_settings(
+            settings, attempts=0, connect_timeout=REQUEST_PATH_CONNECT_TIMEOUT
+        )
+        if request_path
+        else S3ObjectStorage.from_settings(settings)
+    )
     if runware is None and settings.runware_api_key:
         runware = RunwareClient.from_settings(settings)
     context = Context(

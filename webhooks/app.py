@@ -7,6 +7,7 @@ import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+import redis
 from flask import Blueprint, Flask, jsonify
 from marshmallow import Schema
 from werkzeug.exceptions import HTTPException
@@ -14,6 +15,7 @@ from werkzeug.exceptions import HTTPException
 from pipeline import tracing
 from pipeline.catalog import get_model
 from pipeline.config import Settings
+from pipeline.dependencies import redis_unavailable
 from pipeline.errors import PipelineError
 from pipeline.interfaces import Dispatcher
 from pipeline.logs import configure_logging
@@ -170,7 +172,7 @@ def create_app(
     if unknown:
         raise ValueError(f"unknown receiver roles: {sorted(unknown)}")
     if service is None:
-        service = build_service(settings, dispatcher=dispatcher)
+        service = build_service(settings, dispatcher=dispatcher, request_path=True)
         inline_service = with_short_s3_timeouts(service)
     app = Flask("imagine")
     # A path with doubled slashes is a path that does not exist (404 in the error shape), not
@@ -195,6 +197,14 @@ def create_app(
     if "metrics" in roles:
         app.register_blueprint(views.metrics)
 
+    register_error_handlers(app, settings)
+    tracing.trace_receiver(app)  # off unless the OTEL_* settings ask
+    return app
+
+
+def register_error_handlers(app: Flask, settings: Settings) -> None:
+    """The one handler of every error: each answers the one error shape."""
+
     @app.errorhandler(PipelineError)
     def pipeline_error(exc: PipelineError) -> Any:
         response, status = error_response(exc.code, exc.status, exc.message, exc.errors)
@@ -202,6 +212,13 @@ def create_app(
             # Whole seconds, at least one: what HTTP's Retry-After allows.
             response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
         return response, status
+
+    @app.errorhandler(redis.ConnectionError)
+    @app.errorhandler(redis.TimeoutError)
+    def redis_unreachable(exc: Exception) -> Any:
+        # A 503 with Retry-After naming Redis, not a 500: the caller (Runware too) tries again.
+        log.warning("redis unreachable: %s", exc, extra={"error": type(exc).__name__})
+        return pipeline_error(redis_unavailable(exc, settings))
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Any, int]:
@@ -213,6 +230,3 @@ def create_app(
     def unexpected(exc: Exception) -> tuple[Any, int]:
         log.exception("unhandled error")
         return error_response("internal", 500, "internal error")
-
-    tracing.trace_receiver(app)  # off unless the OTEL_* settings ask
-    return app

@@ -14,6 +14,7 @@ from flask_limiter import Limiter, RateLimitExceeded
 from pipeline.config import Settings
 from pipeline.errors import LimitExceeded
 from pipeline.sentinel import limiter_storage
+from pipeline.store import redis_waits
 
 # Every route of the API shares one count per tenant: polling and submitting draw on the same rate.
 SCOPE = "jobs-api"
@@ -44,8 +45,8 @@ def init_rate_limits(app: Flask, settings: Settings, api: Blueprint) -> Limiter 
         storage_options={
             **sentinel_options,
             "key_prefix": KEY_PREFIX,
-            "socket_timeout": 2,
-            "socket_connect_timeout": 2,
+            # The request path's waits: Redis down costs a refused connect, not retries.
+            **redis_waits(request_path=True),
             "health_check_interval": 30,
         },
         # One INCR per limit and request; a window's end is when its count starts again.

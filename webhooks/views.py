@@ -16,6 +16,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 from pipeline import metrics as pipeline_metrics
 from pipeline.config import Settings
+from pipeline.dependencies import readiness
 from pipeline.enqueue import is_job_id
 from pipeline.errors import BodyInvalid, NotFound, RequestInvalid, Unauthorized
 from pipeline.logs import add_log_context
@@ -124,17 +125,18 @@ def healthz() -> Any:
 @health.get("/readyz")
 def readyz() -> Any:
     service = _service(inline=True)  # short S3 timeouts: a probe must answer quickly
+    settings = _settings()
     checks: dict[str, str] = {}
     try:
         service.store.ping()
         checks["redis"] = "ok"
     except Exception as exc:
-        checks["redis"] = f"error: {type(exc).__name__}"
+        checks["redis"] = readiness(exc, settings)
     try:
         service.storage.check()
         checks["s3"] = "ok"
     except Exception as exc:
-        checks["s3"] = f"error: {type(exc).__name__}"
+        checks["s3"] = readiness(exc, settings)
     ready = all(value == "ok" for value in checks.values())
     return jsonify({"status": "ready" if ready else "not_ready", "checks": checks}), (
         200 if ready else 503
