@@ -27,9 +27,9 @@ COPY workers/ workers/
 COPY webhooks/ webhooks/
 COPY infra/ infra/
 COPY imagine_client/ imagine_client/
-# PIP_CONSTRAINT holds the build backend (setuptools) to the lock as well, and -c the project's
-# dependencies: the image runs exactly the versions the tests ran.
-RUN PIP_CONSTRAINT=/src/constraints.txt /opt/venv/bin/pip install -c constraints.txt . \
+# -c holds every dependency to the lock: the image runs exactly the versions the tests ran. The
+# venv's pip is removed after use; the final stage gets the venv alone.
+RUN /opt/venv/bin/pip install -c constraints.txt . \
     && /opt/venv/bin/pip uninstall --yes pip
 
 FROM ${PYTHON_IMAGE}
