@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 
 from infra import demo, monitoring, servers, supervise
 from infra.supervise import ProcessError, Service
+from pipeline.config import Settings
+from pipeline.selftest import probe_webhook_path
 
 PORT_VARIABLES = {
     "redis": "STACK_REDIS_PORT",
@@ -397,6 +399,8 @@ class LocalStack:
         self.env = self._pipeline_env()
         rest = self._start_pipeline()
         self.urls["RECEIVER_URL"] = _url(rest["receiver"])
+        # Where Runware will send webhooks (PUBLIC_BASE_URL) reaches this receiver, or why not.
+        self.say(probe_webhook_path(Settings.from_env(self.env)).line())
         self.urls["FLOWER_URL"] = _url(rest["flower"]) if "flower" in rest else ""
         self.urls["PROMETHEUS_URL"] = self._start_prometheus()
 

@@ -11,7 +11,7 @@ from botocore import exceptions as boto
 from pipeline.config import Settings
 from pipeline.errors import DependencyUnavailable, StorageUnavailable
 
-REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.InvalidResponse)
 # No connection, or no answer in time: S3 is out of reach, not refusing the request.
 S3_ERRORS = (boto.ConnectionError, boto.ConnectionClosedError, boto.ReadTimeoutError)
 

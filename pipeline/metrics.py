@@ -120,6 +120,13 @@ SPEND = Counter(
     ["tenant"],
     registry=REGISTRY,
 )
+WEBHOOK_SELFTESTS = Counter(
+    "imagine_webhook_selftests_total",
+    "Self-tests of the webhook path at PUBLIC_BASE_URL made at start, by outcome (ok, refused, "
+    "timeout, unauthorized, wrong_service, error).",
+    ["outcome"],
+    registry=REGISTRY,
+)
 RESULTS_POLLED = Counter(
     "imagine_results_polled_total",
     "Provider results recorded from the reconciler's getResponse poll instead of a webhook.",
@@ -275,6 +282,10 @@ def callback(outcome: str) -> None:
 
 def result_polled() -> None:
     RESULTS_POLLED.inc()
+
+
+def webhook_selftest(outcome: str) -> None:
+    WEBHOOK_SELFTESTS.labels(outcome).inc()
 
 
 # ------------------------------------------------------------------------------- exposition

@@ -11,6 +11,7 @@ from pipeline import clock, metrics
 from pipeline.completion import finish_job
 from pipeline.context import Context
 from pipeline.deadline import expire_job
+from pipeline.dependencies import address
 from pipeline.enqueue import get_job
 from pipeline.errors import Conflict, NotFound, ProviderError
 from pipeline.intake import record_results
@@ -242,6 +243,15 @@ def poll(ctx: Context, task_uuid: str) -> None:
         return
     for outcome in record_results(ctx, task_uuid, finished[:1]):
         if outcome.outcome in POLL_RECORDED:
+            log.warning(
+                "result arrived by polling, not by webhook",
+                extra={
+                    "job_id": outcome.job_id,
+                    "slot": outcome.slot,
+                    "task_uuid": task_uuid,
+                    "webhook_host": address(ctx.settings.public_base_url),
+                },
+            )
             metrics.result_polled()
         if outcome.outcome == ResultOutcome.RECEIVED:
             ctx.dispatcher.finalize_slot(outcome.job_id, outcome.slot)

@@ -497,8 +497,10 @@ def redis_waits(*, request_path: bool = False) -> dict[str, Any]:
     (an HTTP caller waiting) one reconnect is tried at once, so a Redis that is down answers
     503 in well under a second."""
     if request_path:
-        # One retry, at once: it reconnects a pooled connection Redis closed (a restart).
-        return {"socket_timeout": 2, "socket_connect_timeout": 0.3, "retry": Retry(NoBackoff(), 1)}
+        # One retry, at once, of a lost connection only: it reconnects a pooled connection
+        # Redis closed (a restart); a Redis that does not answer in time is not asked twice.
+        once = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
+        return {"socket_timeout": 0.3, "socket_connect_timeout": 0.3, "retry": once}
     return {"socket_timeout": 10, "socket_connect_timeout": 5}
 
 

@@ -215,6 +215,7 @@ def register_error_handlers(app: Flask, settings: Settings) -> None:
 
     @app.errorhandler(redis.ConnectionError)
     @app.errorhandler(redis.TimeoutError)
+    @app.errorhandler(redis.exceptions.InvalidResponse)  # something else answers at its address
     def redis_unreachable(exc: Exception) -> Any:
         # A 503 with Retry-After naming Redis, not a 500: the caller (Runware too) tries again.
         log.warning("redis unreachable: %s", exc, extra={"error": type(exc).__name__})

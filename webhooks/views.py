@@ -22,6 +22,7 @@ from pipeline.errors import BodyInvalid, NotFound, RequestInvalid, Unauthorized
 from pipeline.logs import add_log_context
 from pipeline.models import JobState
 from pipeline.schemas import IDEMPOTENCY_KEY
+from pipeline.selftest import is_selftest_id, selftest_answer
 from pipeline.services import JobService
 from pipeline.signing import verify_webhook_token
 from webhooks.limits import MAX_JSON_DEPTH, nests_too_deep
@@ -122,6 +123,9 @@ def healthz() -> Any:
     return jsonify({"status": "ok"})
 
 
+READYZ_S3_TIMEOUT = 0.5
+
+
 @health.get("/readyz")
 def readyz() -> Any:
     service = _service(inline=True)  # short S3 timeouts: a probe must answer quickly
@@ -132,8 +136,11 @@ def readyz() -> Any:
         checks["redis"] = "ok"
     except Exception as exc:
         checks["redis"] = readiness(exc, settings)
+    # One S3 call bounded well under a second (the inline timeouts are for promotions).
+    storage_for = service.context.inline_storage
+    storage = storage_for(READYZ_S3_TIMEOUT) if storage_for else service.storage
     try:
-        service.storage.check()
+        storage.check()
         checks["s3"] = "ok"
     except Exception as exc:
         checks["s3"] = readiness(exc, settings)
@@ -167,6 +174,10 @@ def runware_webhook(task_uuid: str) -> Any:
     token = request.args.get("token")
     if not verify_webhook_token(settings.require_webhook_secrets(), task_uuid, token):
         raise Unauthorized("bad or missing webhook token")
+    if is_selftest_id(task_uuid):
+        # A start's self-test of the webhook path, signed like a webhook (pipeline.selftest):
+        # its body is not read and no job or Redis key is touched.
+        return jsonify(selftest_answer(task_uuid))
     if not is_job_id(task_uuid):  # the pipeline mints every taskUUID as a canonical UUID
         raise NotFound(f"no task {task_uuid[:64]!r}")
     body = _json_body(lenient=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 from celery import Celery, signals
 
-from pipeline import tracing
+from pipeline import selftest, tracing
 from pipeline.config import Settings
 from pipeline.dispatch import create_celery
 from pipeline.logs import configure_logging
@@ -22,6 +22,13 @@ def _configure_logging(settings: Settings) -> Callable[..., None]:
     return configure
 
 
+def _probe_webhook_path(settings: Settings) -> Callable[..., None]:
+    def probe(**_: Any) -> None:
+        selftest.probe_in_background(settings)
+
+    return probe
+
+
 def create_worker_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings.from_env()
     app = create_celery(settings)
@@ -31,4 +38,6 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
     connect_signals(app, settings)  # each task's log scope, Flower's view (workers.base)
     worker_metrics.install(settings)  # the worker's /metrics on WORKER_METRICS_PORT, if set
     tracing.trace_celery_processes()  # off unless the OTEL_* settings ask
+    # Can Runware's webhooks reach the receiver? Logged and counted, never holding the start.
+    signals.worker_ready.connect(_probe_webhook_path(settings), weak=False)
     return app
