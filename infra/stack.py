@@ -384,6 +384,8 @@ class LocalStack:
         """Start the servers, then the pipeline processes against them."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.config.redis_url is not None:
+            self._check_redis(self.config.redis_url)
         base = self._start_servers()
         self.urls = {
             "REDIS_URL": self.config.redis_url or _url(base["redis"]),
@@ -392,8 +394,6 @@ class LocalStack:
             or (_url(base["s3"]) if "s3" in base else ""),
             "EMULATOR_URL": self._emulator_url(base),
         }
-        if self.config.redis_url is not None:
-            self._check_redis(self.config.redis_url)
         self._prepare_bucket()
         self.api_key = secrets.token_urlsafe(24)
         self.env = self._pipeline_env()

@@ -56,11 +56,17 @@ def _start(workdir: Path, output: Path) -> tuple[subprocess.Popen[bytes], IO[str
         [sys.executable, "-m", "infra.stack", "--no-examples", "--workdir", str(workdir)],
         cwd=supervise.REPO_ROOT, env=_stack_env(), stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while "Ctrl-C stops everything" not in output.read_text():
-        assert stack.poll() is None, output.read_text()
-        assert time.monotonic() < deadline, output.read_text()
-        time.sleep(0.1)
+    try:
+        deadline = time.monotonic() + 120
+        while "Ctrl-C stops everything" not in output.read_text():
+            assert stack.poll() is None, output.read_text()
+            assert time.monotonic() < deadline, output.read_text()
+            time.sleep(0.1)
+    except BaseException:
+        stack.terminate()
+        stack.wait(timeout=60)
+        log.close()
+        raise
     return stack, log
 
 
