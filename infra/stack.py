@@ -13,6 +13,7 @@ import shlex
 import shutil
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -377,6 +378,7 @@ class LocalStack:
         # Fixed per worker name for the stack's life: Prometheus scrapes a restarted worker there.
         self.worker_metrics_ports: dict[str, int] = {}
         self._stopped = False
+        self._keeping = threading.Lock()
 
     # --- start ---------------------------------------------------------------------------------
 
@@ -454,11 +456,13 @@ class LocalStack:
         return started
 
     def _keep(self, service: Service) -> Service:
-        self.services[service.name] = service
-        # What the next start stops if this supervisor dies without stopping its processes.
-        supervise.write_records(
-            self.workdir / RECORDS_FILE, [kept.process for kept in self.services.values()]
-        )
+        # Services start in parallel threads: one at a time here, the record file whole.
+        with self._keeping:
+            self.services[service.name] = service
+            # What the next start stops if this supervisor dies without stopping its processes.
+            supervise.write_records(
+                self.workdir / RECORDS_FILE, [kept.process for kept in self.services.values()]
+            )
         return service
 
     def start_redis(self) -> Service:
@@ -691,9 +695,11 @@ def claim_workdir(workdir: Path, say: Callable[[str], None] = _say) -> None:
     then start from empty data."""
     workdir.mkdir(parents=True, exist_ok=True)
     pidfile = workdir / "stack.pid"
-    other = (
-        supervise.GroupRecord.parse(f"stack {pidfile.read_text()}") if pidfile.exists() else None
-    )
+    other = None
+    with contextlib.suppress(FileNotFoundError):
+        # "pid start-time"; a pid alone (an older stack's file) is taken as still that stack's.
+        fields = [*pidfile.read_text().split(), "-"][:2]
+        other = supervise.GroupRecord.parse(f"stack {' '.join(fields)}")
     if other is not None and other.pgid != os.getpid() and _supervisor_alive(other):
         raise StackError(f"another stack (pid {other.pgid}) runs in {workdir}; stop it first")
     _stop_leftovers(workdir, other, say)
