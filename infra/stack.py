@@ -568,9 +568,8 @@ class LocalStack:
     def _check_bucket(self, endpoint: str) -> None:
         from botocore.exceptions import BotoCoreError, ClientError  # slow to import; rarely needed
 
-        client = self.s3_client()
         try:
-            client.head_bucket(Bucket=self.config.bucket)
+            self.s3_client().head_bucket(Bucket=self.config.bucket)
         except (BotoCoreError, ClientError) as exc:
             raise StackError(
                 f"bucket {self.config.bucket} at {endpoint or 'AWS S3'} is not reachable: {exc}"
