@@ -316,7 +316,7 @@ def _check_provider(
 
 def _flag(environ: Mapping[str, str], variable: str) -> bool:
     """A yes/no setting (unset: no); anything else is refused with its name."""
-    raw = environ.get(variable, "").strip().lower()
+    raw = (_setting(environ, variable) or "").lower()
     if raw in ("", "0", "false", "no", "off"):
         return False
     if raw in ("1", "true", "yes", "on"):
@@ -328,8 +328,8 @@ def _ports(environ: Mapping[str, str]) -> dict[str, int | None]:
     """The STACK_*_PORT choices (None: a free port), never the shared Redis port."""
     ports: dict[str, int | None] = dict.fromkeys(PORT_VARIABLES)
     for name, variable in PORT_VARIABLES.items():
-        raw = environ.get(variable)
-        if not raw:
+        raw = _setting(environ, variable)
+        if raw is None:
             continue
         try:
             ports[name] = int(raw)

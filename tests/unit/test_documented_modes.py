@@ -109,8 +109,10 @@ def test_redis_url_without_external_redis_is_named_as_ignored() -> None:
 
 
 @pytest.mark.parametrize(
-    "variable", ["S3_BUCKET", "S3_REGION", "REDIS_URL", "CELERY_VISIBILITY_TIMEOUT"]
-)
+    "variable",
+    ["S3_BUCKET", "S3_REGION", "REDIS_URL", "CELERY_VISIBILITY_TIMEOUT", "STACK_S3_PORT",
+     "STACK_SUBMIT_EXAMPLES", "STACK_S3"],
+)  # fmt: skip
 def test_an_empty_setting_is_refused_by_name(variable: str) -> None:
     result = _check(
         {variable: "", "STACK_REDIS": "external"} if variable == "REDIS_URL" else {variable: ""}
