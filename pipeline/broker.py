@@ -6,7 +6,9 @@ import logging
 from typing import Any
 
 import redis
+from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
+from redis.sentinel import SentinelManagedConnection
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,24 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             self._skip("unacked messages", exc)
             return None
+        except redis.ResponseError as exc:
+            if not refuses_writes_for_now(exc):
+                raise
+            self._skip("unacked messages", exc)
+            return None
+
+    def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> Any:
+        """Requeueing messages past their visibility timeout is periodic and best-effort; kombu
+        also runs it when a worker connects. Behind Sentinel, a new master refuses writes until
+        a replica follows it (NOREPLICAS) or a demoted one answers READONLY; kombu lets that
+        error stop the worker. The next round requeues them instead."""
+        try:
+            return super().restore_visible(start, num, interval)
+        except redis.ResponseError as exc:
+            if not refuses_writes_for_now(exc):
+                raise
+            self._skip("messages past their visibility timeout", exc)
+            return None
 
     def ack(self, delivery_tag: Any) -> Any:
         if self._released():
@@ -53,8 +73,34 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
         return super().reject(delivery_tag, requeue=requeue)
 
 
+class _WriteRefusalIsConnectionError:
+    """During a failover Redis refuses writes for a few seconds: a demoted master answers
+    READONLY, a new master waiting for its replica NOREPLICAS (min-replicas-to-write). kombu
+    treats any such error answer as fatal and the worker exits, from wherever it met it (a
+    queue bind, a pidbox reply, a requeue). Raised as a connection error instead, it makes kombu
+    drop the connection and reconnect, as it does when Redis is away."""
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().read_response(*args, **kwargs)  # type: ignore[misc]
+        except redis.ResponseError as exc:
+            if not refuses_writes_for_now(exc):
+                raise
+            self.disconnect()  # type: ignore[attr-defined]
+            raise redis.ConnectionError(f"Redis refuses writes for now: {exc}") from exc
+
+
+class FailoverConnection(_WriteRefusalIsConnectionError, redis.Connection):
+    pass
+
+
+class SentinelFailoverConnection(_WriteRefusalIsConnectionError, SentinelManagedConnection):
+    pass
+
+
 class Channel(kombu_redis.Channel):  # type: ignore[misc]
     QoS = QoS
+    connection_class = FailoverConnection
 
 
 class Transport(kombu_redis.Transport):  # type: ignore[misc]
@@ -63,10 +109,24 @@ class Transport(kombu_redis.Transport):  # type: ignore[misc]
 
 class SentinelChannel(kombu_redis.SentinelChannel):  # type: ignore[misc]
     QoS = QoS
+    connection_class = SentinelFailoverConnection
 
 
 class SentinelTransport(kombu_redis.SentinelTransport):  # type: ignore[misc]
     Channel = SentinelChannel
+
+
+# A Sentinel broker URL is one `sentinel://` URL per sentinel, joined by ';', and Celery takes
+# the list for failover URLs: after a failed reconnect it switches to the next one, and kombu then
+# picks the transport by that URL's scheme, dropping `broker_transport`. Naming the hardened
+# transport for the scheme keeps it across the switch.
+TRANSPORT_ALIASES["sentinel"] = "pipeline.broker:SentinelTransport"
+
+
+def refuses_writes_for_now(exc: BaseException) -> bool:
+    """A Redis answer that a later write may get past: a replica that is (still) read-only, or
+    a master waiting for a replica (min-replicas-to-write)."""
+    return isinstance(exc, redis.ReadOnlyError) or str(exc).startswith("NOREPLICAS")
 
 
 def transport_for(broker_url: str) -> str | None:

@@ -31,9 +31,12 @@ _scopes: dict[str, Any] = {}
 
 def is_retryable(exc: BaseException) -> bool:
     """A failure the same call may get past later: the pipeline's own transient errors, and
-    Redis being unreachable for a moment (or, during a failover, still read-only)."""
+    Redis being unreachable for a moment (or, during a failover, still read-only, or refusing
+    writes until a replica is back: NOREPLICAS, min-replicas-to-write)."""
     if isinstance(exc, PipelineError):
         return exc.retryable
+    if isinstance(exc, redis.ResponseError) and str(exc).startswith("NOREPLICAS"):
+        return True
     return isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError))
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 import redis
+from kombu.transport import redis as kombu_redis
 from redis.sentinel import SentinelConnectionPool
 
+from pipeline import broker
 from pipeline.config import Settings, SettingsError
 from pipeline.dispatch import create_celery
 from pipeline.sentinel import broker_transport_options, limiter_storage
@@ -80,7 +82,8 @@ def test_celery_uses_the_hardened_sentinel_transport() -> None:
     [
         redis.ReadOnlyError("READONLY You can't write against a read only replica."),
         redis.ConnectionError("The previous master is now a slave"),
-        redis.TimeoutError("1 of 1 Redis replicas"),
+        redis.TimeoutError("0 of 1 Redis replicas confirmed a write"),
+        redis.ResponseError("NOREPLICAS Not enough good replicas to write."),
     ],
 )
 def test_a_failover_error_is_retried(exc: Exception) -> None:
@@ -103,3 +106,51 @@ def test_a_failover_error_is_retried(exc: Exception) -> None:
 def test_a_bad_sentinel_setting_names_the_variable(env: dict[str, str], variable: str) -> None:
     with pytest.raises(SettingsError, match=variable):
         Settings.from_env(env)
+
+
+def test_a_switch_to_the_next_sentinel_keeps_the_hardened_transport() -> None:
+    settings = _settings()
+    connection = create_celery(settings).connection_for_write()
+    # What Celery does after a failed reconnect: the next URL of the ';' list.
+    connection.switch(settings.broker_url.split(";")[1])
+    assert isinstance(connection.transport, broker.SentinelTransport)
+    connection.release()
+
+
+class _RefusingQoS(broker.QoS):
+    """The hardened QoS over a master that refuses writes (no sockets)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def _released(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        redis.ResponseError("NOREPLICAS Not enough good replicas to write."),
+        redis.ReadOnlyError("READONLY You can't write against a read only replica."),
+    ],
+)
+def test_requeueing_that_meets_a_failover_is_left_for_the_next_round(
+    error: Exception, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(kombu_redis.QoS, "restore_visible", refuse)
+    monkeypatch.setattr(kombu_redis.QoS, "restore_unacked_once", refuse)
+    qos = _RefusingQoS(error)
+    assert qos.restore_visible() is None
+    assert qos.restore_unacked_once() is None
+
+
+def test_any_other_redis_error_still_stops_requeueing(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise redis.ResponseError("WRONGTYPE Operation against a key holding the wrong kind")
+
+    monkeypatch.setattr(kombu_redis.QoS, "restore_visible", refuse)
+    with pytest.raises(redis.ResponseError):
+        _RefusingQoS(redis.ResponseError("x")).restore_visible()
