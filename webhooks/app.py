@@ -13,10 +13,11 @@ from marshmallow import Schema
 from werkzeug.exceptions import HTTPException
 
 from pipeline import tracing
+from pipeline.broker import refuses_writes_for_now
 from pipeline.catalog import get_model
 from pipeline.config import Settings
-from pipeline.dependencies import redis_unavailable
-from pipeline.errors import PipelineError
+from pipeline.dependencies import address, redis_unavailable
+from pipeline.errors import DependencyUnavailable, PipelineError
 from pipeline.interfaces import Dispatcher
 from pipeline.logs import configure_logging
 from pipeline.schemas import JobRequestSchema
@@ -220,6 +221,20 @@ def register_error_handlers(app: Flask, settings: Settings) -> None:
         # A 503 with Retry-After naming Redis, not a 500: the caller (Runware too) tries again.
         log.warning("redis unreachable: %s", exc, extra={"error": type(exc).__name__})
         return pipeline_error(redis_unavailable(exc, settings))
+
+    @app.errorhandler(redis.ResponseError)
+    def redis_refused(exc: redis.ResponseError) -> Any:
+        # During a Sentinel failover a demoted master answers READONLY and a new one NOREPLICAS
+        # until its replica follows: Redis answers but takes no write for a few seconds.
+        if not refuses_writes_for_now(exc):
+            return unexpected(exc)
+        log.warning("redis refuses writes: %s", exc, extra={"error": type(exc).__name__})
+        where = address(settings.redis_url)
+        # redis-py drops READONLY from the message of the error class it maps it to.
+        reason = "READONLY" if isinstance(exc, redis.ReadOnlyError) else str(exc).split(" ")[0]
+        return pipeline_error(
+            DependencyUnavailable("redis", f"redis at {where} takes no writes for now: {reason}")
+        )
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Any, int]:
