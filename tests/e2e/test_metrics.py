@@ -4,11 +4,9 @@ rules and the dashboard read, and a Prometheus with the stack's config scrapes t
 from __future__ import annotations
 
 import re
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -42,28 +40,6 @@ def flower(pipeline: Pipeline, tmp_workdir: Path) -> Iterator[Flower]:
         yield Flower(service, basic_auth)
     finally:
         service.stop()
-
-
-@pytest.fixture
-def callback_url() -> Iterator[str]:
-    """A tenant's callback endpoint that accepts every callback."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook"
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
 
 
 def _poll(check: Callable[[], Any], timeout: float, what: str) -> Any:

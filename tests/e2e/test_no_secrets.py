@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -45,28 +43,6 @@ def flower(pipeline: Pipeline, tmp_workdir: Path) -> Iterator[Flower]:
         yield Flower(service.url, (user, password), service)
     finally:
         service.stop()
-
-
-@pytest.fixture
-def callback_url() -> Iterator[str]:
-    """A callback endpoint that accepts everything, so the notify path runs with its secret."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook"
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
 
 
 def _poll(check: Any, timeout: float, what: str) -> Any:
